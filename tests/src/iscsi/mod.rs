@@ -1,0 +1,1 @@
+//! A small iSCSI initiator for tests. (being written)

@@ -1,0 +1,3 @@
+//! End-to-end support: a real tgtd, real initiators, and tgt-trace, on 127.0.0.1 only.
+
+pub mod iscsi;

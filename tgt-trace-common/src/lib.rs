@@ -1,0 +1,168 @@
+//! The binary interface between tgt-trace's uprobes and user space.
+//!
+//! Every record the probes send starts with a [`RecordHeader`]. Command and TMF
+//! events are one fixed-size [`Event`]; I_T nexus creation carries the
+//! initiator's session text and is a fixed-size [`NexusEvent`]. User space
+//! tells them apart by `kind` and checks the length before it reads either.
+//!
+//! All fields are little-endian host order (BPF runs on the host), aligned, and
+//! padding is explicit so that `size_of` is the same on both sides.
+#![no_std]
+
+/// What happened. The numbers are part of the recorded-trace format.
+pub mod kind {
+    /// `target_cmd_queue`: the transport hands a command to the tgt core (*queue*).
+    pub const CMD_QUEUE: u8 = 1;
+    /// `scsi_cmd_perform`: the core hands the command to its device type and
+    /// backing store (*uspace-send*); from here on an abort can only be deferred.
+    pub const CMD_PERFORM: u8 = 2;
+    /// `target_cmd_io_done`: the result is known (*kspace_exec*).
+    pub const CMD_RESULT: u8 = 3;
+    /// `target_cmd_done`: the command is released; a deferred TMF response is sent here.
+    pub const CMD_RELEASE: u8 = 4;
+    /// `target_mgmt_request` entry (*tsk_mgmt*).
+    pub const TMF_REQUEST: u8 = 5;
+    /// `target_mgmt_request` return: DONE, QUEUED or FAILED.
+    pub const TMF_RETURN: u8 = 6;
+    /// The transport's `mgmt_end_notify` (iSCSI: `iscsi_tm_done`): the TMF response.
+    pub const TMF_RESPONSE: u8 = 7;
+    /// `it_nexus_create`: a [`super::NexusEvent`].
+    pub const NEXUS_CREATE: u8 = 8;
+    /// `it_nexus_destroy`.
+    pub const NEXUS_DESTROY: u8 = 9;
+}
+
+/// Task-management function codes, as tgt's `usr/scsi.h` numbers them.
+pub mod tmf {
+    pub const ABORT_TASK: u8 = 0x0d;
+    pub const ABORT_TASK_SET: u8 = 0x06;
+    pub const CLEAR_ACA: u8 = 0x16;
+    pub const CLEAR_TASK_SET: u8 = 0x0e;
+    pub const LOGICAL_UNIT_RESET: u8 = 0x17;
+}
+
+/// tgtd's `enum mgmt_req_result`, the return value of `target_mgmt_request`.
+pub mod mgmt_ret {
+    pub const FAILED: i32 = -1;
+    pub const DONE: i32 = 0;
+    pub const QUEUED: i32 = 1;
+}
+
+/// The result tgtd gives a command it aborted: SAM's TASK ABORTED (0x40)
+/// shifted right by one, as in the seed patch and tgt `usr/scsi.h`.
+pub const TASK_ABORTED: i32 = 0x20;
+
+/// SCSI task attributes as tgt stores them in `scsi_cmd.attribute`.
+pub mod task_attr {
+    pub const SIMPLE: u8 = 0x20;
+    pub const HEAD_OF_QUEUE: u8 = 0x21;
+    pub const ORDERED: u8 = 0x22;
+}
+
+/// One command or TMF event. 64 bytes.
+///
+/// Field use by kind (unused fields are zero):
+///
+/// | kind          | tid | itn_id | tag          | lun | opcode/attr | value              | cookie   | tmf_mid / function |
+/// |---------------|-----|--------|--------------|-----|-------------|--------------------|----------|--------------------|
+/// | CMD_QUEUE     | yes | yes    | command tag  | yes | yes         | -                  | cmd addr | -                  |
+/// | CMD_PERFORM   | -   | yes    | command tag  | -   | -           | -                  | cmd addr | -                  |
+/// | CMD_RESULT    | -   | yes    | command tag  | -   | -           | SCSI result        | cmd addr | waiting TMF's mid  |
+/// | CMD_RELEASE   | -   | yes    | command tag  | -   | -           | TMF busy count     | cmd addr | waiting TMF's mid and function |
+/// | TMF_REQUEST   | yes | yes    | referenced   | yes | -           | -                  | mid      | function           |
+/// | TMF_RETURN    | -   | -      | -            | -   | -           | mgmt_req_result    | mid      | -                  |
+/// | TMF_RESPONSE  | -   | -      | -            | -   | -           | mreq->result (errno) | mid    | function           |
+/// | NEXUS_DESTROY | yes | yes    | -            | -   | -           | -                  | -        | -                  |
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    pub kind: u8,
+    /// CDB byte 0.
+    pub opcode: u8,
+    /// Task attribute (see [`task_attr`]).
+    pub attribute: u8,
+    /// TMF function (see [`tmf`]).
+    pub function: u8,
+    /// tgtd's process id (tgid).
+    pub pid: u32,
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC.
+    pub ts_ns: u64,
+    /// Target id; -1 where the probe does not see it.
+    pub tid: i32,
+    pub value: i32,
+    /// I_T nexus id (iSCSI: the session's TSIH).
+    pub itn_id: u64,
+    pub tag: u64,
+    /// The 8-byte SAM LUN as the transport gave it.
+    pub lun: [u8; 8],
+    /// `struct scsi_cmd *` for command kinds, the TMF's `mid` for TMF kinds.
+    pub cookie: u64,
+    /// For CMD_RESULT / CMD_RELEASE: the `mid` of the TMF waiting for this
+    /// command (`cmd->mreq->mid`), 0 when none.
+    pub tmf_mid: u64,
+}
+
+/// Room for the I_T nexus session text; iSCSI's is well under this (an IQN is
+/// at most 223 bytes, and the session text adds the connection and address).
+pub const NEXUS_INFO_LEN: usize = 384;
+
+/// `it_nexus_create`: the header, and the transport's session text
+/// (`Initiator: <iqn> alias: <alias>\nConnection: ...`), NUL-terminated.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NexusEvent {
+    pub event: Event,
+    /// Bytes of `info` that were copied, including the NUL; 0 when unreadable.
+    pub info_len: u32,
+    pub _pad: u32,
+    pub info: [u8; NEXUS_INFO_LEN],
+}
+
+pub const EVENT_SIZE: usize = core::mem::size_of::<Event>();
+pub const NEXUS_EVENT_SIZE: usize = core::mem::size_of::<NexusEvent>();
+
+const _: () = assert!(EVENT_SIZE == 64);
+const _: () = assert!(NEXUS_EVENT_SIZE == 64 + 8 + NEXUS_INFO_LEN);
+
+/// Indexes into the probes' per-CPU counter array.
+pub mod counter {
+    /// Records that could not be reserved in the ring buffer (it was full).
+    pub const RING_FULL: u32 = 0;
+    /// Reads of tgtd memory that failed; the record was not sent.
+    pub const READ_FAILED: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
+/// Byte offsets of the tgtd structure fields the probes read.
+///
+/// Source: tgt 1.0.85 `usr/scsi_cmnd.h`, `usr/tgtd.h`, `usr/driver.h`, x86_64
+/// as Debian builds it (bookworm `tgt 1:1.0.85-1+deb12u1`); unchanged in 1.0.97.
+/// User space checks the running binary before it loads probes that use them.
+pub mod layout {
+    /// `struct scsi_cmd`: the window `[CMD_WINDOW_START, CMD_WINDOW_END)` is read
+    /// in one `bpf_probe_read_user`.
+    pub const CMD_ITN_ID: usize = 120;
+    pub const CMD_SCB: usize = 144;
+    pub const CMD_LUN: usize = 156;
+    pub const CMD_ATTRIBUTE: usize = 164;
+    pub const CMD_TAG: usize = 168;
+    pub const CMD_RESULT: usize = 176;
+    pub const CMD_MREQ: usize = 184;
+    pub const CMD_WINDOW_START: usize = CMD_ITN_ID;
+    pub const CMD_WINDOW_END: usize = CMD_MREQ + 8;
+    pub const CMD_WINDOW_LEN: usize = CMD_WINDOW_END - CMD_WINDOW_START;
+
+    /// `struct mgmt_req { uint64_t mid; int busy; int function; int result; }`.
+    pub const MREQ_MID: usize = 0;
+    pub const MREQ_BUSY: usize = 8;
+    pub const MREQ_FUNCTION: usize = 12;
+    pub const MREQ_RESULT: usize = 16;
+    pub const MREQ_LEN: usize = 20;
+
+    /// `struct tgt_driver`: the function pointers tgt-trace resolves.
+    pub const DRIVER_NAME: usize = 0;
+    pub const DRIVER_CMD_END_NOTIFY: usize = 104;
+    pub const DRIVER_MGMT_END_NOTIFY: usize = 112;
+    pub const DRIVER_DEFAULT_BST: usize = 128;
+}
+

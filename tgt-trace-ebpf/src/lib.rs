@@ -1,0 +1,2 @@
+//! Built only for the BPF target; see src/main.rs.
+#![no_std]

@@ -1,0 +1,267 @@
+//! Ring-buffer bytes to typed [`Event`]s. Pure: no I/O, no aya.
+
+use core::mem::size_of;
+
+use tgt_trace_common::{self as abi, EVENT_SIZE, NEXUS_EVENT_SIZE, kind};
+
+use crate::event::{Event, Waiter};
+
+/// Why a ring-buffer record could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The record is shorter than its kind needs. The probes and user space
+    /// were built from different versions of `tgt-trace-common`.
+    #[error(
+        "record of kind {kind} is {len} bytes, expected {expected}; the eBPF object and \
+         tgt-trace were built from different sources: rebuild tgt-trace"
+    )]
+    Short { kind: u8, len: usize, expected: usize },
+    /// The record's kind is not one tgt-trace knows.
+    #[error("record kind {0} is unknown; the eBPF object is newer than tgt-trace: rebuild tgt-trace")]
+    UnknownKind(u8),
+    /// An empty record.
+    #[error("empty record from the ring buffer")]
+    Empty,
+}
+
+/// Decodes one record as the probes wrote it.
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    let Some(&kind) = bytes.first() else {
+        return Err(DecodeError::Empty);
+    };
+    let expected = match kind {
+        kind::NEXUS_CREATE => NEXUS_EVENT_SIZE,
+        kind::CMD_QUEUE..=kind::NEXUS_DESTROY => EVENT_SIZE,
+        other => return Err(DecodeError::UnknownKind(other)),
+    };
+    if bytes.len() < expected {
+        return Err(DecodeError::Short { kind, len: bytes.len(), expected });
+    }
+    // SAFETY: the length was checked against size_of::<Event>() above;
+    // read_unaligned copes with the ring buffer's 8-byte alignment, and every
+    // bit pattern is a valid Event (integers and byte arrays only).
+    let raw: abi::Event = unsafe { bytes.as_ptr().cast::<abi::Event>().read_unaligned() };
+    Ok(match kind {
+        kind::CMD_QUEUE => Event::CmdQueue {
+            ts_ns: raw.ts_ns,
+            pid: raw.pid,
+            tid: raw.tid,
+            itn_id: raw.itn_id,
+            tag: raw.tag,
+            lun: lun_number(&raw.lun),
+            opcode: raw.opcode,
+            attribute: raw.attribute,
+            cmd: raw.cookie,
+        },
+        kind::CMD_PERFORM => Event::CmdPerform {
+            ts_ns: raw.ts_ns,
+            pid: raw.pid,
+            itn_id: raw.itn_id,
+            tag: raw.tag,
+            cmd: raw.cookie,
+        },
+        kind::CMD_RESULT => Event::CmdResult {
+            ts_ns: raw.ts_ns,
+            pid: raw.pid,
+            itn_id: raw.itn_id,
+            tag: raw.tag,
+            cmd: raw.cookie,
+            result: raw.value,
+            tmf_mid: (raw.tmf_mid != 0).then_some(raw.tmf_mid),
+        },
+        kind::CMD_RELEASE => Event::CmdRelease {
+            ts_ns: raw.ts_ns,
+            pid: raw.pid,
+            itn_id: raw.itn_id,
+            tag: raw.tag,
+            cmd: raw.cookie,
+            tmf: (raw.tmf_mid != 0).then_some(Waiter {
+                mid: raw.tmf_mid,
+                function: raw.function,
+                busy: raw.value,
+            }),
+        },
+        kind::TMF_REQUEST => Event::TmfRequest {
+            ts_ns: raw.ts_ns,
+            pid: raw.pid,
+            tid: raw.tid,
+            itn_id: raw.itn_id,
+            mid: raw.cookie,
+            function: raw.function,
+            tag: raw.tag,
+            lun: lun_number(&raw.lun),
+        },
+        kind::TMF_RETURN => Event::TmfReturn {
+            ts_ns: raw.ts_ns,
+            pid: raw.pid,
+            mid: raw.cookie,
+            ret: raw.value,
+        },
+        kind::TMF_RESPONSE => Event::TmfResponse {
+            ts_ns: raw.ts_ns,
+            pid: raw.pid,
+            mid: raw.cookie,
+            function: raw.function,
+            result: raw.value,
+        },
+        kind::NEXUS_CREATE => {
+            let info_at = size_of::<abi::Event>() + 8;
+            let info_len = u32::from_ne_bytes([bytes[64], bytes[65], bytes[66], bytes[67]]) as usize;
+            let info_bytes = &bytes[info_at..info_at + abi::NEXUS_INFO_LEN];
+            let copied = &info_bytes[..info_len.min(abi::NEXUS_INFO_LEN)];
+            let text = copied.split(|&b| b == 0).next().unwrap_or_default();
+            let info = String::from_utf8_lossy(text).into_owned();
+            Event::NexusCreate {
+                ts_ns: raw.ts_ns,
+                pid: raw.pid,
+                tid: raw.tid,
+                itn_id: raw.itn_id,
+                initiator: initiator_name(&info),
+                info,
+            }
+        }
+        kind::NEXUS_DESTROY => Event::NexusDestroy {
+            ts_ns: raw.ts_ns,
+            pid: raw.pid,
+            tid: raw.tid,
+            itn_id: raw.itn_id,
+        },
+        other => return Err(DecodeError::UnknownKind(other)),
+    })
+}
+
+/// The LUN number tgt uses for an 8-byte SAM LUN (tgt `usr/scsi.c`
+/// `__scsi_get_devid`): peripheral and flat addressing; other methods map to
+/// `u64::MAX`, as tgt's `TGT_INVALID_DEV_ID`.
+pub fn lun_number(lun: &[u8; 8]) -> u64 {
+    match lun[0] >> 6 {
+        0 => u64::from(lun[1]),
+        1 => (u64::from(lun[0] & 0x3f) << 8) | u64::from(lun[1]),
+        _ => u64::MAX,
+    }
+}
+
+/// The initiator name from tgt's iSCSI session text
+/// (`usr/iscsi/session.c`: `Initiator: <iqn> alias: <alias>`).
+pub fn initiator_name(info: &str) -> Option<String> {
+    let rest = info.lines().find_map(|line| line.trim().strip_prefix("Initiator:"))?;
+    let name = rest.split_whitespace().next()?;
+    Some(name.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw_bytes(ev: &abi::Event) -> Vec<u8> {
+        // SAFETY: Event is repr(C) plain data without implicit padding.
+        let slice = unsafe {
+            core::slice::from_raw_parts((ev as *const abi::Event).cast::<u8>(), EVENT_SIZE)
+        };
+        slice.to_vec()
+    }
+
+    #[test]
+    fn decodes_a_queued_command() {
+        let raw = abi::Event {
+            kind: kind::CMD_QUEUE,
+            opcode: 0x28,
+            attribute: abi::task_attr::ORDERED,
+            pid: 42,
+            ts_ns: 1_000,
+            tid: 1,
+            itn_id: 0x10001,
+            tag: 0x1200_0000,
+            lun: [0, 1, 0, 0, 0, 0, 0, 0],
+            cookie: 0xdead_beef,
+            ..Default::default()
+        };
+        let ev = decode(&raw_bytes(&raw)).expect("decodes");
+        assert_eq!(
+            ev,
+            Event::CmdQueue {
+                ts_ns: 1_000,
+                pid: 42,
+                tid: 1,
+                itn_id: 0x10001,
+                tag: 0x1200_0000,
+                lun: 1,
+                opcode: 0x28,
+                attribute: 0x22,
+                cmd: 0xdead_beef,
+            }
+        );
+    }
+
+    #[test]
+    fn release_with_a_waiting_tmf_names_it() {
+        let raw = abi::Event {
+            kind: kind::CMD_RELEASE,
+            function: abi::tmf::ABORT_TASK,
+            value: 1,
+            tmf_mid: 77,
+            ..Default::default()
+        };
+        let Event::CmdRelease { tmf, .. } = decode(&raw_bytes(&raw)).expect("decodes") else {
+            panic!("wrong kind");
+        };
+        assert_eq!(tmf, Some(Waiter { mid: 77, function: 0x0d, busy: 1 }));
+    }
+
+    #[test]
+    fn short_record_is_an_error_not_a_panic() {
+        let raw = abi::Event { kind: kind::CMD_RESULT, ..Default::default() };
+        let bytes = raw_bytes(&raw);
+        for len in 1..EVENT_SIZE {
+            assert_eq!(
+                decode(&bytes[..len]),
+                Err(DecodeError::Short { kind: kind::CMD_RESULT, len, expected: EVENT_SIZE })
+            );
+        }
+        assert_eq!(decode(&[]), Err(DecodeError::Empty));
+    }
+
+    #[test]
+    fn nexus_create_needs_its_full_size() {
+        let mut bytes = vec![0u8; EVENT_SIZE];
+        bytes[0] = kind::NEXUS_CREATE;
+        assert!(matches!(decode(&bytes), Err(DecodeError::Short { expected, .. }) if expected == NEXUS_EVENT_SIZE));
+    }
+
+    #[test]
+    fn unknown_kind_is_an_error() {
+        let mut bytes = vec![0u8; NEXUS_EVENT_SIZE];
+        for k in [0u8, 10, 200, 255] {
+            bytes[0] = k;
+            assert_eq!(decode(&bytes), Err(DecodeError::UnknownKind(k)));
+        }
+    }
+
+    #[test]
+    fn nexus_create_parses_the_initiator() {
+        let mut bytes = vec![0u8; NEXUS_EVENT_SIZE];
+        bytes[0] = kind::NEXUS_CREATE;
+        let text = b"Initiator: iqn.2026-11.test:ini alias: box\nConnection: 0\n  IP Address: 127.0.0.1\0";
+        bytes[64..68].copy_from_slice(&(text.len() as u32).to_ne_bytes());
+        bytes[72..72 + text.len()].copy_from_slice(text);
+        let Event::NexusCreate { initiator, info, .. } = decode(&bytes).expect("decodes") else {
+            panic!("wrong kind");
+        };
+        assert_eq!(initiator.as_deref(), Some("iqn.2026-11.test:ini"));
+        assert!(info.ends_with("127.0.0.1"));
+    }
+
+    #[test]
+    fn lun_numbers_follow_tgt() {
+        assert_eq!(lun_number(&[0, 1, 0, 0, 0, 0, 0, 0]), 1);
+        assert_eq!(lun_number(&[0x40 | 0x01, 0x02, 0, 0, 0, 0, 0, 0]), 0x102);
+        assert_eq!(lun_number(&[0x80, 0, 0, 0, 0, 0, 0, 0]), u64::MAX);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_decode_or_error_without_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+            let _ = decode(&bytes);
+        }
+    }
+}

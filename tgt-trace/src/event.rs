@@ -1,0 +1,226 @@
+//! Typed events: what the probes saw, in user-space terms.
+//!
+//! This is the `"type": "event"` line of the NDJSON trace and the input of the
+//! matcher. Field names are part of the recorded-trace schema
+//! ([`crate::SCHEMA_VERSION`]).
+
+use serde::{Deserialize, Serialize};
+use tgt_trace_common::{TASK_ABORTED, mgmt_ret, tmf};
+
+/// One thing that happened inside a tgtd process.
+///
+/// Every variant carries `ts_ns` (CLOCK_MONOTONIC, from the probe) and `pid`
+/// (tgtd's process id). Commands are named by `(pid, itn_id, tag)`; `cmd` is
+/// the address of tgtd's `struct scsi_cmd`, unique while the command lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Event {
+    /// `target_cmd_queue`: a command enters the tgt core.
+    CmdQueue {
+        ts_ns: u64,
+        pid: u32,
+        tid: i32,
+        itn_id: u64,
+        tag: u64,
+        lun: u64,
+        opcode: u8,
+        attribute: u8,
+        cmd: u64,
+    },
+    /// `scsi_cmd_perform`: handed to the device type / backing store.
+    CmdPerform {
+        ts_ns: u64,
+        pid: u32,
+        itn_id: u64,
+        tag: u64,
+        cmd: u64,
+    },
+    /// `target_cmd_io_done`: the result is known.
+    CmdResult {
+        ts_ns: u64,
+        pid: u32,
+        itn_id: u64,
+        tag: u64,
+        cmd: u64,
+        /// tgtd's result: a SAM status, or [`TASK_ABORTED`] (0x20).
+        result: i32,
+        /// The TMF waiting for this command, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tmf_mid: Option<u64>,
+    },
+    /// `target_cmd_done`: the command is released.
+    CmdRelease {
+        ts_ns: u64,
+        pid: u32,
+        itn_id: u64,
+        tag: u64,
+        cmd: u64,
+        /// The TMF waiting for this command, if any, with its busy count
+        /// before this release: 1 means this release sends its response.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tmf: Option<Waiter>,
+    },
+    /// `target_mgmt_request` entry.
+    TmfRequest {
+        ts_ns: u64,
+        pid: u32,
+        tid: i32,
+        itn_id: u64,
+        mid: u64,
+        function: u8,
+        /// The referenced task tag (ABORT TASK).
+        tag: u64,
+        lun: u64,
+    },
+    /// `target_mgmt_request` return.
+    TmfReturn {
+        ts_ns: u64,
+        pid: u32,
+        mid: u64,
+        /// -1 FAILED, 0 DONE, 1 QUEUED.
+        ret: i32,
+    },
+    /// The transport's TMF response (iSCSI `iscsi_tm_done`).
+    TmfResponse {
+        ts_ns: u64,
+        pid: u32,
+        mid: u64,
+        function: u8,
+        /// tgtd's `mreq->result`: 0, -EINVAL (not supported), -EEXIST (no task), other (rejected).
+        result: i32,
+    },
+    /// `it_nexus_create`.
+    NexusCreate {
+        ts_ns: u64,
+        pid: u32,
+        tid: i32,
+        itn_id: u64,
+        /// The initiator name parsed from `info`, when the transport gives one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        initiator: Option<String>,
+        /// The transport's session text, as tgtd keeps it.
+        info: String,
+    },
+    /// `it_nexus_destroy`.
+    NexusDestroy {
+        ts_ns: u64,
+        pid: u32,
+        tid: i32,
+        itn_id: u64,
+    },
+    /// Seen by user space, not a probe: the tgtd process is gone.
+    ProcessExit { ts_ns: u64, pid: u32 },
+}
+
+/// A TMF that waits for a command's release (`cmd->mreq`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Waiter {
+    pub mid: u64,
+    pub function: u8,
+    pub busy: i32,
+}
+
+impl Event {
+    pub fn ts_ns(&self) -> u64 {
+        match *self {
+            Event::CmdQueue { ts_ns, .. }
+            | Event::CmdPerform { ts_ns, .. }
+            | Event::CmdResult { ts_ns, .. }
+            | Event::CmdRelease { ts_ns, .. }
+            | Event::TmfRequest { ts_ns, .. }
+            | Event::TmfReturn { ts_ns, .. }
+            | Event::TmfResponse { ts_ns, .. }
+            | Event::NexusCreate { ts_ns, .. }
+            | Event::NexusDestroy { ts_ns, .. }
+            | Event::ProcessExit { ts_ns, .. } => ts_ns,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        match *self {
+            Event::CmdQueue { pid, .. }
+            | Event::CmdPerform { pid, .. }
+            | Event::CmdResult { pid, .. }
+            | Event::CmdRelease { pid, .. }
+            | Event::TmfRequest { pid, .. }
+            | Event::TmfReturn { pid, .. }
+            | Event::TmfResponse { pid, .. }
+            | Event::NexusCreate { pid, .. }
+            | Event::NexusDestroy { pid, .. }
+            | Event::ProcessExit { pid, .. } => pid,
+        }
+    }
+
+    /// The name used in the `kind` field.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Event::CmdQueue { .. } => "cmd_queue",
+            Event::CmdPerform { .. } => "cmd_perform",
+            Event::CmdResult { .. } => "cmd_result",
+            Event::CmdRelease { .. } => "cmd_release",
+            Event::TmfRequest { .. } => "tmf_request",
+            Event::TmfReturn { .. } => "tmf_return",
+            Event::TmfResponse { .. } => "tmf_response",
+            Event::NexusCreate { .. } => "nexus_create",
+            Event::NexusDestroy { .. } => "nexus_destroy",
+            Event::ProcessExit { .. } => "process_exit",
+        }
+    }
+}
+
+/// A TMF function by name, as tgt numbers them (`usr/scsi.h`).
+pub fn tmf_name(function: u8) -> &'static str {
+    match function {
+        tmf::ABORT_TASK => "ABORT_TASK",
+        tmf::ABORT_TASK_SET => "ABORT_TASK_SET",
+        tmf::CLEAR_ACA => "CLEAR_ACA",
+        tmf::CLEAR_TASK_SET => "CLEAR_TASK_SET",
+        tmf::LOGICAL_UNIT_RESET => "LOGICAL_UNIT_RESET",
+        _ => "UNKNOWN",
+    }
+}
+
+/// `target_mgmt_request`'s return value by name.
+pub fn mgmt_ret_name(ret: i32) -> &'static str {
+    match ret {
+        mgmt_ret::FAILED => "FAILED",
+        mgmt_ret::DONE => "DONE",
+        mgmt_ret::QUEUED => "QUEUED",
+        _ => "UNKNOWN",
+    }
+}
+
+/// True when tgtd gave the command its abort result.
+pub fn is_aborted_result(result: i32) -> bool {
+    result == TASK_ABORTED
+}
+
+/// Opcode classes used by the histograms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpClass {
+    Read,
+    Write,
+    Other,
+}
+
+impl OpClass {
+    pub fn of(opcode: u8) -> OpClass {
+        match opcode {
+            // READ(6), READ(10), READ(12), READ(16)
+            0x08 | 0x28 | 0xa8 | 0x88 => OpClass::Read,
+            // WRITE(6/10/12/16), WRITE AND VERIFY(10/12/16), WRITE SAME(10/16)
+            0x0a | 0x2a | 0xaa | 0x8a | 0x2e | 0xae | 0x8e | 0x41 | 0x93 => OpClass::Write,
+            _ => OpClass::Other,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            OpClass::Read => "read",
+            OpClass::Write => "write",
+            OpClass::Other => "other",
+        }
+    }
+}

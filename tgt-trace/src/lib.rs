@@ -1,0 +1,13 @@
+//! tgt-trace: an eBPF tracer for the tgt SCSI target framework.
+//!
+//! Data flows one way: probes → ring buffer → [`decode`] → [`correlate`] →
+//! outputs. Only [`probe`] touches aya.
+
+pub mod correlate;
+pub mod decode;
+pub mod event;
+pub mod stats;
+
+/// The version of the NDJSON trace format. Any change to a field's name or
+/// meaning bumps it.
+pub const SCHEMA_VERSION: u32 = 1;

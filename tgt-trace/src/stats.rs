@@ -1,0 +1,1 @@
+//! Latency histograms. (being written)
