@@ -1,4 +1,318 @@
+//! tgt-trace's uprobes on tgtd.
+//!
+//! Each probe reads what its event needs from tgtd's structures, fills one
+//! fixed-size record and submits it to the `EVENTS` ring buffer without waking
+//! the reader (user space drains on a timer: a wake-up per record costs more
+//! than the record). A record that cannot be reserved is counted in
+//! `COUNTERS[RING_FULL]`, so a drop is never silent.
+//!
+//! Struct offsets: `tgt_trace_common::layout` (tgt 1.0.85 `usr/scsi_cmnd.h`,
+//! `usr/tgtd.h`, x86_64). User space checks the tgtd build before loading us.
 #![no_std]
 #![no_main]
+
+use aya_ebpf::{
+    bindings::BPF_RB_NO_WAKEUP,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+        bpf_probe_read_user_str_bytes,
+    },
+    macros::{map, uprobe, uretprobe},
+    maps::{HashMap, PerCpuArray, RingBuf},
+    programs::{ProbeContext, RetProbeContext},
+};
+use tgt_trace_common::{Event, NexusEvent, TASK_ABORTED, counter, kind, layout};
+
+/// Sized by user space (`--ring-size`) before load.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// The `mid` of a `target_mgmt_request` call in progress, by thread, so that
+/// its return probe can name the TMF it returns for.
+#[map]
+static TMF_IN_PROGRESS: HashMap<u64, u64> = HashMap::with_max_entries(256, 0);
+
+/// Set by user space: when non-zero, `target_cmd_io_done` sends only results
+/// a TMF cares about (TASK_ABORTED, or a command a TMF waits for). This is
+/// the TMF-only probe set; it still costs one uprobe hit per command.
+#[unsafe(no_mangle)]
+static RESULTS_FOR_TMF_ONLY: u8 = 0;
+
+/// tgt 1.0.85 `struct scsi_cmd`, bytes `CMD_WINDOW_START..CMD_WINDOW_END`:
+/// everything the command probes need, read in one helper call.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CmdWindow {
+    itn_id: u64,
+    _offset: u64,
+    _tl: u32,
+    _pad0: u32,
+    scb: u64,
+    _scb_len: i32,
+    lun: [u8; 8],
+    attribute: i32,
+    tag: u64,
+    _result: i32,
+    _pad1: u32,
+    mreq: u64,
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<CmdWindow>() == layout::CMD_WINDOW_LEN);
+    assert!(core::mem::offset_of!(CmdWindow, scb) == layout::CMD_SCB - layout::CMD_WINDOW_START);
+    assert!(core::mem::offset_of!(CmdWindow, lun) == layout::CMD_LUN - layout::CMD_WINDOW_START);
+    assert!(
+        core::mem::offset_of!(CmdWindow, attribute)
+            == layout::CMD_ATTRIBUTE - layout::CMD_WINDOW_START
+    );
+    assert!(core::mem::offset_of!(CmdWindow, tag) == layout::CMD_TAG - layout::CMD_WINDOW_START);
+    assert!(core::mem::offset_of!(CmdWindow, mreq) == layout::CMD_MREQ - layout::CMD_WINDOW_START);
+};
+
+/// tgt 1.0.85 `struct mgmt_req` (`usr/tgtd.h`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct MgmtReq {
+    mid: u64,
+    busy: i32,
+    function: i32,
+    result: i32,
+}
+
+const _: () = {
+    assert!(core::mem::offset_of!(MgmtReq, busy) == layout::MREQ_BUSY);
+    assert!(core::mem::offset_of!(MgmtReq, function) == layout::MREQ_FUNCTION);
+    assert!(core::mem::offset_of!(MgmtReq, result) == layout::MREQ_RESULT);
+};
+
+fn bump(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot is only touched by the CPU this program runs on.
+        unsafe { *slot += 1 };
+    }
+}
+
+fn emit(event: Event) {
+    match EVENTS.reserve::<Event>(0) {
+        Some(mut slot) => {
+            slot.write(event);
+            slot.submit(BPF_RB_NO_WAKEUP as u64);
+        }
+        None => bump(counter::RING_FULL),
+    }
+}
+
+fn header(kind: u8) -> Event {
+    Event {
+        kind,
+        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        ts_ns: {
+            // SAFETY: a helper without arguments.
+            unsafe { bpf_ktime_get_ns() }
+        },
+        tid: -1,
+        ..Event::default()
+    }
+}
+
+fn read_cmd(cmd: u64) -> Result<CmdWindow, ()> {
+    // SAFETY: bpf_probe_read_user copes with any address; a bad one fails.
+    unsafe {
+        bpf_probe_read_user((cmd + layout::CMD_WINDOW_START as u64) as *const CmdWindow)
+    }
+    .map_err(|_| bump(counter::READ_FAILED))
+}
+
+fn read_mreq(mreq: u64) -> Option<MgmtReq> {
+    if mreq == 0 {
+        return None;
+    }
+    // SAFETY: as in read_cmd.
+    unsafe { bpf_probe_read_user(mreq as *const MgmtReq) }
+        .map_err(|_| bump(counter::READ_FAILED))
+        .ok()
+}
+
+fn arg(ctx: &ProbeContext, n: usize) -> u64 {
+    ctx.arg::<u64>(n).unwrap_or(0)
+}
+
+fn command_event(kind: u8, cmd: u64, w: &CmdWindow) -> Event {
+    Event {
+        itn_id: w.itn_id,
+        tag: w.tag,
+        cookie: cmd,
+        ..header(kind)
+    }
+}
+
+/// `int target_cmd_queue(int tid, struct scsi_cmd *cmd)`.
+#[uprobe]
+pub fn cmd_queue(ctx: ProbeContext) -> u32 {
+    let cmd = arg(&ctx, 1);
+    let Ok(w) = read_cmd(cmd) else { return 0 };
+    // SAFETY: as in read_cmd; a CDB pointer tgtd set before queueing.
+    let opcode = unsafe { bpf_probe_read_user(w.scb as *const u8) }.unwrap_or(0);
+    emit(Event {
+        tid: arg(&ctx, 0) as i32,
+        lun: w.lun,
+        opcode,
+        attribute: w.attribute as u8,
+        ..command_event(kind::CMD_QUEUE, cmd, &w)
+    });
+    0
+}
+
+/// `int scsi_cmd_perform(int host_no, struct scsi_cmd *cmd)`.
+#[uprobe]
+pub fn cmd_perform(ctx: ProbeContext) -> u32 {
+    let cmd = arg(&ctx, 1);
+    if let Ok(w) = read_cmd(cmd) {
+        emit(command_event(kind::CMD_PERFORM, cmd, &w));
+    }
+    0
+}
+
+/// `void target_cmd_io_done(struct scsi_cmd *cmd, int result)`.
+#[uprobe]
+pub fn cmd_result(ctx: ProbeContext) -> u32 {
+    let cmd = arg(&ctx, 0);
+    let result = arg(&ctx, 1) as i32;
+    let Ok(w) = read_cmd(cmd) else { return 0 };
+    // SAFETY: a read-only global that user space sets before load.
+    let tmf_only = unsafe { core::ptr::read_volatile(&RESULTS_FOR_TMF_ONLY) } != 0;
+    if tmf_only && result != TASK_ABORTED && w.mreq == 0 {
+        return 0;
+    }
+    let tmf_mid = read_mreq(w.mreq).map_or(0, |m| m.mid);
+    emit(Event {
+        value: result,
+        tmf_mid,
+        ..command_event(kind::CMD_RESULT, cmd, &w)
+    });
+    0
+}
+
+/// `void target_cmd_done(struct scsi_cmd *cmd)`: a waiting TMF's response is
+/// sent from here when this is its last busy command.
+#[uprobe]
+pub fn cmd_release(ctx: ProbeContext) -> u32 {
+    let cmd = arg(&ctx, 0);
+    let Ok(w) = read_cmd(cmd) else { return 0 };
+    let mut event = command_event(kind::CMD_RELEASE, cmd, &w);
+    if let Some(m) = read_mreq(w.mreq) {
+        event.tmf_mid = m.mid;
+        event.function = m.function as u8;
+        event.value = m.busy;
+    }
+    emit(event);
+    0
+}
+
+/// `enum mgmt_req_result target_mgmt_request(int tid, uint64_t itn_id,
+/// uint64_t req_id, int function, uint8_t *lun_buf, uint64_t tag, int host_no)`.
+#[uprobe]
+pub fn tmf_request(ctx: ProbeContext) -> u32 {
+    let mid = arg(&ctx, 2);
+    let lun_buf = arg(&ctx, 4);
+    let lun = if lun_buf == 0 {
+        [0; 8]
+    } else {
+        // SAFETY: as in read_cmd.
+        unsafe { bpf_probe_read_user(lun_buf as *const [u8; 8]) }.unwrap_or([0; 8])
+    };
+    let _ = TMF_IN_PROGRESS.insert(&bpf_get_current_pid_tgid(), &mid, 0);
+    emit(Event {
+        tid: arg(&ctx, 0) as i32,
+        itn_id: arg(&ctx, 1),
+        cookie: mid,
+        function: arg(&ctx, 3) as u8,
+        lun,
+        tag: arg(&ctx, 5),
+        ..header(kind::TMF_REQUEST)
+    });
+    0
+}
+
+#[uretprobe]
+pub fn tmf_return(ctx: RetProbeContext) -> u32 {
+    let thread = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out before the entry is removed.
+    let mid = unsafe { TMF_IN_PROGRESS.get(&thread) }.copied().unwrap_or(0);
+    let _ = TMF_IN_PROGRESS.remove(&thread);
+    emit(Event {
+        cookie: mid,
+        value: ctx.ret::<i32>(),
+        ..header(kind::TMF_RETURN)
+    });
+    0
+}
+
+/// The transport's `int (*mgmt_end_notify)(struct mgmt_req *)`; for iSCSI the
+/// static `iscsi_tm_done`, attached by file offset.
+#[uprobe]
+pub fn tmf_response(ctx: ProbeContext) -> u32 {
+    if let Some(m) = read_mreq(arg(&ctx, 0)) {
+        emit(Event {
+            cookie: m.mid,
+            function: m.function as u8,
+            value: m.result,
+            ..header(kind::TMF_RESPONSE)
+        });
+    }
+    0
+}
+
+/// `int it_nexus_create(int tid, uint64_t itn_id, int host_no, char *info)`.
+#[uprobe]
+pub fn nexus_create(ctx: ProbeContext) -> u32 {
+    let Some(mut slot) = EVENTS.reserve::<NexusEvent>(0) else {
+        bump(counter::RING_FULL);
+        return 0;
+    };
+    let info = arg(&ctx, 3);
+    let record = slot.as_mut_ptr();
+    // SAFETY: `record` points at the reserved, writable ring-buffer slot;
+    // fields are written through raw pointers before it is submitted.
+    unsafe {
+        (*record).event = Event {
+            tid: arg(&ctx, 0) as i32,
+            itn_id: arg(&ctx, 1),
+            ..header(kind::NEXUS_CREATE)
+        };
+        (*record)._pad = 0;
+        (*record).info[0] = 0;
+        (*record).info_len = if info == 0 {
+            0
+        } else {
+            bpf_probe_read_user_str_bytes(info as *const u8, &mut (*record).info)
+                .map_or(0, |s| s.len() as u32 + 1)
+        };
+    }
+    slot.submit(BPF_RB_NO_WAKEUP as u64);
+    0
+}
+
+/// `int it_nexus_destroy(int tid, uint64_t itn_id)`.
+#[uprobe]
+pub fn nexus_destroy(ctx: ProbeContext) -> u32 {
+    emit(Event {
+        tid: arg(&ctx, 0) as i32,
+        itn_id: arg(&ctx, 1),
+        ..header(kind::NEXUS_DESTROY)
+    });
+    0
+}
+
+#[cfg(not(test))]
 #[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! { loop {} }
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -6,7 +6,11 @@
 pub mod correlate;
 pub mod decode;
 pub mod event;
+pub mod probe;
+pub mod record;
 pub mod stats;
+pub mod tgtd;
+pub mod trace;
 
 /// The version of the NDJSON trace format. Any change to a field's name or
 /// meaning bumps it.

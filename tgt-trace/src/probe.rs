@@ -1,0 +1,345 @@
+//! The only module that touches aya: load the embedded probes, attach them to
+//! tgtd, and drain the ring buffer into typed events.
+
+use std::{num::NonZeroU32, path::Path};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{
+        UProbe,
+        uprobe::{UProbeAttachLocation, UProbeScope},
+    },
+};
+use serde::{Deserialize, Serialize};
+use tgt_trace_common::counter;
+
+use crate::{
+    decode::decode,
+    event::Event,
+    tgtd::{TgtdBinary, symbol},
+};
+
+/// The probes, built by `build.rs` from `tgt-trace-ebpf`.
+static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tgt-trace"));
+
+/// Which probe points to attach; each costs a uprobe hit per command where it
+/// is on the command path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeSet {
+    /// TMFs, nexuses, and `target_cmd_io_done` filtered in the kernel to the
+    /// results a TMF cares about: 1 hit per command. No command latency, no
+    /// in-flight view, no covered-set computation.
+    Tmf,
+    /// queue, result and release: 3 hits per command. Command latency,
+    /// outcomes, covered sets, deferral; no queue-wait time.
+    Lean,
+    /// lean plus `scsi_cmd_perform`: 4 hits per command. Adds queue-wait time
+    /// and tells, at a TMF, which covered commands were already in the
+    /// backing store.
+    Full,
+}
+
+impl ProbeSet {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProbeSet::Tmf => "tmf",
+            ProbeSet::Lean => "lean",
+            ProbeSet::Full => "full",
+        }
+    }
+
+    /// Probe hits per ordinary command (one that no TMF touches).
+    pub fn hits_per_command(self) -> u32 {
+        match self {
+            ProbeSet::Tmf => 1,
+            ProbeSet::Lean => 3,
+            ProbeSet::Full => 4,
+        }
+    }
+
+    fn wants(self, path: Hook) -> bool {
+        match path {
+            Hook::Queue | Hook::Release => self != ProbeSet::Tmf,
+            Hook::Perform => self == ProbeSet::Full,
+            _ => true,
+        }
+    }
+}
+
+/// The probe points, named after the tgt core's paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hook {
+    Queue,
+    Perform,
+    Result,
+    Release,
+    TmfRequest,
+    TmfReturn,
+    TmfResponse,
+    NexusCreate,
+    NexusDestroy,
+}
+
+impl Hook {
+    const ALL: [Hook; 9] = [
+        Hook::Queue,
+        Hook::Perform,
+        Hook::Result,
+        Hook::Release,
+        Hook::TmfRequest,
+        Hook::TmfReturn,
+        Hook::TmfResponse,
+        Hook::NexusCreate,
+        Hook::NexusDestroy,
+    ];
+
+    /// (name in outputs, eBPF program, tgtd function)
+    fn describe(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Hook::Queue => ("queue", "cmd_queue", symbol::QUEUE),
+            Hook::Perform => ("uspace_send", "cmd_perform", symbol::PERFORM),
+            Hook::Result => ("kspace_exec", "cmd_result", symbol::RESULT),
+            Hook::Release => ("release", "cmd_release", symbol::RELEASE),
+            Hook::TmfRequest => ("tsk_mgmt", "tmf_request", symbol::TMF_REQUEST),
+            Hook::TmfReturn => ("tsk_mgmt_return", "tmf_return", symbol::TMF_REQUEST),
+            Hook::TmfResponse => ("tsk_mgmt_response", "tmf_response", "iscsi_tm_done"),
+            Hook::NexusCreate => ("nexus_create", "nexus_create", symbol::NEXUS_CREATE),
+            Hook::NexusDestroy => ("nexus_destroy", "nexus_destroy", symbol::NEXUS_DESTROY),
+        }
+    }
+}
+
+/// One probe point and whether it is attached: the trace header lists them,
+/// so a reader knows which signals a trace can contain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbePoint {
+    /// The tgt core path: queue, uspace_send, kspace_exec, release, tsk_mgmt, ...
+    pub name: String,
+    /// The tgtd function.
+    pub function: String,
+    /// File offset in the tgtd binary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    pub attached: bool,
+    /// Why it is not attached, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing: Option<String>,
+}
+
+/// Counters the probes keep in the kernel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelCounters {
+    /// Records lost because the ring buffer was full.
+    pub ring_full: u64,
+    /// Records not sent because tgtd's memory could not be read.
+    pub read_failed: u64,
+}
+
+/// Why tracing could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// Loading eBPF or attaching uprobes needs privileges this process lacks.
+    #[error(
+        "tgt-trace needs CAP_BPF and CAP_PERFMON (or root) to load its probes; missing: {missing}. \
+         Run it as root, or grant them: setcap cap_bpf,cap_perfmon+ep $(which tgt-trace)"
+    )]
+    Privileges { missing: String },
+    /// The binary was built with AYA_BUILD_SKIP and holds no probes.
+    #[error("this tgt-trace was built without its eBPF probes (AYA_BUILD_SKIP); rebuild it without AYA_BUILD_SKIP after `cargo xtask setup`")]
+    NoProbes,
+    /// The kernel refused the probes.
+    #[error("loading the eBPF probes failed: {0}; the kernel needs BPF, BTF and uprobes (Linux 5.8 or later)")]
+    Load(#[source] aya::EbpfError),
+    /// A probe that every probe set needs could not be attached.
+    #[error("attaching the {name} probe to {function} in {binary} failed: {source}")]
+    Attach {
+        name: &'static str,
+        function: &'static str,
+        binary: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("the eBPF object lacks {0}; the probes and tgt-trace were built from different sources: rebuild")]
+    MissingProgram(&'static str),
+    #[error("{0}")]
+    Map(#[from] aya::maps::MapError),
+    #[error("{0}")]
+    Program(#[from] aya::programs::ProgramError),
+}
+
+/// What to trace.
+#[derive(Debug, Clone)]
+pub struct TraceOptions {
+    pub binary: TgtdBinary,
+    /// Only this process (filtered by the kernel at the uprobe).
+    pub pid: Option<NonZeroU32>,
+    pub set: ProbeSet,
+    /// Ring buffer size in bytes: a power of two, at least a page.
+    pub ring_bytes: u32,
+}
+
+/// Probes attached to tgtd, and the ring buffer they fill.
+pub struct Tracer {
+    // Dropping `Ebpf` detaches the probes; it must outlive the maps' users.
+    _ebpf: Ebpf,
+    ring: RingBuf<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+    points: Vec<ProbePoint>,
+    decode_errors: u64,
+}
+
+impl Tracer {
+    /// Checks privileges, loads the probes and attaches them.
+    pub fn start(opts: &TraceOptions) -> Result<Tracer, ProbeError> {
+        if PROBES.is_empty() {
+            return Err(ProbeError::NoProbes);
+        }
+        check_privileges()?;
+        let tmf_only: u8 = (opts.set == ProbeSet::Tmf).into();
+        let mut ebpf = EbpfLoader::new()
+            .override_global("RESULTS_FOR_TMF_ONLY", &tmf_only, true)
+            .map_max_entries("EVENTS", opts.ring_bytes)
+            .load(PROBES)
+            .map_err(ProbeError::Load)?;
+        let scope = match opts.pid {
+            Some(pid) => UProbeScope::OneProcess(pid),
+            None => UProbeScope::AllProcesses,
+        };
+        let binary_path = opts.binary.path.display().to_string();
+        let mut points = Vec::new();
+        for path in Hook::ALL {
+            let (name, program, function) = path.describe();
+            let offset = match path {
+                Hook::TmfResponse => opts.binary.tmf_response_offset,
+                _ => opts.binary.symbol_offset(function),
+            };
+            let mut point = ProbePoint {
+                name: name.to_owned(),
+                function: function.to_owned(),
+                offset,
+                attached: false,
+                missing: None,
+            };
+            if !opts.set.wants(path) {
+                point.missing = Some(format!("not in the {} probe set", opts.set.name()));
+                points.push(point);
+                continue;
+            }
+            let Some(offset) = offset else {
+                // Only the TMF response can be missing here: symbols were checked
+                // by TgtdBinary::inspect. The matcher then infers responses.
+                point.missing = Some(
+                    "iscsi_tm_done could not be located through the iSCSI driver table; \
+                     TMF responses are inferred from tgtd's return value and releases"
+                        .to_owned(),
+                );
+                points.push(point);
+                continue;
+            };
+            let prog: &mut UProbe = ebpf
+                .program_mut(program)
+                .ok_or(ProbeError::MissingProgram(program))?
+                .try_into()?;
+            prog.load()?;
+            prog.attach(UProbeAttachLocation::AbsoluteOffset(offset), &opts.binary.path, scope)
+                .map_err(|source| ProbeError::Attach {
+                    name,
+                    function,
+                    binary: binary_path.clone(),
+                    source,
+                })?;
+            point.attached = true;
+            points.push(point);
+        }
+        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(ProbeError::MissingProgram("EVENTS"))?)?;
+        let counters =
+            PerCpuArray::try_from(ebpf.take_map("COUNTERS").ok_or(ProbeError::MissingProgram("COUNTERS"))?)?;
+        Ok(Tracer { _ebpf: ebpf, ring, counters, points, decode_errors: 0 })
+    }
+
+    pub fn points(&self) -> &[ProbePoint] {
+        &self.points
+    }
+
+    /// Hands every record now in the ring buffer to `sink`, in ring order.
+    /// Records that do not decode are counted, not passed on.
+    pub fn drain(&mut self, mut sink: impl FnMut(Event)) -> usize {
+        let mut n = 0;
+        while let Some(item) = self.ring.next() {
+            match decode(&item) {
+                Ok(event) => sink(event),
+                Err(_) => self.decode_errors += 1,
+            }
+            n += 1;
+        }
+        n
+    }
+
+    /// The kernel-side counters, summed over CPUs.
+    pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
+        let sum = |index: u32| -> Result<u64, ProbeError> {
+            Ok(self.counters.get(&index, 0)?.iter().sum())
+        };
+        Ok(KernelCounters { ring_full: sum(counter::RING_FULL)?, read_failed: sum(counter::READ_FAILED)? })
+    }
+
+    /// Records that reached user space but could not be decoded.
+    pub fn decode_errors(&self) -> u64 {
+        self.decode_errors
+    }
+}
+
+/// Fails early, naming what is missing, instead of letting the kernel answer
+/// EPERM from somewhere deep in aya.
+fn check_privileges() -> Result<(), ProbeError> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let effective = effective_capabilities().unwrap_or(0);
+    let has = |cap: u32| effective & (1u64 << cap) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        return Ok(());
+    }
+    let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+        .into_iter()
+        .filter(|(cap, _)| !has(*cap))
+        .map(|(_, name)| name)
+        .collect();
+    Err(ProbeError::Privileges { missing: missing.join(", ") })
+}
+
+fn effective_capabilities() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// The processes now running `binary`, by `/proc/PID/exe`.
+pub fn running_processes(binary: &Path) -> Vec<u32> {
+    let Ok(target) = std::fs::canonicalize(binary) else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut pids: Vec<u32> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == target))
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// True while process `pid` exists (a zombie counts as gone).
+pub fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+}
+
+/// CLOCK_MONOTONIC now, the clock `bpf_ktime_get_ns` reads.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid pointer to a timespec on our stack.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}

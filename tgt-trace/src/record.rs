@@ -1,0 +1,232 @@
+//! `tgt-trace record`: attach, stream events to NDJSON, stop on a signal, a
+//! duration or the end of a command, and account for every event.
+
+use std::{
+    collections::BTreeSet,
+    ffi::OsString,
+    io::{self, Write},
+    path::PathBuf,
+    process::ExitStatus,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    event::Event,
+    probe::{self, ProbeError, TraceOptions, Tracer},
+    trace::{Drops, Header, Line, Summary},
+};
+
+/// Where the NDJSON goes.
+#[derive(Debug, Clone)]
+pub enum Output {
+    Stdout,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct RecordOptions {
+    pub trace: TraceOptions,
+    pub output: Output,
+    pub duration: Option<Duration>,
+    /// Run this command once the probes are attached; stop when it exits.
+    pub command: Vec<OsString>,
+    /// How often the ring buffer is drained (the probes do not wake us).
+    pub poll: Duration,
+}
+
+/// How a recording ended.
+#[derive(Debug)]
+pub struct RecordOutcome {
+    pub summary: Summary,
+    /// The command's exit status, when one was run.
+    pub command_status: Option<ExitStatus>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error("cannot write the trace to {target}: {source}")]
+    Output {
+        target: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot run {command:?}: {source}; check the command after `--`")]
+    Command {
+        command: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot install a signal handler: {0}")]
+    Signal(#[source] io::Error),
+}
+
+/// How often, in drains, to look for tgtd processes that have exited.
+const LIVENESS_EVERY: u32 = 10;
+
+pub async fn record(opts: RecordOptions) -> Result<RecordOutcome, RecordError> {
+    let target_name = match &opts.output {
+        Output::Stdout => "standard output".to_owned(),
+        Output::File(path) => path.display().to_string(),
+    };
+    let output_error = |source: io::Error| RecordError::Output { target: target_name.clone(), source };
+    let sink: Box<dyn Write> = match &opts.output {
+        Output::Stdout => Box::new(io::stdout().lock()),
+        Output::File(path) => Box::new(std::fs::File::create(path).map_err(output_error)?),
+    };
+    let mut out = io::BufWriter::with_capacity(1 << 16, sink);
+
+    let mut tracer = Tracer::start(&opts.trace)?;
+    let pids = match opts.trace.pid {
+        Some(pid) => vec![pid.get()],
+        None => probe::running_processes(&opts.trace.binary.path),
+    };
+    let start_monotonic_ns = probe::monotonic_ns();
+    let header = Header {
+        schema_version: crate::SCHEMA_VERSION,
+        tgt_trace_version: env!("CARGO_PKG_VERSION").to_owned(),
+        tgtd_path: opts.trace.binary.path.display().to_string(),
+        tgtd_build_id: opts.trace.binary.build_id.clone(),
+        tgtd_layout: opts.trace.binary.layout.clone(),
+        probe_set: opts.trace.set,
+        probes: tracer.points().to_vec(),
+        pids: pids.clone(),
+        pid_filter: opts.trace.pid.map(|p| p.get()),
+        start_unix_ns: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+        start_monotonic_ns,
+        ring_bytes: opts.trace.ring_bytes,
+    };
+    write_line(&mut out, &Line::Header(header)).map_err(output_error)?;
+    out.flush().map_err(output_error)?;
+    if pids.is_empty() {
+        eprintln!(
+            "tgt-trace: no {} process is running yet; its processes are traced as they start",
+            opts.trace.binary.path.display()
+        );
+    }
+
+    let mut child = match opts.command.split_first() {
+        Some((program, args)) => Some(
+            tokio::process::Command::new(program)
+                .args(args)
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|source| RecordError::Command {
+                    command: opts.command.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+
+    let mut sigint = signal(SignalKind::interrupt()).map_err(RecordError::Signal)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(RecordError::Signal)?;
+    let mut ticker = tokio::time::interval(opts.poll);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
+
+    let mut live: BTreeSet<u32> = pids.into_iter().collect();
+    let mut exited: BTreeSet<u32> = BTreeSet::new();
+    let mut events: u64 = 0;
+    let mut drains: u32 = 0;
+    let mut command_status = None;
+
+    let stopped_by = loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                drains = drains.wrapping_add(1);
+                events += drain(&mut tracer, &mut out, &mut live, &exited).map_err(output_error)?;
+                if drains % LIVENESS_EVERY == 0 {
+                    events += report_exits(&mut out, &mut live, &mut exited).map_err(output_error)?;
+                }
+            }
+            _ = sigint.recv() => break "signal",
+            _ = sigterm.recv() => break "signal",
+            () = sleep_until(deadline) => break "duration",
+            status = wait_for(&mut child) => {
+                command_status = Some(status.map_err(|source| RecordError::Command {
+                    command: "the command".to_owned(),
+                    source,
+                })?);
+                break "command exited";
+            }
+        }
+    };
+
+    // Everything the probes submitted before this point is in the ring now.
+    events += drain(&mut tracer, &mut out, &mut live, &exited).map_err(output_error)?;
+    events += report_exits(&mut out, &mut live, &mut exited).map_err(output_error)?;
+    let drops = Drops::new(tracer.counters()?, tracer.decode_errors());
+    let summary = Summary {
+        events,
+        drops,
+        duration_ns: probe::monotonic_ns().saturating_sub(start_monotonic_ns),
+        stopped_by: stopped_by.to_owned(),
+    };
+    write_line(&mut out, &Line::Summary(summary.clone())).map_err(output_error)?;
+    out.flush().map_err(output_error)?;
+    Ok(RecordOutcome { summary, command_status })
+}
+
+/// Never completes without a deadline.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Never completes without a child.
+async fn wait_for(child: &mut Option<tokio::process::Child>) -> io::Result<ExitStatus> {
+    match child {
+        Some(child) => child.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn write_line(out: &mut impl Write, line: &Line) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, line).map_err(io::Error::other)?;
+    out.write_all(b"\n")
+}
+
+fn drain(
+    tracer: &mut Tracer,
+    out: &mut impl Write,
+    live: &mut BTreeSet<u32>,
+    exited: &BTreeSet<u32>,
+) -> io::Result<u64> {
+    let mut result = Ok(());
+    let mut n = 0;
+    tracer.drain(|event| {
+        if result.is_err() {
+            return;
+        }
+        let pid = event.pid();
+        if !exited.contains(&pid) {
+            live.insert(pid);
+        }
+        n += 1;
+        result = write_line(out, &Line::Event(event));
+    });
+    result.map(|()| n)
+}
+
+/// Emits a `process_exit` event for each traced tgtd that is gone.
+fn report_exits(
+    out: &mut impl Write,
+    live: &mut BTreeSet<u32>,
+    exited: &mut BTreeSet<u32>,
+) -> io::Result<u64> {
+    let gone: Vec<u32> = live.iter().copied().filter(|&pid| !probe::process_alive(pid)).collect();
+    for &pid in &gone {
+        live.remove(&pid);
+        exited.insert(pid);
+        write_line(out, &Line::Event(Event::ProcessExit { ts_ns: probe::monotonic_ns(), pid }))?;
+    }
+    Ok(gone.len() as u64)
+}

@@ -1,0 +1,80 @@
+//! The NDJSON trace: one JSON object per line, told apart by `"type"`.
+//!
+//! A trace is a `header` line, then `event` lines in the order the ring
+//! buffer delivered them, then a `summary` line. The schema is versioned by
+//! [`crate::SCHEMA_VERSION`] in the header.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    event::Event,
+    probe::{KernelCounters, ProbePoint, ProbeSet},
+    tgtd::LayoutCheck,
+};
+
+/// One line of a trace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Line {
+    Header(Header),
+    Event(Event),
+    Summary(Summary),
+}
+
+/// The first line: what was traced, and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Header {
+    pub schema_version: u32,
+    pub tgt_trace_version: String,
+    pub tgtd_path: String,
+    pub tgtd_build_id: String,
+    pub tgtd_layout: LayoutCheck,
+    pub probe_set: ProbeSet,
+    /// Every probe point, attached or not, and why not.
+    pub probes: Vec<ProbePoint>,
+    /// The tgtd processes running when tracing started (more may start later:
+    /// the probes follow the binary).
+    pub pids: Vec<u32>,
+    /// Only this pid was traced, when `--pid` was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_filter: Option<u32>,
+    /// Wall clock at start, Unix ns; with `start_monotonic_ns` it maps event
+    /// timestamps (CLOCK_MONOTONIC) to wall-clock time.
+    pub start_unix_ns: u64,
+    pub start_monotonic_ns: u64,
+    pub ring_bytes: u32,
+}
+
+/// The last line: totals, and everything that was lost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Summary {
+    pub events: u64,
+    pub drops: Drops,
+    pub duration_ns: u64,
+    /// Why recording stopped: "signal", "duration", "command exited".
+    pub stopped_by: String,
+}
+
+/// Every way an event can be lost. Any non-zero field makes a trace incomplete.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Drops {
+    /// The ring buffer was full (counted in the kernel).
+    pub ring_full: u64,
+    /// tgtd's memory could not be read, so no record was made (kernel).
+    pub read_failed: u64,
+    /// Records that reached user space but did not decode.
+    pub decode_errors: u64,
+}
+
+impl Drops {
+    pub fn new(kernel: KernelCounters, decode_errors: u64) -> Drops {
+        Drops { ring_full: kernel.ring_full, read_failed: kernel.read_failed, decode_errors }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.ring_full + self.read_failed + self.decode_errors
+    }
+}
