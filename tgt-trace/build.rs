@@ -8,7 +8,8 @@ use aya_build::{Package, Toolchain};
 fn main() -> anyhow::Result<()> {
     let out_dir = std::env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR not set"))?;
     let object = std::path::Path::new(&out_dir).join("tgt-trace");
-    let skip = std::env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    let skip =
+        std::env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     if skip {
         println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
         std::fs::write(&object, b"").context("writing the placeholder eBPF object")?;
@@ -18,9 +19,15 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .context("tgt-trace has a parent directory")?
         .join("tgt-trace-ebpf");
-    let root_dir = ebpf_dir.to_str().context("the eBPF crate's path is UTF-8")?;
+    let root_dir = ebpf_dir
+        .to_str()
+        .context("the eBPF crate's path is UTF-8")?;
     aya_build::build_ebpf(
-        [Package { name: "tgt-trace-ebpf", root_dir, ..Default::default() }],
+        [Package {
+            name: "tgt-trace-ebpf",
+            root_dir,
+            ..Default::default()
+        }],
         Toolchain::default(),
     )
     .context(

@@ -1,3 +1,4 @@
 //! End-to-end support: a real tgtd, real initiators, and tgt-trace, on 127.0.0.1 only.
 
 pub mod iscsi;
+pub mod tgtd;

@@ -120,10 +120,8 @@ fn header(kind: u8) -> Event {
 
 fn read_cmd(cmd: u64) -> Result<CmdWindow, ()> {
     // SAFETY: bpf_probe_read_user copes with any address; a bad one fails.
-    unsafe {
-        bpf_probe_read_user((cmd + layout::CMD_WINDOW_START as u64) as *const CmdWindow)
-    }
-    .map_err(|_| bump(counter::READ_FAILED))
+    unsafe { bpf_probe_read_user((cmd + layout::CMD_WINDOW_START as u64) as *const CmdWindow) }
+        .map_err(|_| bump(counter::READ_FAILED))
 }
 
 fn read_mreq(mreq: u64) -> Option<MgmtReq> {
@@ -241,7 +239,9 @@ pub fn tmf_request(ctx: ProbeContext) -> u32 {
 pub fn tmf_return(ctx: RetProbeContext) -> u32 {
     let thread = bpf_get_current_pid_tgid();
     // SAFETY: the value is copied out before the entry is removed.
-    let mid = unsafe { TMF_IN_PROGRESS.get(&thread) }.copied().unwrap_or(0);
+    let mid = unsafe { TMF_IN_PROGRESS.get(&thread) }
+        .copied()
+        .unwrap_or(0);
     let _ = TMF_IN_PROGRESS.remove(&thread);
     emit(Event {
         cookie: mid,

@@ -18,7 +18,11 @@ mod exit {
 }
 
 #[derive(Parser)]
-#[command(name = "tgt-trace", version, about = "eBPF tracer for the tgt SCSI target: TMFs, aborts and orphaned aborts")]
+#[command(
+    name = "tgt-trace",
+    version,
+    about = "eBPF tracer for the tgt SCSI target: TMFs, aborts and orphaned aborts"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -69,9 +73,13 @@ enum Command {
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().map_err(|_| format!("'{text}' is not a duration; use e.g. 500ms, 30s, 2m"))?;
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration; use e.g. 500ms, 30s, 2m"))?;
     let seconds = match unit {
         "ns" => value / 1e9,
         "us" | "µs" => value / 1e6,
@@ -79,7 +87,11 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        _ => return Err(format!("'{unit}' is not a duration unit; use ns, us, ms, s, m or h")),
+        _ => {
+            return Err(format!(
+                "'{unit}' is not a duration unit; use ns, us, ms, s, m or h"
+            ));
+        }
     };
     if !seconds.is_finite() || seconds < 0.0 {
         return Err(format!("'{text}' is not a duration"));
@@ -88,9 +100,13 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 fn parse_ring_size(text: &str) -> Result<u32, String> {
-    let size: u32 = text.parse().map_err(|_| format!("'{text}' is not a byte count"))?;
+    let size: u32 = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a byte count"))?;
     if size < 4096 || !size.is_power_of_two() {
-        return Err(format!("ring size {size} must be a power of two and at least 4096"));
+        return Err(format!(
+            "ring size {size} must be a power of two and at least 4096"
+        ));
     }
     Ok(size)
 }
@@ -115,11 +131,25 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Record { attach, output, duration, command } => {
+        Command::Record {
+            attach,
+            output,
+            duration,
+            command,
+        } => {
             let binary = TgtdBinary::inspect(&attach.tgtd)?;
             let opts = RecordOptions {
-                trace: TraceOptions { binary, pid: attach.pid, set: attach.probes, ring_bytes: attach.ring_size },
-                output: if output == "-" { Output::Stdout } else { Output::File(output.into()) },
+                trace: TraceOptions {
+                    binary,
+                    pid: attach.pid,
+                    set: attach.probes,
+                    ring_bytes: attach.ring_size,
+                },
+                output: if output == "-" {
+                    Output::Stdout
+                } else {
+                    Output::File(output.into())
+                },
                 duration,
                 command,
                 poll: attach.poll,
@@ -147,7 +177,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Probes { tgtd } => {
             let binary = TgtdBinary::inspect(&tgtd)?;
-            println!("{}: build id {}, layout {:?}", binary.path.display(), binary.build_id, binary.layout);
+            println!(
+                "{}: build id {}, layout {:?}",
+                binary.path.display(),
+                binary.build_id,
+                binary.layout
+            );
             for name in tgt_trace::tgtd::probe_functions() {
                 match binary.symbol_offset(name) {
                     Some(offset) => println!("  {name:<22} offset {offset:#x}"),
@@ -156,7 +191,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             match binary.tmf_response_offset {
                 Some(offset) => println!("  {:<22} offset {offset:#x}", "iscsi_tm_done"),
-                None => println!("  {:<22} not found: TMF responses will be inferred", "iscsi_tm_done"),
+                None => println!(
+                    "  {:<22} not found: TMF responses will be inferred",
+                    "iscsi_tm_done"
+                ),
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -149,10 +149,14 @@ pub enum ProbeError {
     )]
     Privileges { missing: String },
     /// The binary was built with AYA_BUILD_SKIP and holds no probes.
-    #[error("this tgt-trace was built without its eBPF probes (AYA_BUILD_SKIP); rebuild it without AYA_BUILD_SKIP after `cargo xtask setup`")]
+    #[error(
+        "this tgt-trace was built without its eBPF probes (AYA_BUILD_SKIP); rebuild it without AYA_BUILD_SKIP after `cargo xtask setup`"
+    )]
     NoProbes,
     /// The kernel refused the probes.
-    #[error("loading the eBPF probes failed: {0}; the kernel needs BPF, BTF and uprobes (Linux 5.8 or later)")]
+    #[error(
+        "loading the eBPF probes failed: {0}; the kernel needs BPF, BTF and uprobes (Linux 5.8 or later)"
+    )]
     Load(#[source] aya::EbpfError),
     /// A probe that every probe set needs could not be attached.
     #[error("attaching the {name} probe to {function} in {binary} failed: {source}")]
@@ -163,7 +167,9 @@ pub enum ProbeError {
         #[source]
         source: aya::programs::ProgramError,
     },
-    #[error("the eBPF object lacks {0}; the probes and tgt-trace were built from different sources: rebuild")]
+    #[error(
+        "the eBPF object lacks {0}; the probes and tgt-trace were built from different sources: rebuild"
+    )]
     MissingProgram(&'static str),
     #[error("{0}")]
     Map(#[from] aya::maps::MapError),
@@ -245,20 +251,35 @@ impl Tracer {
                 .ok_or(ProbeError::MissingProgram(program))?
                 .try_into()?;
             prog.load()?;
-            prog.attach(UProbeAttachLocation::AbsoluteOffset(offset), &opts.binary.path, scope)
-                .map_err(|source| ProbeError::Attach {
-                    name,
-                    function,
-                    binary: binary_path.clone(),
-                    source,
-                })?;
+            prog.attach(
+                UProbeAttachLocation::AbsoluteOffset(offset),
+                &opts.binary.path,
+                scope,
+            )
+            .map_err(|source| ProbeError::Attach {
+                name,
+                function,
+                binary: binary_path.clone(),
+                source,
+            })?;
             point.attached = true;
             points.push(point);
         }
-        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(ProbeError::MissingProgram("EVENTS"))?)?;
-        let counters =
-            PerCpuArray::try_from(ebpf.take_map("COUNTERS").ok_or(ProbeError::MissingProgram("COUNTERS"))?)?;
-        Ok(Tracer { _ebpf: ebpf, ring, counters, points, decode_errors: 0 })
+        let ring = RingBuf::try_from(
+            ebpf.take_map("EVENTS")
+                .ok_or(ProbeError::MissingProgram("EVENTS"))?,
+        )?;
+        let counters = PerCpuArray::try_from(
+            ebpf.take_map("COUNTERS")
+                .ok_or(ProbeError::MissingProgram("COUNTERS"))?,
+        )?;
+        Ok(Tracer {
+            _ebpf: ebpf,
+            ring,
+            counters,
+            points,
+            decode_errors: 0,
+        })
     }
 
     pub fn points(&self) -> &[ProbePoint] {
@@ -284,7 +305,10 @@ impl Tracer {
         let sum = |index: u32| -> Result<u64, ProbeError> {
             Ok(self.counters.get(&index, 0)?.iter().sum())
         };
-        Ok(KernelCounters { ring_full: sum(counter::RING_FULL)?, read_failed: sum(counter::READ_FAILED)? })
+        Ok(KernelCounters {
+            ring_full: sum(counter::RING_FULL)?,
+            read_failed: sum(counter::READ_FAILED)?,
+        })
     }
 
     /// Records that reached user space but could not be decoded.
@@ -309,19 +333,28 @@ fn check_privileges() -> Result<(), ProbeError> {
         .filter(|(cap, _)| !has(*cap))
         .map(|(_, name)| name)
         .collect();
-    Err(ProbeError::Privileges { missing: missing.join(", ") })
+    Err(ProbeError::Privileges {
+        missing: missing.join(", "),
+    })
 }
 
 fn effective_capabilities() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))?
+        .trim();
     u64::from_str_radix(hex, 16).ok()
 }
 
 /// The processes now running `binary`, by `/proc/PID/exe`.
 pub fn running_processes(binary: &Path) -> Vec<u32> {
-    let Ok(target) = std::fs::canonicalize(binary) else { return Vec::new() };
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(target) = std::fs::canonicalize(binary) else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     let mut pids: Vec<u32> = entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == target))
@@ -332,13 +365,18 @@ pub fn running_processes(binary: &Path) -> Vec<u32> {
 
 /// True while process `pid` exists (a zombie counts as gone).
 pub fn process_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
 }
 
 /// CLOCK_MONOTONIC now, the clock `bpf_ktime_get_ns` reads.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: a valid pointer to a timespec on our stack.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)

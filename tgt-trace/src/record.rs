@@ -72,7 +72,10 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome, RecordError> {
         Output::Stdout => "standard output".to_owned(),
         Output::File(path) => path.display().to_string(),
     };
-    let output_error = |source: io::Error| RecordError::Output { target: target_name.clone(), source };
+    let output_error = |source: io::Error| RecordError::Output {
+        target: target_name.clone(),
+        source,
+    };
     let sink: Box<dyn Write> = match &opts.output {
         Output::Stdout => Box::new(io::stdout().lock()),
         Output::File(path) => Box::new(std::fs::File::create(path).map_err(output_error)?),
@@ -117,7 +120,12 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome, RecordError> {
                 .kill_on_drop(true)
                 .spawn()
                 .map_err(|source| RecordError::Command {
-                    command: opts.command.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "),
+                    command: opts
+                        .command
+                        .iter()
+                        .map(|a| a.to_string_lossy())
+                        .collect::<Vec<_>>()
+                        .join(" "),
                     source,
                 })?,
         ),
@@ -170,7 +178,10 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome, RecordError> {
     };
     write_line(&mut out, &Line::Summary(summary.clone())).map_err(output_error)?;
     out.flush().map_err(output_error)?;
-    Ok(RecordOutcome { summary, command_status })
+    Ok(RecordOutcome {
+        summary,
+        command_status,
+    })
 }
 
 /// Never completes without a deadline.
@@ -222,11 +233,21 @@ fn report_exits(
     live: &mut BTreeSet<u32>,
     exited: &mut BTreeSet<u32>,
 ) -> io::Result<u64> {
-    let gone: Vec<u32> = live.iter().copied().filter(|&pid| !probe::process_alive(pid)).collect();
+    let gone: Vec<u32> = live
+        .iter()
+        .copied()
+        .filter(|&pid| !probe::process_alive(pid))
+        .collect();
     for &pid in &gone {
         live.remove(&pid);
         exited.insert(pid);
-        write_line(out, &Line::Event(Event::ProcessExit { ts_ns: probe::monotonic_ns(), pid }))?;
+        write_line(
+            out,
+            &Line::Event(Event::ProcessExit {
+                ts_ns: probe::monotonic_ns(),
+                pid,
+            }),
+        )?;
     }
     Ok(gone.len() as u64)
 }

@@ -53,14 +53,18 @@ pub fn probe_functions() -> [&'static str; 7] {
 #[derive(Debug, thiserror::Error)]
 pub enum TgtdError {
     /// The file does not exist or cannot be read.
-    #[error("tgtd not found at {path}: {source}; install tgt (`apt-get install tgt`) or pass --tgtd PATH")]
+    #[error(
+        "tgtd not found at {path}: {source}; install tgt (`apt-get install tgt`) or pass --tgtd PATH"
+    )]
     NotFound {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
     /// Not an ELF file tgt-trace can parse.
-    #[error("{path} is not an x86_64 ELF executable tgt-trace can read ({reason}); pass --tgtd PATH to a tgtd binary")]
+    #[error(
+        "{path} is not an x86_64 ELF executable tgt-trace can read ({reason}); pass --tgtd PATH to a tgtd binary"
+    )]
     NotElf { path: PathBuf, reason: String },
     /// Exported symbols the probes need are absent.
     #[error(
@@ -74,7 +78,11 @@ pub enum TgtdError {
          match tgt 1.0.85's:\n{mismatches}\ntgt-trace refuses to read it with wrong offsets; \
          use a tgt 1.0.85..1.0.97 x86_64 build, or teach tgt-trace-common::layout this one"
     )]
-    UnknownLayout { path: PathBuf, build_id: String, mismatches: String },
+    UnknownLayout {
+        path: PathBuf,
+        build_id: String,
+        mismatches: String,
+    },
 }
 
 /// How the layout of this build was accepted.
@@ -109,9 +117,14 @@ struct Symbol {
 impl TgtdBinary {
     /// Reads and checks the binary at `path`.
     pub fn inspect(path: &Path) -> Result<TgtdBinary, TgtdError> {
-        let data = std::fs::read(path)
-            .map_err(|source| TgtdError::NotFound { path: path.to_owned(), source })?;
-        let not_elf = |reason: String| TgtdError::NotElf { path: path.to_owned(), reason };
+        let data = std::fs::read(path).map_err(|source| TgtdError::NotFound {
+            path: path.to_owned(),
+            source,
+        })?;
+        let not_elf = |reason: String| TgtdError::NotElf {
+            path: path.to_owned(),
+            reason,
+        };
         let file = object::File::parse(&*data).map_err(|e| not_elf(e.to_string()))?;
         if file.architecture() != object::Architecture::X86_64 {
             return Err(not_elf(format!("architecture {:?}", file.architecture())));
@@ -121,27 +134,40 @@ impl TgtdBinary {
             .filter(|s| s.is_definition())
             .filter_map(|s| {
                 let name = s.name().ok()?.to_owned();
-                Some((name, Symbol { address: s.address(), size: s.size() }))
+                Some((
+                    name,
+                    Symbol {
+                        address: s.address(),
+                        size: s.size(),
+                    },
+                ))
             })
             .collect();
         let missing: Vec<&str> = probe_functions()
             .into_iter()
-        .filter(|name| !symbols.contains_key(*name))
-        .collect();
+            .filter(|name| !symbols.contains_key(*name))
+            .collect();
         if !missing.is_empty() {
-            return Err(TgtdError::MissingSymbols { path: path.to_owned(), missing: missing.join(", ") });
+            return Err(TgtdError::MissingSymbols {
+                path: path.to_owned(),
+                missing: missing.join(", "),
+            });
         }
         let build_id = file
             .build_id()
             .ok()
             .flatten()
-            .map(|id| id.iter().fold(String::new(), |mut s, b| {
-                let _ = write!(s, "{b:02x}");
-                s
-            }))
+            .map(|id| {
+                id.iter().fold(String::new(), |mut s, b| {
+                    let _ = write!(s, "{b:02x}");
+                    s
+                })
+            })
             .unwrap_or_else(|| "none".to_owned());
         let layout = match KNOWN_BUILDS.iter().find(|(id, _)| *id == build_id) {
-            Some((_, build)) => LayoutCheck::KnownBuild { build: (*build).to_owned() },
+            Some((_, build)) => LayoutCheck::KnownBuild {
+                build: (*build).to_owned(),
+            },
             None => {
                 let mismatches = fingerprint_mismatches(&file, &symbols);
                 if !mismatches.is_empty() {
@@ -154,15 +180,27 @@ impl TgtdBinary {
                 LayoutCheck::CodeFingerprint
             }
         };
-        let tmf_response_offset = iscsi_mgmt_end_notify(&file)
-            .and_then(|address| file_offset(&file, address));
+        let tmf_response_offset =
+            iscsi_mgmt_end_notify(&file).and_then(|address| file_offset(&file, address));
         let mut symbols_by_offset = HashMap::new();
         for (name, sym) in symbols {
             if let Some(offset) = file_offset(&file, sym.address) {
-                symbols_by_offset.insert(name, Symbol { address: offset, size: sym.size });
+                symbols_by_offset.insert(
+                    name,
+                    Symbol {
+                        address: offset,
+                        size: sym.size,
+                    },
+                );
             }
         }
-        Ok(TgtdBinary { path: path.to_owned(), build_id, layout, symbols: symbols_by_offset, tmf_response_offset })
+        Ok(TgtdBinary {
+            path: path.to_owned(),
+            build_id,
+            layout,
+            symbols: symbols_by_offset,
+            tmf_response_offset,
+        })
     }
 
     /// The file offset of an exported function, for an offset-based uprobe.
@@ -176,16 +214,21 @@ impl TgtdBinary {
 fn uses_displacement(code: &[u8], disp: u32) -> bool {
     let has_modrm = |at: usize, mode: u8| {
         let check = |i: usize, with_sib: bool| {
-            code.get(i).is_some_and(|&m| m >> 6 == mode && ((m & 7) == 4) == with_sib)
+            code.get(i)
+                .is_some_and(|&m| m >> 6 == mode && ((m & 7) == 4) == with_sib)
         };
         (at >= 1 && check(at - 1, false)) || (at >= 2 && check(at - 2, true))
     };
     if disp < 0x80 {
         let byte = disp as u8;
-        code.iter().enumerate().any(|(i, &b)| b == byte && has_modrm(i, 0b01))
+        code.iter()
+            .enumerate()
+            .any(|(i, &b)| b == byte && has_modrm(i, 0b01))
     } else {
         let le = disp.to_le_bytes();
-        code.windows(4).enumerate().any(|(i, w)| w == le && has_modrm(i, 0b10))
+        code.windows(4)
+            .enumerate()
+            .any(|(i, w)| w == le && has_modrm(i, 0b10))
     }
 }
 
@@ -194,12 +237,19 @@ fn uses_displacement(code: &[u8], disp: u32) -> bool {
 /// per field that is not. `scsi_cmd.tag` is not checked directly: it is the
 /// only 8-byte field between `attribute` (164) and `result` (176), so those
 /// two pin it at 168.
-fn fingerprint_mismatches(file: &object::File<'_>, symbols: &HashMap<String, Symbol>) -> Vec<String> {
+fn fingerprint_mismatches(
+    file: &object::File<'_>,
+    symbols: &HashMap<String, Symbol>,
+) -> Vec<String> {
     let checks: &[(&str, &str, usize)] = &[
         (symbol::QUEUE, "scsi_cmd.cmd_itn_id", layout::CMD_ITN_ID),
         (symbol::QUEUE, "scsi_cmd.scb", layout::CMD_SCB),
         (symbol::QUEUE, "scsi_cmd.lun", layout::CMD_LUN),
-        (symbol::CMD_PERFORM_CORE, "scsi_cmd.attribute", layout::CMD_ATTRIBUTE),
+        (
+            symbol::CMD_PERFORM_CORE,
+            "scsi_cmd.attribute",
+            layout::CMD_ATTRIBUTE,
+        ),
         (symbol::RESULT, "scsi_cmd.result", layout::CMD_RESULT),
         (symbol::RELEASE, "scsi_cmd.mreq", layout::CMD_MREQ),
         (symbol::RELEASE, "mgmt_req.busy", layout::MREQ_BUSY),
@@ -222,9 +272,9 @@ fn fingerprint_mismatches(file: &object::File<'_>, symbols: &HashMap<String, Sym
 }
 
 fn function_bytes<'a>(file: &object::File<'a>, sym: Symbol) -> Option<&'a [u8]> {
-    let section = file.sections().find(|s| {
-        s.address() <= sym.address && sym.address < s.address() + s.size()
-    })?;
+    let section = file
+        .sections()
+        .find(|s| s.address() <= sym.address && sym.address < s.address() + s.size())?;
     let data = section.data().ok()?;
     let start = usize::try_from(sym.address - section.address()).ok()?;
     let len = usize::try_from(sym.size.max(1)).ok()?;
@@ -266,7 +316,11 @@ fn iscsi_mgmt_end_notify(file: &object::File<'_>) -> Option<u64> {
             && relative
                 .get(&(slot + layout::DRIVER_DEFAULT_BST as u64))
                 .is_some_and(|&bst| points_at(bst, b"rdwr\0"));
-        is_driver.then(|| relative.get(&(slot + layout::DRIVER_MGMT_END_NOTIFY as u64)).copied())?
+        is_driver.then(|| {
+            relative
+                .get(&(slot + layout::DRIVER_MGMT_END_NOTIFY as u64))
+                .copied()
+        })?
     });
     let first = found.next()?;
     // Two candidates would mean the heuristic is ambiguous: use neither.
@@ -293,7 +347,10 @@ mod tests {
         // mov 0x78(%rsi),%r8
         assert!(uses_displacement(&[0x4c, 0x8b, 0x46, 0x78], 0x78));
         // lea 0x9c(%r12),%rsi: SIB form
-        assert!(uses_displacement(&[0x49, 0x8d, 0xb4, 0x24, 0x9c, 0, 0, 0], 0x9c));
+        assert!(uses_displacement(
+            &[0x49, 0x8d, 0xb4, 0x24, 0x9c, 0, 0, 0],
+            0x9c
+        ));
         // The bytes without a ModRM of the right mode before them. (An opcode
         // byte can look like a ModRM: this is a fingerprint, not a disassembler,
         // which is why it checks nine fields and not one.)
@@ -306,7 +363,10 @@ mod tests {
     fn missing_binary_names_the_fix() {
         let err = TgtdBinary::inspect(Path::new("/nonexistent/tgtd")).expect_err("no such file");
         let text = err.to_string();
-        assert!(text.contains("/nonexistent/tgtd") && text.contains("--tgtd PATH"), "{text}");
+        assert!(
+            text.contains("/nonexistent/tgtd") && text.contains("--tgtd PATH"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -319,7 +379,10 @@ mod tests {
     fn a_binary_without_tgt_symbols_is_refused_by_name() {
         let err = TgtdBinary::inspect(Path::new("/bin/sh")).expect_err("not tgtd");
         let text = err.to_string();
-        assert!(text.contains("target_cmd_queue") && text.contains("target_mgmt_request"), "{text}");
+        assert!(
+            text.contains("target_cmd_queue") && text.contains("target_mgmt_request"),
+            "{text}"
+        );
     }
 
     /// Runs where Debian's tgt is installed (the e2e machines); elsewhere it
@@ -336,10 +399,21 @@ mod tests {
         let file = object::File::parse(&*data).expect("ELF");
         let symbols: HashMap<String, Symbol> = file
             .dynamic_symbols()
-            .filter_map(|s| Some((s.name().ok()?.to_owned(), Symbol { address: s.address(), size: s.size() })))
+            .filter_map(|s| {
+                Some((
+                    s.name().ok()?.to_owned(),
+                    Symbol {
+                        address: s.address(),
+                        size: s.size(),
+                    },
+                ))
+            })
             .collect();
         // The fingerprint must accept the build the allow-list accepts.
-        assert_eq!(fingerprint_mismatches(&file, &symbols), Vec::<String>::new());
+        assert_eq!(
+            fingerprint_mismatches(&file, &symbols),
+            Vec::<String>::new()
+        );
         assert!(bin.tmf_response_offset.is_some(), "iscsi_tm_done not found");
         assert!(bin.symbol_offset(symbol::QUEUE).is_some());
     }

@@ -71,7 +71,11 @@ pub struct Drops {
 
 impl Drops {
     pub fn new(kernel: KernelCounters, decode_errors: u64) -> Drops {
-        Drops { ring_full: kernel.ring_full, read_failed: kernel.read_failed, decode_errors }
+        Drops {
+            ring_full: kernel.ring_full,
+            read_failed: kernel.read_failed,
+            decode_errors,
+        }
     }
 
     pub fn total(&self) -> u64 {

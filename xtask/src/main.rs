@@ -1,1 +1,174 @@
-fn main() {}
+//! The jobs around the build: set-up, the whole test suite, the demo.
+//!
+//! `cargo xtask setup` installs what is missing, idempotently; `test` and
+//! `demo` run it first, so the README's two commands work on a fresh machine.
+
+mod demo;
+mod setup;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    job: Job,
+}
+
+#[derive(Subcommand)]
+enum Job {
+    /// Install what building and testing need: nightly rust-src, bpf-linker, Debian packages.
+    Setup,
+    /// fmt, clippy (user space and eBPF), unit tests, then the end-to-end tests as root.
+    Test {
+        /// Skip the end-to-end tests (they need root and a real tgtd).
+        #[arg(long)]
+        no_e2e: bool,
+        /// Only run end-to-end tests whose name contains this.
+        #[arg(long)]
+        e2e_filter: Option<String>,
+    },
+    /// Start a scratch tgtd on 127.0.0.1, drive a workload that causes aborts, and trace it live.
+    Demo {
+        /// Stop after this many seconds (0: until Ctrl-C).
+        #[arg(long, default_value_t = 0)]
+        seconds: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.job {
+        Job::Setup => setup::run(),
+        Job::Test { no_e2e, e2e_filter } => test(no_e2e, e2e_filter.as_deref()),
+        Job::Demo { seconds } => setup::run().and_then(|()| demo::run(seconds)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> std::path::PathBuf {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_owned()
+}
+
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+/// Runs a command, failing with its command line when it fails.
+pub fn run_step(what: &str, cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("xtask: {what}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status}): {cmd:?}");
+    }
+    Ok(())
+}
+
+fn test(no_e2e: bool, e2e_filter: Option<&str>) -> anyhow::Result<()> {
+    setup::run()?;
+    run_step(
+        "cargo fmt --check",
+        cargo().args(["fmt", "--all", "--check"]),
+    )?;
+    run_step(
+        "clippy (user space)",
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "tgt-trace-ebpf",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    run_step(
+        "clippy (eBPF)",
+        Command::new("rustup")
+            .current_dir(root().join("tgt-trace-ebpf"))
+            .args([
+                "run",
+                "nightly",
+                "cargo",
+                "clippy",
+                "--release",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--locked",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+    )?;
+    run_step(
+        "unit and property tests",
+        cargo()
+            .args([
+                "test",
+                "--workspace",
+                "--exclude",
+                "tgt-trace-ebpf",
+                "--locked",
+            ])
+            .args(["--exclude", "tgt-trace-e2e"]),
+    )?;
+    run_step(
+        "e2e crate's own unit tests",
+        cargo().args(["test", "-p", "tgt-trace-e2e", "--lib", "--locked"]),
+    )?;
+    if no_e2e {
+        eprintln!("xtask: end-to-end tests skipped (--no-e2e)");
+        return Ok(());
+    }
+    setup::require_root("the end-to-end tests start tgtd and load eBPF probes")?;
+    run_step(
+        "build tgt-trace (release)",
+        cargo().args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "tgt-trace",
+            "-p",
+            "tgt-slowio",
+        ]),
+    )?;
+    let mut e2e = cargo();
+    e2e.args([
+        "test",
+        "--release",
+        "--locked",
+        "-p",
+        "tgt-trace-e2e",
+        "--tests",
+        "--",
+    ])
+    .args(["--test-threads=1"])
+    .env("TGT_TRACE_BIN", root().join("target/release/tgt-trace"));
+    if let Some(filter) = e2e_filter {
+        e2e.arg(filter);
+    }
+    run_step(
+        "end-to-end tests (real tgtd, real initiators, root)",
+        &mut e2e,
+    )
+}
