@@ -165,4 +165,3 @@ pub mod layout {
     pub const DRIVER_MGMT_END_NOTIFY: usize = 112;
     pub const DRIVER_DEFAULT_BST: usize = 128;
 }
-

@@ -15,9 +15,15 @@ pub enum DecodeError {
         "record of kind {kind} is {len} bytes, expected {expected}; the eBPF object and \
          tgt-trace were built from different sources: rebuild tgt-trace"
     )]
-    Short { kind: u8, len: usize, expected: usize },
+    Short {
+        kind: u8,
+        len: usize,
+        expected: usize,
+    },
     /// The record's kind is not one tgt-trace knows.
-    #[error("record kind {0} is unknown; the eBPF object is newer than tgt-trace: rebuild tgt-trace")]
+    #[error(
+        "record kind {0} is unknown; the eBPF object is newer than tgt-trace: rebuild tgt-trace"
+    )]
     UnknownKind(u8),
     /// An empty record.
     #[error("empty record from the ring buffer")]
@@ -35,7 +41,11 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         other => return Err(DecodeError::UnknownKind(other)),
     };
     if bytes.len() < expected {
-        return Err(DecodeError::Short { kind, len: bytes.len(), expected });
+        return Err(DecodeError::Short {
+            kind,
+            len: bytes.len(),
+            expected,
+        });
     }
     // SAFETY: the length was checked against size_of::<Event>() above;
     // read_unaligned copes with the ring buffer's 8-byte alignment, and every
@@ -106,7 +116,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         },
         kind::NEXUS_CREATE => {
             let info_at = size_of::<abi::Event>() + 8;
-            let info_len = u32::from_ne_bytes([bytes[64], bytes[65], bytes[66], bytes[67]]) as usize;
+            let info_len =
+                u32::from_ne_bytes([bytes[64], bytes[65], bytes[66], bytes[67]]) as usize;
             let info_bytes = &bytes[info_at..info_at + abi::NEXUS_INFO_LEN];
             let copied = &info_bytes[..info_len.min(abi::NEXUS_INFO_LEN)];
             let text = copied.split(|&b| b == 0).next().unwrap_or_default();
@@ -144,7 +155,9 @@ pub fn lun_number(lun: &[u8; 8]) -> u64 {
 /// The initiator name from tgt's iSCSI session text
 /// (`usr/iscsi/session.c`: `Initiator: <iqn> alias: <alias>`).
 pub fn initiator_name(info: &str) -> Option<String> {
-    let rest = info.lines().find_map(|line| line.trim().strip_prefix("Initiator:"))?;
+    let rest = info
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("Initiator:"))?;
     let name = rest.split_whitespace().next()?;
     Some(name.to_owned())
 }
@@ -205,17 +218,31 @@ mod tests {
         let Event::CmdRelease { tmf, .. } = decode(&raw_bytes(&raw)).expect("decodes") else {
             panic!("wrong kind");
         };
-        assert_eq!(tmf, Some(Waiter { mid: 77, function: 0x0d, busy: 1 }));
+        assert_eq!(
+            tmf,
+            Some(Waiter {
+                mid: 77,
+                function: 0x0d,
+                busy: 1
+            })
+        );
     }
 
     #[test]
     fn short_record_is_an_error_not_a_panic() {
-        let raw = abi::Event { kind: kind::CMD_RESULT, ..Default::default() };
+        let raw = abi::Event {
+            kind: kind::CMD_RESULT,
+            ..Default::default()
+        };
         let bytes = raw_bytes(&raw);
         for len in 1..EVENT_SIZE {
             assert_eq!(
                 decode(&bytes[..len]),
-                Err(DecodeError::Short { kind: kind::CMD_RESULT, len, expected: EVENT_SIZE })
+                Err(DecodeError::Short {
+                    kind: kind::CMD_RESULT,
+                    len,
+                    expected: EVENT_SIZE
+                })
             );
         }
         assert_eq!(decode(&[]), Err(DecodeError::Empty));
@@ -225,7 +252,9 @@ mod tests {
     fn nexus_create_needs_its_full_size() {
         let mut bytes = vec![0u8; EVENT_SIZE];
         bytes[0] = kind::NEXUS_CREATE;
-        assert!(matches!(decode(&bytes), Err(DecodeError::Short { expected, .. }) if expected == NEXUS_EVENT_SIZE));
+        assert!(
+            matches!(decode(&bytes), Err(DecodeError::Short { expected, .. }) if expected == NEXUS_EVENT_SIZE)
+        );
     }
 
     #[test]
@@ -241,10 +270,14 @@ mod tests {
     fn nexus_create_parses_the_initiator() {
         let mut bytes = vec![0u8; NEXUS_EVENT_SIZE];
         bytes[0] = kind::NEXUS_CREATE;
-        let text = b"Initiator: iqn.2026-11.test:ini alias: box\nConnection: 0\n  IP Address: 127.0.0.1\0";
+        let text =
+            b"Initiator: iqn.2026-11.test:ini alias: box\nConnection: 0\n  IP Address: 127.0.0.1\0";
         bytes[64..68].copy_from_slice(&(text.len() as u32).to_ne_bytes());
         bytes[72..72 + text.len()].copy_from_slice(text);
-        let Event::NexusCreate { initiator, info, .. } = decode(&bytes).expect("decodes") else {
+        let Event::NexusCreate {
+            initiator, info, ..
+        } = decode(&bytes).expect("decodes")
+        else {
             panic!("wrong kind");
         };
         assert_eq!(initiator.as_deref(), Some("iqn.2026-11.test:ini"));
