@@ -167,6 +167,11 @@ pub enum ProbeError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    /// `--pid` names a process that is not running the traced binary.
+    #[error(
+        "process {pid} is not running {binary}; pass its binary with --tgtd PATH, or a tgtd pid (pidof tgtd)"
+    )]
+    NotTgtd { pid: u32, binary: String },
     #[error(
         "the eBPF object lacks {0}; the probes and tgt-trace were built from different sources: rebuild"
     )]
@@ -205,6 +210,16 @@ impl Tracer {
             return Err(ProbeError::NoProbes);
         }
         check_privileges()?;
+        if let Some(pid) = opts.pid {
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+            let binary = std::fs::canonicalize(&opts.binary.path).ok();
+            if exe.is_none() || exe != binary {
+                return Err(ProbeError::NotTgtd {
+                    pid: pid.get(),
+                    binary: opts.binary.path.display().to_string(),
+                });
+            }
+        }
         let tmf_only: u8 = (opts.set == ProbeSet::Tmf).into();
         let mut ebpf = EbpfLoader::new()
             .override_global("RESULTS_FOR_TMF_ONLY", &tmf_only, true)

@@ -15,10 +15,14 @@ use tgt_trace_e2e::tgtd::{Tgtd, TgtdOptions};
 use crate::{cargo, root, run_step};
 
 pub fn run(seconds: u64) -> anyhow::Result<()> {
-    run_step("build tgt-trace (release)", cargo().args(["build", "--release", "-p", "tgt-trace"]))?;
+    run_step(
+        "build tgt-trace (release)",
+        cargo().args(["build", "--release", "-p", "tgt-trace"]),
+    )?;
     crate::setup::require_root("the demo starts tgtd and loads eBPF probes")?;
     let tgtd = Tgtd::start(&TgtdOptions::default()).context("starting a scratch tgtd")?;
-    tgtd.add_lun(1, 64 << 20).context("adding a file-backed LUN")?;
+    tgtd.add_lun(1, 64 << 20)
+        .context("adding a file-backed LUN")?;
     tgtd.add_null_lun(2, 0).context("adding a null LUN")?;
     eprintln!(
         "demo: tgtd pid {} on {} (control {}), target {}; Ctrl-C to stop",
@@ -39,7 +43,10 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
     if seconds > 0 {
         tracer.args(["--duration", &format!("{seconds}s")]);
     }
-    let mut tracer = tracer.stdout(Stdio::piped()).spawn().context("starting tgt-trace")?;
+    let mut tracer = tracer
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting tgt-trace")?;
     let result = show(&mut tracer);
     let _ = tracer.wait();
     stop_group(&mut workload);
@@ -83,12 +90,20 @@ fn show(tracer: &mut Child) -> anyhow::Result<()> {
     let mut last = Instant::now();
     for line in BufReader::new(stdout).lines() {
         let line = line.context("reading tgt-trace's output")?;
-        let value: serde_json::Value = serde_json::from_str(&line).with_context(|| format!("bad line: {line}"))?;
-        let kind = value["kind"].as_str().or(value["type"].as_str()).unwrap_or("?").to_owned();
+        let value: serde_json::Value =
+            serde_json::from_str(&line).with_context(|| format!("bad line: {line}"))?;
+        let kind = value["kind"]
+            .as_str()
+            .or(value["type"].as_str())
+            .unwrap_or("?")
+            .to_owned();
         match kind.as_str() {
             "tmf_request" => println!(
                 "TMF  request  fn {} tag {:#010x} lun {} nexus {} mid {:#x}",
-                value["function"], value["tag"].as_u64().unwrap_or(0), value["lun"], value["itn_id"],
+                value["function"],
+                value["tag"].as_u64().unwrap_or(0),
+                value["lun"],
+                value["itn_id"],
                 value["mid"].as_u64().unwrap_or(0)
             ),
             "tmf_return" => println!(
@@ -102,7 +117,8 @@ fn show(tracer: &mut Child) -> anyhow::Result<()> {
             ),
             "tmf_response" => println!(
                 "TMF  response result {} mid {:#x}",
-                value["result"], value["mid"].as_u64().unwrap_or(0)
+                value["result"],
+                value["mid"].as_u64().unwrap_or(0)
             ),
             "summary" => println!("{line}"),
             _ => {}

@@ -1,0 +1,88 @@
+//! The CLI's refusals, as a user meets them: each names the cause and the fix.
+
+use std::process::{Command, Output};
+
+use tgt_trace_e2e::tgtd::tgt_trace_bin;
+
+fn run(args: &[&str]) -> Output {
+    Command::new(tgt_trace_bin())
+        .args(args)
+        .output()
+        .expect("tgt-trace runs")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn without_bpf_capabilities_it_names_the_missing_ones() {
+    // setpriv (util-linux) drops every capability, as an unprivileged user has none.
+    let out = Command::new("setpriv")
+        .args(["--inh-caps=-all", "--bounding-set=-all", "--"])
+        .arg(tgt_trace_bin())
+        .args(["record", "--duration", "1s", "-o", "/dev/null"])
+        .output()
+        .expect("setpriv runs");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = stderr(&out);
+    assert!(
+        text.contains("CAP_BPF") && text.contains("CAP_PERFMON") && text.contains("root"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_missing_tgtd_binary_names_the_flag() {
+    let out = run(&["record", "--tgtd", "/nonexistent/tgtd", "--duration", "1s"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("pass --tgtd PATH"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_binary_that_is_not_tgtd_names_the_missing_symbols() {
+    let out = run(&["record", "--tgtd", "/bin/sh", "--duration", "1s"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("target_cmd_queue"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_pid_that_is_not_tgtd_is_refused() {
+    let me = std::process::id().to_string();
+    let out = run(&[
+        "record",
+        "--pid",
+        &me,
+        "--duration",
+        "1s",
+        "-o",
+        "/dev/null",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!("process {me} is not running")),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn bad_usage_exits_3() {
+    for args in [
+        &["record", "--probes", "most"][..],
+        &["record", "--ring-size", "1000"],
+        &["record", "--duration", "soon"],
+        &["frobnicate"],
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {}", stderr(&out));
+    }
+}
