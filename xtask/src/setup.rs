@@ -83,10 +83,10 @@ fn cargo_home() -> PathBuf {
 /// (../shared/notes/tgt-facts.md §5): no system LLVM, no download.
 fn bpf_linker() -> anyhow::Result<()> {
     let linker = cargo_home().join("bin/bpf-linker");
-    if let Some(version) = output(Command::new(&linker).arg("--version")) {
-        if version.contains(BPF_LINKER_VERSION) {
-            return Ok(());
-        }
+    if output(Command::new(&linker).arg("--version"))
+        .is_some_and(|v| v.contains(BPF_LINKER_VERSION))
+    {
+        return Ok(());
     }
     let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
         .context("rustc +nightly does not run; `rustup toolchain install nightly` first")?;
