@@ -165,7 +165,7 @@ pub enum ProbeError {
         function: &'static str,
         binary: String,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     /// `--pid` names a process that is not running the traced binary.
     #[error(
@@ -179,7 +179,14 @@ pub enum ProbeError {
     #[error("{0}")]
     Map(#[from] aya::maps::MapError),
     #[error("{0}")]
-    Program(#[from] aya::programs::ProgramError),
+    Program(Box<aya::programs::ProgramError>),
+}
+
+// aya's ProgramError is large; boxed so that Result<_, ProbeError> stays small.
+impl From<aya::programs::ProgramError> for ProbeError {
+    fn from(err: aya::programs::ProgramError) -> Self {
+        ProbeError::Program(Box::new(err))
+    }
 }
 
 /// What to trace.

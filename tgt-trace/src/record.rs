@@ -149,7 +149,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome, RecordError> {
             _ = ticker.tick() => {
                 drains = drains.wrapping_add(1);
                 events += drain(&mut tracer, &mut out, &mut live, &exited).map_err(output_error)?;
-                if drains % LIVENESS_EVERY == 0 {
+                if drains.is_multiple_of(LIVENESS_EVERY) {
                     events += report_exits(&mut out, &mut live, &mut exited).map_err(output_error)?;
                 }
             }
