@@ -282,7 +282,7 @@ impl Tracer {
                 name,
                 function,
                 binary: binary_path.clone(),
-                source,
+                source: Box::new(source),
             })?;
             point.attached = true;
             points.push(point);
