@@ -222,7 +222,7 @@ pub fn tmf_request(ctx: ProbeContext) -> u32 {
         // SAFETY: as in read_cmd.
         unsafe { bpf_probe_read_user(lun_buf as *const [u8; 8]) }.unwrap_or([0; 8])
     };
-    let _ = TMF_IN_PROGRESS.insert(&bpf_get_current_pid_tgid(), &mid, 0);
+    let _ = TMF_IN_PROGRESS.insert(bpf_get_current_pid_tgid(), mid, 0);
     emit(Event {
         tid: arg(&ctx, 0) as i32,
         itn_id: arg(&ctx, 1),
@@ -239,10 +239,10 @@ pub fn tmf_request(ctx: ProbeContext) -> u32 {
 pub fn tmf_return(ctx: RetProbeContext) -> u32 {
     let thread = bpf_get_current_pid_tgid();
     // SAFETY: the value is copied out before the entry is removed.
-    let mid = unsafe { TMF_IN_PROGRESS.get(&thread) }
+    let mid = unsafe { TMF_IN_PROGRESS.get(thread) }
         .copied()
         .unwrap_or(0);
-    let _ = TMF_IN_PROGRESS.remove(&thread);
+    let _ = TMF_IN_PROGRESS.remove(thread);
     emit(Event {
         cookie: mid,
         value: ctx.ret::<i32>(),
