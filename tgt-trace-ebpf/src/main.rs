@@ -239,9 +239,7 @@ pub fn tmf_request(ctx: ProbeContext) -> u32 {
 pub fn tmf_return(ctx: RetProbeContext) -> u32 {
     let thread = bpf_get_current_pid_tgid();
     // SAFETY: the value is copied out before the entry is removed.
-    let mid = unsafe { TMF_IN_PROGRESS.get(thread) }
-        .copied()
-        .unwrap_or(0);
+    let mid = unsafe { TMF_IN_PROGRESS.get(thread) }.copied().unwrap_or(0);
     let _ = TMF_IN_PROGRESS.remove(thread);
     emit(Event {
         cookie: mid,
