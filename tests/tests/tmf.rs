@@ -7,10 +7,19 @@ use tgt_trace_common::{TASK_ABORTED, mgmt_ret, tmf};
 use tgt_trace_e2e::tgtd::{Tgtd, TgtdOptions};
 
 mod support;
-use support::{read_trace, record};
+use support::Recording;
 
 #[test]
-fn libiscsi_tmf_suite_is_traced_request_to_response() {
+fn libiscsi_tmfs_are_traced_request_to_response_lean() {
+    libiscsi_tmfs_are_traced_request_to_response("lean");
+}
+
+#[test]
+fn libiscsi_tmfs_are_traced_request_to_response_full() {
+    libiscsi_tmfs_are_traced_request_to_response("full");
+}
+
+fn libiscsi_tmfs_are_traced_request_to_response(probe_set: &str) {
     let tgtd = Tgtd::start(&TgtdOptions::default()).expect("tgtd starts");
     tgtd.add_lun(1, 64 << 20).expect("LUN 1");
     let out = tgtd.dir.join("tmf.ndjson");
@@ -19,13 +28,32 @@ fn libiscsi_tmf_suite_is_traced_request_to_response() {
     // reset test without sending anything. Its verdicts are not asserted: its
     // LUN reset test expects a reconnect tgtd does not force, and it exits 0
     // on failures anyway. What is asserted is what tgtd did, from the trace.
-    let script = format!(
-        "iscsi-test-cu --dataloss -t iSCSI.iSCSITMF.AbortTaskSimpleAsync {url} && \
-         iscsi-test-cu --dataloss -t iSCSI.iSCSITMF.LUNResetSimpleAsync {url}"
-    );
-    let status = record(&tgtd, &out, &[], &["sh", "-c", &script]);
-    eprintln!("iscsi-test-cu: {status}");
-    let trace = read_trace(&out);
+    let mut recording = Recording::start(&tgtd, &out, &["--probes", probe_set]);
+    for test in [
+        "iSCSI.iSCSITMF.AbortTaskSimpleAsync",
+        "iSCSI.iSCSITMF.LUNResetSimpleAsync",
+    ] {
+        let status = std::process::Command::new("iscsi-test-cu")
+            .args(["--dataloss", "-t", test, &url])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("iscsi-test-cu runs");
+        eprintln!("{test}: {status}");
+    }
+    // A TMF deferred behind a command in the backing store is answered when
+    // that command is released, which can be after the initiator has gone.
+    recording.wait_for_events("a response for every TMF", |events| {
+        let requests = events
+            .iter()
+            .filter(|e| matches!(e, Event::TmfRequest { .. }))
+            .count();
+        let responses = events
+            .iter()
+            .filter(|e| matches!(e, Event::TmfResponse { .. }))
+            .count();
+        requests == 2 && responses == 2
+    });
+    let trace = recording.stop();
     assert_eq!(
         trace.summary.drops.total(),
         0,
@@ -109,9 +137,30 @@ fn libiscsi_tmf_suite_is_traced_request_to_response() {
                 queued,
                 "ABORT TASK references tag {tag:#x}, never queued on nexus {itn_id}"
             );
-            let aborted_at_once = later[..ret_at]
-                .iter()
-                .any(|e| matches!(e, Event::CmdResult { tag: t, result, .. } if *t == tag && *result == TASK_ABORTED));
+            // The full set sees the aborted result inside the request; the
+            // lean set sees it at the command's release, after the return.
+            let aborted_result = |e: &Event| match e {
+                Event::CmdResult {
+                    tag: t,
+                    itn_id: i,
+                    result,
+                    ..
+                }
+                | Event::CmdRelease {
+                    tag: t,
+                    itn_id: i,
+                    result,
+                    ..
+                } => *t == tag && *i == itn_id && *result == TASK_ABORTED,
+                _ => false,
+            };
+            let aborted_at_once = later.iter().any(aborted_result);
+            if probe_set == "full" && aborted_at_once {
+                assert!(
+                    later[..ret_at].iter().any(aborted_result),
+                    "full: aborted result inside the request"
+                );
+            }
             match ret {
                 mgmt_ret::DONE => {
                     assert!(aborted_at_once, "DONE without an aborted result");

@@ -59,7 +59,7 @@ pub mod task_attr {
     pub const ORDERED: u8 = 0x22;
 }
 
-/// One command or TMF event. 64 bytes.
+/// One command or TMF event. 72 bytes.
 ///
 /// Field use by kind (unused fields are zero):
 ///
@@ -68,7 +68,7 @@ pub mod task_attr {
 /// | CMD_QUEUE     | yes | yes    | command tag  | yes | yes         | -                  | cmd addr | -                  |
 /// | CMD_PERFORM   | -   | yes    | command tag  | -   | -           | -                  | cmd addr | -                  |
 /// | CMD_RESULT    | -   | yes    | command tag  | -   | -           | SCSI result        | cmd addr | waiting TMF's mid  |
-/// | CMD_RELEASE   | -   | yes    | command tag  | -   | -           | TMF busy count     | cmd addr | waiting TMF's mid and function |
+/// | CMD_RELEASE   | -   | yes    | command tag  | -   | -           | SCSI result (`cmd->result`); `aux`: TMF busy count | cmd addr | waiting TMF's mid and function |
 /// | TMF_REQUEST   | yes | yes    | referenced   | yes | -           | -                  | mid      | function           |
 /// | TMF_RETURN    | -   | -      | -            | -   | -           | mgmt_req_result    | mid      | -                  |
 /// | TMF_RESPONSE  | -   | -      | -            | -   | -           | mreq->result (errno) | mid    | function           |
@@ -100,6 +100,9 @@ pub struct Event {
     /// For CMD_RESULT / CMD_RELEASE: the `mid` of the TMF waiting for this
     /// command (`cmd->mreq->mid`), 0 when none.
     pub tmf_mid: u64,
+    /// CMD_RELEASE: the waiting TMF's busy count before this release.
+    pub aux: i32,
+    pub _pad: u32,
 }
 
 /// Room for the I_T nexus session text; iSCSI's is well under this (an IQN is
@@ -121,8 +124,8 @@ pub struct NexusEvent {
 pub const EVENT_SIZE: usize = core::mem::size_of::<Event>();
 pub const NEXUS_EVENT_SIZE: usize = core::mem::size_of::<NexusEvent>();
 
-const _: () = assert!(EVENT_SIZE == 64);
-const _: () = assert!(NEXUS_EVENT_SIZE == 64 + 8 + NEXUS_INFO_LEN);
+const _: () = assert!(EVENT_SIZE == 72);
+const _: () = assert!(NEXUS_EVENT_SIZE == EVENT_SIZE + 8 + NEXUS_INFO_LEN);
 
 /// Indexes into the probes' per-CPU counter array.
 pub mod counter {

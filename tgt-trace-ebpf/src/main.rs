@@ -35,11 +35,11 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 #[map]
 static TMF_IN_PROGRESS: HashMap<u64, u64> = HashMap::with_max_entries(256, 0);
 
-/// Set by user space: when non-zero, `target_cmd_io_done` sends only results
-/// a TMF cares about (TASK_ABORTED, or a command a TMF waits for). This is
-/// the TMF-only probe set; it still costs one uprobe hit per command.
+/// Set by user space: when non-zero, `target_cmd_done` sends only the
+/// releases a TMF cares about (TASK_ABORTED, or a command a TMF waits for).
+/// This is the TMF-only probe set; it still costs one uprobe hit per command.
 #[unsafe(no_mangle)]
-static RESULTS_FOR_TMF_ONLY: u8 = 0;
+static RELEASES_FOR_TMF_ONLY: u8 = 0;
 
 /// tgt 1.0.85 `struct scsi_cmd`, bytes `CMD_WINDOW_START..CMD_WINDOW_END`:
 /// everything the command probes need, read in one helper call.
@@ -55,7 +55,7 @@ struct CmdWindow {
     lun: [u8; 8],
     attribute: i32,
     tag: u64,
-    _result: i32,
+    result: i32,
     _pad1: u32,
     mreq: u64,
 }
@@ -69,6 +69,9 @@ const _: () = {
             == layout::CMD_ATTRIBUTE - layout::CMD_WINDOW_START
     );
     assert!(core::mem::offset_of!(CmdWindow, tag) == layout::CMD_TAG - layout::CMD_WINDOW_START);
+    assert!(
+        core::mem::offset_of!(CmdWindow, result) == layout::CMD_RESULT - layout::CMD_WINDOW_START
+    );
     assert!(core::mem::offset_of!(CmdWindow, mreq) == layout::CMD_MREQ - layout::CMD_WINDOW_START);
 };
 
@@ -180,11 +183,6 @@ pub fn cmd_result(ctx: ProbeContext) -> u32 {
     let cmd = arg(&ctx, 0);
     let result = arg(&ctx, 1) as i32;
     let Ok(w) = read_cmd(cmd) else { return 0 };
-    // SAFETY: a read-only global that user space sets before load.
-    let tmf_only = unsafe { core::ptr::read_volatile(&RESULTS_FOR_TMF_ONLY) } != 0;
-    if tmf_only && result != TASK_ABORTED && w.mreq == 0 {
-        return 0;
-    }
     let tmf_mid = read_mreq(w.mreq).map_or(0, |m| m.mid);
     emit(Event {
         value: result,
@@ -195,16 +193,24 @@ pub fn cmd_result(ctx: ProbeContext) -> u32 {
 }
 
 /// `void target_cmd_done(struct scsi_cmd *cmd)`: a waiting TMF's response is
-/// sent from here when this is its last busy command.
+/// sent from here when this is its last busy command. `target_cmd_io_done`
+/// stored the result in `cmd->result` before, so the lean probe set reads it
+/// here and saves a probe hit per command.
 #[uprobe]
 pub fn cmd_release(ctx: ProbeContext) -> u32 {
     let cmd = arg(&ctx, 0);
     let Ok(w) = read_cmd(cmd) else { return 0 };
+    // SAFETY: a read-only global that user space sets before load.
+    let tmf_only = unsafe { core::ptr::read_volatile(&RELEASES_FOR_TMF_ONLY) } != 0;
+    if tmf_only && w.result != TASK_ABORTED && w.mreq == 0 {
+        return 0;
+    }
     let mut event = command_event(kind::CMD_RELEASE, cmd, &w);
+    event.value = w.result;
     if let Some(m) = read_mreq(w.mreq) {
         event.tmf_mid = m.mid;
         event.function = m.function as u8;
-        event.value = m.busy;
+        event.aux = m.busy;
     }
     emit(event);
     0

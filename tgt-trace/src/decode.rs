@@ -85,10 +85,11 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             itn_id: raw.itn_id,
             tag: raw.tag,
             cmd: raw.cookie,
+            result: raw.value,
             tmf: (raw.tmf_mid != 0).then_some(Waiter {
                 mid: raw.tmf_mid,
                 function: raw.function,
-                busy: raw.value,
+                busy: raw.aux,
             }),
         },
         kind::TMF_REQUEST => Event::TmfRequest {
@@ -115,11 +116,11 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             result: raw.value,
         },
         kind::NEXUS_CREATE => {
-            let info_at = size_of::<abi::Event>() + 8;
-            let info_len =
-                u32::from_ne_bytes([bytes[64], bytes[65], bytes[66], bytes[67]]) as usize;
-            let info_bytes = &bytes[info_at..info_at + abi::NEXUS_INFO_LEN];
-            let copied = &info_bytes[..info_len.min(abi::NEXUS_INFO_LEN)];
+            // SAFETY: the length was checked against size_of::<NexusEvent>()
+            // above; integers and byte arrays only.
+            let nexus: abi::NexusEvent =
+                unsafe { bytes.as_ptr().cast::<abi::NexusEvent>().read_unaligned() };
+            let copied = &nexus.info[..(nexus.info_len as usize).min(abi::NEXUS_INFO_LEN)];
             let text = copied.split(|&b| b == 0).next().unwrap_or_default();
             let info = String::from_utf8_lossy(text).into_owned();
             Event::NexusCreate {
@@ -211,7 +212,8 @@ mod tests {
         let raw = abi::Event {
             kind: kind::CMD_RELEASE,
             function: abi::tmf::ABORT_TASK,
-            value: 1,
+            value: 0x20,
+            aux: 1,
             tmf_mid: 77,
             ..Default::default()
         };
@@ -268,20 +270,38 @@ mod tests {
 
     #[test]
     fn nexus_create_parses_the_initiator() {
-        let mut bytes = vec![0u8; NEXUS_EVENT_SIZE];
-        bytes[0] = kind::NEXUS_CREATE;
         let text =
             b"Initiator: iqn.2026-11.test:ini alias: box\nConnection: 0\n  IP Address: 127.0.0.1\0";
-        bytes[64..68].copy_from_slice(&(text.len() as u32).to_ne_bytes());
-        bytes[72..72 + text.len()].copy_from_slice(text);
+        let mut record = abi::NexusEvent {
+            event: abi::Event {
+                kind: kind::NEXUS_CREATE,
+                itn_id: 7,
+                ..Default::default()
+            },
+            info_len: text.len() as u32,
+            _pad: 0,
+            info: [0; abi::NEXUS_INFO_LEN],
+        };
+        record.info[..text.len()].copy_from_slice(text);
+        // SAFETY: NexusEvent is repr(C) plain data without implicit padding.
+        let bytes = unsafe {
+            core::slice::from_raw_parts(
+                (&record as *const abi::NexusEvent).cast::<u8>(),
+                NEXUS_EVENT_SIZE,
+            )
+        };
         let Event::NexusCreate {
-            initiator, info, ..
-        } = decode(&bytes).expect("decodes")
+            initiator,
+            info,
+            itn_id,
+            ..
+        } = decode(bytes).expect("decodes")
         else {
             panic!("wrong kind");
         };
+        assert_eq!(itn_id, 7);
         assert_eq!(initiator.as_deref(), Some("iqn.2026-11.test:ini"));
-        assert!(info.ends_with("127.0.0.1"));
+        assert!(info.ends_with("127.0.0.1"), "{info}");
     }
 
     #[test]

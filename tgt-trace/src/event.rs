@@ -55,6 +55,9 @@ pub enum Event {
         itn_id: u64,
         tag: u64,
         cmd: u64,
+        /// `cmd->result`, as `target_cmd_io_done` stored it: the lean probe
+        /// set learns results here, without a probe on the result path.
+        result: i32,
         /// The TMF waiting for this command, if any, with its busy count
         /// before this release: 1 means this release sends its response.
         #[serde(default, skip_serializing_if = "Option::is_none")]

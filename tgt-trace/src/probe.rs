@@ -28,16 +28,18 @@ static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tg
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum ProbeSet {
-    /// TMFs, nexuses, and `target_cmd_io_done` filtered in the kernel to the
-    /// results a TMF cares about: 1 hit per command. No command latency, no
-    /// in-flight view, no covered-set computation.
+    /// TMFs, nexuses, and `target_cmd_done` filtered in the kernel to the
+    /// releases a TMF cares about (aborted, or blocking a TMF): 1 hit per
+    /// command. No command latency, no in-flight view, no covered sets.
     Tmf,
-    /// queue, result and release: 3 hits per command. Command latency,
-    /// outcomes, covered sets, deferral; no queue-wait time.
+    /// queue and release, with the result read at release: 2 hits per
+    /// command. Command latency (arrival to release), outcomes, covered sets,
+    /// deferral; no queue-wait time, and abort times are release times.
     Lean,
-    /// lean plus `scsi_cmd_perform`: 4 hits per command. Adds queue-wait time
-    /// and tells, at a TMF, which covered commands were already in the
-    /// backing store.
+    /// all four paths: queue, uspace-send (`scsi_cmd_perform`), kspace_exec
+    /// (`target_cmd_io_done`) and release: 4 hits per command. Adds
+    /// queue-wait time, the exact time of each result, and which covered
+    /// commands were already in the backing store at a TMF.
     Full,
 }
 
@@ -54,15 +56,15 @@ impl ProbeSet {
     pub fn hits_per_command(self) -> u32 {
         match self {
             ProbeSet::Tmf => 1,
-            ProbeSet::Lean => 3,
+            ProbeSet::Lean => 2,
             ProbeSet::Full => 4,
         }
     }
 
     fn wants(self, path: Hook) -> bool {
         match path {
-            Hook::Queue | Hook::Release => self != ProbeSet::Tmf,
-            Hook::Perform => self == ProbeSet::Full,
+            Hook::Queue => self != ProbeSet::Tmf,
+            Hook::Perform | Hook::Result => self == ProbeSet::Full,
             _ => true,
         }
     }
@@ -229,7 +231,7 @@ impl Tracer {
         }
         let tmf_only: u8 = (opts.set == ProbeSet::Tmf).into();
         let mut ebpf = EbpfLoader::new()
-            .override_global("RESULTS_FOR_TMF_ONLY", &tmf_only, true)
+            .override_global("RELEASES_FOR_TMF_ONLY", &tmf_only, true)
             .map_max_entries("EVENTS", opts.ring_bytes)
             .load(PROBES)
             .map_err(ProbeError::Load)?;

@@ -152,6 +152,9 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome, RecordError> {
                 if drains.is_multiple_of(LIVENESS_EVERY) {
                     events += report_exits(&mut out, &mut live, &mut exited).map_err(output_error)?;
                 }
+                // A trace is read while it is written (tail -f, tests, the
+                // TUI); one write per drain keeps it current.
+                out.flush().map_err(output_error)?;
             }
             _ = sigint.recv() => break "signal",
             _ = sigterm.recv() => break "signal",

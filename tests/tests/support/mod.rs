@@ -70,3 +70,80 @@ pub fn record(tgtd: &Tgtd, out: &Path, extra: &[&str], command: &[&str]) -> Exit
         .status()
         .unwrap_or_else(|e| panic!("running {}: {e}", tgt_trace_bin().display()))
 }
+
+/// A `tgt-trace record` running in the background, stopped with SIGINT.
+pub struct Recording {
+    child: std::process::Child,
+    out: std::path::PathBuf,
+}
+
+impl Recording {
+    /// Starts recording `tgtd` and returns once the probes are attached (the
+    /// header line is written after attaching).
+    pub fn start(tgtd: &Tgtd, out: &Path, extra: &[&str]) -> Recording {
+        let child = Command::new(tgt_trace_bin())
+            .args(["record", "--pid", &tgtd.pid().to_string(), "-o"])
+            .arg(out)
+            .args(extra)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("running {}: {e}", tgt_trace_bin().display()));
+        let mut recording = Recording {
+            child,
+            out: out.to_owned(),
+        };
+        recording.wait_for("the trace header", |text| {
+            text.lines()
+                .next()
+                .is_some_and(|l| l.contains("\"header\""))
+        });
+        recording
+    }
+
+    /// Waits, bounded, until the trace written so far satisfies `done`.
+    pub fn wait_for(&mut self, what: &str, done: impl Fn(&str) -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+            if done(&text) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("tgt-trace exited ({status}) while waiting for {what}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {what} in the trace within 20 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until the events recorded so far satisfy `done` (e.g. every TMF
+    /// request has its response).
+    pub fn wait_for_events(&mut self, what: &str, done: impl Fn(&[Event]) -> bool) {
+        self.wait_for(what, |text| {
+            let events: Vec<Event> = text
+                .lines()
+                .filter_map(|l| match serde_json::from_str::<Line>(l) {
+                    Ok(Line::Event(e)) => Some(e),
+                    _ => None,
+                })
+                .collect();
+            done(&events)
+        });
+    }
+
+    /// Stops with SIGINT, as a user's Ctrl-C, and reads the trace.
+    pub fn stop(mut self) -> Trace {
+        let pid = i32::try_from(self.child.id()).expect("pid fits");
+        let status = Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "signalling tgt-trace");
+        let status = self.child.wait().expect("tgt-trace exits");
+        assert!(status.success(), "tgt-trace exited {status} on SIGINT");
+        read_trace(&self.out)
+    }
+}
