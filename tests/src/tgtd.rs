@@ -22,6 +22,9 @@ pub struct TgtdOptions {
     /// Extra environment for tgtd (LD_PRELOAD of the slow-I/O library, ...).
     pub env: Vec<(String, String)>,
     pub target_iqn: String,
+    /// `tgtd -d 1`: tgtd logs every command it queues (`target_cmd_queue`),
+    /// an account of the workload independent of tgt-trace.
+    pub debug: bool,
 }
 
 impl Default for TgtdOptions {
@@ -29,6 +32,7 @@ impl Default for TgtdOptions {
         TgtdOptions {
             tgtd: PathBuf::from("/usr/sbin/tgtd"),
             env: Vec::new(),
+            debug: false,
             target_iqn: "iqn.2026-11.io.tgt-trace:scratch".to_owned(),
         }
     }
@@ -62,6 +66,7 @@ impl Tgtd {
                 "--iscsi",
                 &format!("portal={portal}"),
             ])
+            .args(if opts.debug { &["-d", "1"][..] } else { &[] })
             .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

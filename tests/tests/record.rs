@@ -1,0 +1,182 @@
+//! Issue 2: `tgt-trace record` against a real tgtd under libiscsi's tools.
+//! tgtd's own debug log (`tgtd -d 1` prints every command it queues, with
+//! its address, opcode and LUN) is the account the trace must match exactly.
+
+use std::collections::{BTreeMap, HashMap};
+
+use tgt_trace::event::Event;
+use tgt_trace_e2e::tgtd::{Tgtd, TgtdOptions};
+
+mod support;
+use support::{Trace, record};
+
+/// (cmd address, opcode, LUN) of every command, in tgtd's order.
+fn tgtd_account(log: &str) -> Vec<(u64, u8, u64)> {
+    log.lines()
+        .filter_map(|line| {
+            // tgtd: target_cmd_queue(1126) 0x5592e5fba4e0 12 1
+            let rest = line.split_once("target_cmd_queue(")?.1.split_once(") ")?.1;
+            let mut fields = rest.split_whitespace();
+            let cmd = u64::from_str_radix(fields.next()?.strip_prefix("0x")?, 16).ok()?;
+            let opcode = u8::from_str_radix(fields.next()?, 16).ok()?;
+            let lun = fields.next()?.parse().ok()?;
+            Some((cmd, opcode, lun))
+        })
+        .collect()
+}
+
+fn run_workload(probe_set: &str) -> (Trace, Vec<(u64, u8, u64)>) {
+    let tgtd = Tgtd::start(&TgtdOptions {
+        debug: true,
+        ..TgtdOptions::default()
+    })
+    .expect("tgtd starts");
+    tgtd.add_lun(1, 16 << 20).expect("LUN 1");
+    let out = tgtd.dir.join("record.ndjson");
+    let url = tgtd.url(1);
+    let script = format!(
+        "set -e; iscsi-inq {url} >/dev/null; iscsi-inq {url} >/dev/null; \
+         iscsi-readcapacity16 {url} >/dev/null; \
+         iscsi-test-cu --dataloss -t SCSI.Write10.Simple {url} >/dev/null; \
+         iscsi-test-cu -t SCSI.Read10.Simple {url} >/dev/null"
+    );
+    let status = record(
+        &tgtd,
+        &out,
+        &["--probes", probe_set],
+        &["sh", "-c", &script],
+    );
+    assert!(status.success(), "workload failed under tracing ({status})");
+    let trace = support::read_trace(&out);
+    let account = tgtd_account(&tgtd.log());
+    (trace, account)
+}
+
+fn check(probe_set: &str) {
+    let (trace, account) = run_workload(probe_set);
+    assert_eq!(
+        trace.summary.drops.total(),
+        0,
+        "drops: {:?}",
+        trace.summary.drops
+    );
+    assert!(
+        account.len() > 100,
+        "tgtd logged only {} commands: is -d 1 working?",
+        account.len()
+    );
+
+    // Exactly tgtd's commands, in tgtd's order.
+    let queued: Vec<(u64, u8, u64)> = trace
+        .events
+        .iter()
+        .filter_map(|e| match *e {
+            Event::CmdQueue {
+                cmd, opcode, lun, ..
+            } => Some((cmd, opcode, lun)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(queued.len(), account.len(), "commands traced vs tgtd's log");
+    assert_eq!(queued, account, "the trace's commands are tgtd's, in order");
+    let mut per_opcode: BTreeMap<u8, usize> = BTreeMap::new();
+    for &(_, opcode, _) in &account {
+        *per_opcode.entry(opcode).or_default() += 1;
+    }
+    for opcode in [0x28u8, 0x2a, 0x12, 0x9e] {
+        assert!(
+            per_opcode.get(&opcode).copied().unwrap_or(0) > 0,
+            "no {opcode:#04x} in {per_opcode:?}"
+        );
+    }
+    eprintln!(
+        "{probe_set}: {} commands, per opcode {per_opcode:x?}",
+        account.len()
+    );
+
+    // Each command: arrival, then (full) its result, then its release, same
+    // nexus and tag, in time order, each exactly once.
+    let mut open: HashMap<u64, (u64, u64, u64, bool)> = HashMap::new(); // cmd -> (itn, tag, ts, result seen)
+    let mut released = 0;
+    for event in &trace.events {
+        match *event {
+            Event::CmdQueue {
+                cmd,
+                itn_id,
+                tag,
+                ts_ns,
+                ..
+            } => {
+                assert!(
+                    open.insert(cmd, (itn_id, tag, ts_ns, false)).is_none(),
+                    "{cmd:#x} queued twice"
+                );
+            }
+            Event::CmdResult {
+                cmd,
+                itn_id,
+                tag,
+                ts_ns,
+                ..
+            } => {
+                let entry = open.get_mut(&cmd).expect("result of a queued command");
+                assert_eq!((entry.0, entry.1), (itn_id, tag), "result's nexus and tag");
+                assert!(ts_ns >= entry.2 && !entry.3, "one result, after arrival");
+                entry.3 = true;
+            }
+            Event::CmdRelease {
+                cmd,
+                itn_id,
+                tag,
+                ts_ns,
+                ..
+            } => {
+                let (itn, t, arrived, result_seen) =
+                    open.remove(&cmd).expect("release of a queued command");
+                assert_eq!((itn, t), (itn_id, tag), "release's nexus and tag");
+                assert!(ts_ns >= arrived, "release after arrival");
+                assert_eq!(
+                    result_seen,
+                    probe_set == "full",
+                    "result before release iff the set probes results"
+                );
+                released += 1;
+            }
+            _ => {}
+        }
+    }
+    assert!(open.is_empty(), "{} commands never released", open.len());
+    assert_eq!(released, account.len());
+
+    // Every nexus is named after its initiator.
+    let nexuses: Vec<&Option<String>> = trace
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::NexusCreate { initiator, .. } => Some(initiator),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        nexuses.len() >= 5,
+        "one nexus per tool run, saw {}",
+        nexuses.len()
+    );
+    for name in nexuses {
+        let name = name.as_deref().expect("initiator named");
+        assert!(
+            name.starts_with("iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-"),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn record_matches_tgtds_own_account_lean() {
+    check("lean");
+}
+
+#[test]
+fn record_matches_tgtds_own_account_full() {
+    check("full");
+}
