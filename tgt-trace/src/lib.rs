@@ -7,6 +7,7 @@ pub mod correlate;
 pub mod decode;
 pub mod event;
 pub mod probe;
+pub mod reader;
 pub mod record;
 pub mod stats;
 pub mod tgtd;
