@@ -3,6 +3,7 @@
 //! `cargo xtask setup` installs what is missing, idempotently; `test` and
 //! `demo` run it first, so the README's two commands work on a fresh machine.
 
+mod bench;
 mod demo;
 mod setup;
 
@@ -31,6 +32,15 @@ enum Job {
         #[arg(long)]
         e2e_filter: Option<String>,
     },
+    /// Tracing overhead on a saturated tgtd (interleaved runs); writes BENCHMARKS.md.
+    Bench {
+        /// Interleaved rounds per mode.
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+        /// Seconds per run.
+        #[arg(long, default_value_t = 8)]
+        seconds: u64,
+    },
     /// Start a scratch tgtd on 127.0.0.1, drive a workload that causes aborts, and trace it live.
     Demo {
         /// Stop after this many seconds (0: until Ctrl-C).
@@ -44,6 +54,7 @@ fn main() -> ExitCode {
     let result = match cli.job {
         Job::Setup => setup::run(),
         Job::Test { no_e2e, e2e_filter } => test(no_e2e, e2e_filter.as_deref()),
+        Job::Bench { rounds, seconds } => setup::run().and_then(|()| bench::run(rounds, seconds)),
         Job::Demo { seconds } => setup::run().and_then(|()| demo::run(seconds)),
     };
     match result {
