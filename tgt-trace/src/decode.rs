@@ -1,7 +1,5 @@
 //! Ring-buffer bytes to typed [`Event`]s. Pure: no I/O, no aya.
 
-use core::mem::size_of;
-
 use tgt_trace_common::{self as abi, EVENT_SIZE, NEXUS_EVENT_SIZE, kind};
 
 use crate::event::{Event, Waiter};

@@ -1,0 +1,724 @@
+//! The matcher against tgtd's event orders (`usr/target.c`), without root:
+//! one test per rule of the seed patch, one per tgtd path, and properties
+//! over random interleavings that follow tgtd's semantics.
+
+use proptest::prelude::*;
+use tgt_trace::{
+    correlate::{
+        CommandOutcome, Config, Coverage, Fate, Matcher, OrphanKind, Record, Summary, TmfOutcome,
+        TmfRecord,
+    },
+    event::{Event, Waiter},
+};
+use tgt_trace_common::{TASK_ABORTED, mgmt_ret, tmf};
+
+const PID: u32 = 100;
+const EEXIST: i32 = -17;
+
+/// Builds event streams the way tgtd emits them, with a clock.
+struct Stream {
+    events: Vec<Event>,
+    ts: u64,
+    pid: u32,
+}
+
+impl Stream {
+    fn new() -> Stream {
+        Stream {
+            events: Vec::new(),
+            ts: 1_000_000,
+            pid: PID,
+        }
+    }
+
+    fn tick(&mut self) -> u64 {
+        self.ts += 1_000;
+        self.ts
+    }
+
+    fn nexus(&mut self, itn_id: u64, name: &str) -> &mut Self {
+        let ts = self.tick();
+        self.events.push(Event::NexusCreate {
+            ts_ns: ts,
+            pid: self.pid,
+            tid: 1,
+            itn_id,
+            initiator: Some(name.to_owned()),
+            info: format!("Initiator: {name} alias: none"),
+        });
+        self
+    }
+
+    fn queue(&mut self, itn_id: u64, tag: u64, lun: u64) -> &mut Self {
+        let ts = self.tick();
+        self.events.push(Event::CmdQueue {
+            ts_ns: ts,
+            pid: self.pid,
+            tid: 1,
+            itn_id,
+            tag,
+            lun,
+            opcode: 0x28,
+            attribute: 0x20,
+            cmd: tag,
+        });
+        self
+    }
+
+    fn result(&mut self, itn_id: u64, tag: u64, result: i32, tmf_mid: Option<u64>) -> &mut Self {
+        let ts = self.tick();
+        self.events.push(Event::CmdResult {
+            ts_ns: ts,
+            pid: self.pid,
+            itn_id,
+            tag,
+            cmd: tag,
+            result,
+            tmf_mid,
+        });
+        self
+    }
+
+    fn release(&mut self, itn_id: u64, tag: u64, result: i32, tmf: Option<Waiter>) -> &mut Self {
+        let ts = self.tick();
+        self.events.push(Event::CmdRelease {
+            ts_ns: ts,
+            pid: self.pid,
+            itn_id,
+            tag,
+            cmd: tag,
+            result,
+            tmf,
+        });
+        self
+    }
+
+    fn request(&mut self, itn_id: u64, mid: u64, function: u8, tag: u64, lun: u64) -> &mut Self {
+        let ts = self.tick();
+        self.events.push(Event::TmfRequest {
+            ts_ns: ts,
+            pid: self.pid,
+            tid: 1,
+            itn_id,
+            mid,
+            function,
+            tag,
+            lun,
+        });
+        self
+    }
+
+    fn ret(&mut self, mid: u64, ret: i32) -> &mut Self {
+        let ts = self.tick();
+        self.events.push(Event::TmfReturn {
+            ts_ns: ts,
+            pid: self.pid,
+            mid,
+            ret,
+        });
+        self
+    }
+
+    fn response(&mut self, mid: u64, function: u8, result: i32) -> &mut Self {
+        let ts = self.tick();
+        self.events.push(Event::TmfResponse {
+            ts_ns: ts,
+            pid: self.pid,
+            mid,
+            function,
+            result,
+        });
+        self
+    }
+
+    fn run(&self, cfg: Config) -> (Vec<Record>, Summary) {
+        let mut m = Matcher::new(cfg);
+        let mut out = Vec::new();
+        for e in &self.events {
+            m.push(e, &mut out);
+        }
+        let summary = m.finish(self.ts + 1, &mut out);
+        (out, summary)
+    }
+}
+
+fn tmfs(records: &[Record]) -> Vec<&TmfRecord> {
+    records
+        .iter()
+        .filter_map(|r| {
+            if let Record::Tmf(t) = r {
+                Some(t)
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+fn orphans(records: &[Record]) -> Vec<OrphanKind> {
+    records
+        .iter()
+        .filter_map(|r| {
+            if let Record::Orphan(o) = r {
+                Some(o.kind)
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+fn lean() -> Config {
+    Config {
+        coverage: Coverage {
+            result: false,
+            ..Coverage::ALL
+        },
+        ..Config::default()
+    }
+}
+
+// Seed rule: ABORT TASK that finds its command gives one aborted result and
+// one response.
+#[test]
+fn abort_task_that_finds_its_command_full() {
+    let mut s = Stream::new();
+    s.queue(1, 7, 1)
+        .request(1, 900, tmf::ABORT_TASK, 7, 1)
+        .result(1, 7, TASK_ABORTED, None)
+        .response(900, tmf::ABORT_TASK, 0)
+        .ret(900, mgmt_ret::DONE)
+        .release(1, 7, TASK_ABORTED, None);
+    let (records, summary) = s.run(Config::default());
+    let t = tmfs(&records);
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0].outcome, TmfOutcome::CompletedWithAborts);
+    assert_eq!(t[0].covered.len(), 1);
+    assert_eq!(
+        (t[0].covered[0].tag, t[0].covered[0].fate),
+        (7, Fate::Aborted)
+    );
+    assert_eq!(t[0].response, Some(0));
+    assert!(orphans(&records).is_empty());
+    assert_eq!(summary.counts.commands_aborted, 1);
+    assert_eq!(summary.histograms.abort.count, 1);
+    assert_eq!(summary.histograms.tmf_by_function["ABORT_TASK"].count, 1);
+}
+
+// The lean set sees the aborted result only at the release, after the response.
+#[test]
+fn abort_task_that_finds_its_command_lean() {
+    let mut s = Stream::new();
+    s.queue(1, 7, 1)
+        .request(1, 900, tmf::ABORT_TASK, 7, 1)
+        .response(900, tmf::ABORT_TASK, 0)
+        .ret(900, mgmt_ret::DONE)
+        .release(1, 7, TASK_ABORTED, None);
+    let (records, _) = s.run(lean());
+    let t = tmfs(&records);
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0].outcome, TmfOutcome::CompletedWithAborts);
+    assert_eq!(t[0].covered[0].fate, Fate::Aborted);
+    assert!(orphans(&records).is_empty());
+}
+
+// Seed rule: ABORT TASK that finds nothing gives only the response: orphan (a).
+#[test]
+fn abort_task_that_finds_nothing() {
+    let mut s = Stream::new();
+    s.request(1, 900, tmf::ABORT_TASK, 0x55, 1)
+        .response(900, tmf::ABORT_TASK, EEXIST)
+        .ret(900, mgmt_ret::FAILED);
+    let (records, summary) = s.run(Config::default());
+    assert_eq!(tmfs(&records)[0].outcome, TmfOutcome::NoTaskNeverExisted);
+    assert_eq!(orphans(&records), vec![OrphanKind::TmfFoundNoTask]);
+    assert_eq!(summary.counts.orphans_by_kind["tmf_found_no_task"], 1);
+}
+
+// Seed rule: ABORT TASK SET gives N aborted results and one response; another
+// nexus's commands are not covered.
+#[test]
+fn abort_task_set_aborts_the_nexus() {
+    let mut s = Stream::new();
+    s.queue(1, 1, 1)
+        .queue(1, 2, 1)
+        .queue(1, 3, 1)
+        .queue(2, 4, 1)
+        .request(1, 900, tmf::ABORT_TASK_SET, 0, 1);
+    for tag in 1..=3 {
+        s.result(1, tag, TASK_ABORTED, None);
+    }
+    s.response(900, tmf::ABORT_TASK_SET, 0)
+        .ret(900, mgmt_ret::DONE);
+    for tag in 1..=3 {
+        s.release(1, tag, TASK_ABORTED, None);
+    }
+    s.release(2, 4, 0, None);
+    let (records, summary) = s.run(Config::default());
+    let t = tmfs(&records);
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0].outcome, TmfOutcome::CompletedWithAborts);
+    let tags: Vec<u64> = t[0].covered.iter().map(|c| c.tag).collect();
+    assert_eq!(tags, vec![1, 2, 3]);
+    assert!(t[0].covered.iter().all(|c| c.fate == Fate::Aborted));
+    assert_eq!(
+        (
+            summary.counts.commands_aborted,
+            summary.counts.commands_good
+        ),
+        (3, 1)
+    );
+    assert_eq!(summary.histograms.abort.count, 3);
+}
+
+// tgtd path: a command in the backing store makes ABORT TASK wait for its
+// release; tgtd then answers -EEXIST.
+#[test]
+fn deferred_abort_task_is_answered_after_release() {
+    let waiter = Waiter {
+        mid: 900,
+        function: tmf::ABORT_TASK,
+        busy: 1,
+    };
+    let mut s = Stream::new();
+    s.queue(1, 7, 1)
+        .request(1, 900, tmf::ABORT_TASK, 7, 1)
+        .ret(900, mgmt_ret::QUEUED)
+        .result(1, 7, 0, Some(900))
+        .release(1, 7, 0, Some(waiter))
+        .response(900, tmf::ABORT_TASK, EEXIST);
+    let (records, summary) = s.run(Config::default());
+    let t = tmfs(&records);
+    assert_eq!(t[0].outcome, TmfOutcome::NoTaskDeferredThenFinished);
+    assert_eq!(t[0].covered[0].fate, Fate::Blocked);
+    assert!(t[0].covered[0].at_ns.is_some(), "the blocking release time");
+    assert_eq!(t[0].returned.as_deref(), Some("QUEUED"));
+    assert!(orphans(&records).is_empty());
+    assert_eq!(summary.histograms.deferred_wait.count, 1);
+}
+
+#[test]
+fn deferred_lun_reset_names_its_blockers() {
+    let mut s = Stream::new();
+    s.queue(1, 7, 1)
+        .queue(1, 8, 1)
+        .request(1, 900, tmf::LOGICAL_UNIT_RESET, 0, 1)
+        .ret(900, mgmt_ret::QUEUED)
+        .release(
+            1,
+            7,
+            0,
+            Some(Waiter {
+                mid: 900,
+                function: tmf::LOGICAL_UNIT_RESET,
+                busy: 2,
+            }),
+        )
+        .release(
+            1,
+            8,
+            0,
+            Some(Waiter {
+                mid: 900,
+                function: tmf::LOGICAL_UNIT_RESET,
+                busy: 1,
+            }),
+        )
+        .response(900, tmf::LOGICAL_UNIT_RESET, 0);
+    let (records, _) = s.run(lean());
+    let t = tmfs(&records);
+    assert_eq!(t[0].outcome, TmfOutcome::Deferred);
+    assert_eq!(
+        t[0].covered
+            .iter()
+            .filter(|c| c.fate == Fate::Blocked)
+            .count(),
+        2
+    );
+}
+
+// tgtd path: LUN RESET aborts every initiator's commands on the LUN.
+#[test]
+fn lun_reset_reports_cross_initiator_impact() {
+    let mut s = Stream::new();
+    s.nexus(1, "iqn.a")
+        .nexus(2, "iqn.b")
+        .queue(1, 1, 1)
+        .queue(2, 2, 1)
+        .queue(2, 3, 2)
+        .request(1, 900, tmf::LOGICAL_UNIT_RESET, 0, 1)
+        .result(1, 1, TASK_ABORTED, None)
+        .result(2, 2, TASK_ABORTED, None)
+        .response(900, tmf::LOGICAL_UNIT_RESET, 0)
+        .ret(900, mgmt_ret::DONE);
+    let (records, _) = s.run(Config::default());
+    let t = &tmfs(&records)[0];
+    assert_eq!(t.covered.len(), 2, "LUN 2's command is not covered");
+    let other: Vec<(&str, u64)> = t
+        .covered
+        .iter()
+        .filter(|c| c.other_initiator)
+        .map(|c| (c.initiator.as_deref().unwrap_or("?"), c.tag))
+        .collect();
+    assert_eq!(other, vec![("iqn.b", 2)]);
+}
+
+// tgtd path: an aborted result that no TMF explains: orphan (b).
+#[test]
+fn aborted_result_without_tmf() {
+    let mut s = Stream::new();
+    s.queue(1, 7, 1).release(1, 7, TASK_ABORTED, None);
+    let (records, _) = s.run(lean());
+    assert_eq!(orphans(&records), vec![OrphanKind::AbortWithoutTmf]);
+}
+
+// tgtd path: a TMF never answered: orphan (c), by timeout, nexus gone, exit.
+#[test]
+fn tmf_never_answered_times_out() {
+    let mut s = Stream::new();
+    s.request(1, 900, tmf::ABORT_TASK_SET, 0, 1);
+    s.ts += 31_000_000_000;
+    s.queue(2, 1, 1);
+    let (records, _) = s.run(Config::default());
+    let t = &tmfs(&records)[0];
+    assert_eq!(t.outcome, TmfOutcome::Unanswered);
+    assert!(
+        t.cause
+            .as_deref()
+            .is_some_and(|c| c.contains("within 30 s")),
+        "{:?}",
+        t.cause
+    );
+    assert_eq!(orphans(&records), vec![OrphanKind::TmfUnanswered]);
+}
+
+#[test]
+fn tmf_unanswered_when_nexus_goes_or_target_exits() {
+    for (gone, cause) in [
+        (
+            Event::NexusDestroy {
+                ts_ns: 9_000_000,
+                pid: PID,
+                tid: 1,
+                itn_id: 1,
+            },
+            "nexus gone",
+        ),
+        (
+            Event::ProcessExit {
+                ts_ns: 9_000_000,
+                pid: PID,
+            },
+            "target exited",
+        ),
+    ] {
+        let mut s = Stream::new();
+        s.request(1, 900, tmf::ABORT_TASK_SET, 0, 1)
+            .ret(900, mgmt_ret::QUEUED);
+        s.events.push(gone);
+        let (records, _) = s.run(Config::default());
+        assert_eq!(tmfs(&records)[0].cause.as_deref(), Some(cause));
+        assert_eq!(orphans(&records), vec![OrphanKind::TmfUnanswered]);
+    }
+}
+
+// tgtd path: a deferred TMF whose blocking command is never released: (d).
+#[test]
+fn blocker_never_released() {
+    let mut s = Stream::new();
+    s.queue(1, 7, 1)
+        .request(1, 900, tmf::ABORT_TASK, 7, 1)
+        .ret(900, mgmt_ret::QUEUED);
+    let (records, summary) = s.run(Config::default());
+    assert_eq!(orphans(&records), vec![OrphanKind::BlockerNeverReleased]);
+    assert_eq!(summary.counts.commands_in_flight, 1);
+}
+
+// tgtd path: a tag reused after release is a new command.
+#[test]
+fn tag_reuse_is_a_new_command() {
+    let mut s = Stream::new();
+    s.queue(1, 7, 1)
+        .release(1, 7, 0, None)
+        .queue(1, 7, 1)
+        .release(1, 7, 2, None);
+    let (records, summary) = s.run(lean());
+    assert_eq!(summary.counts.commands_in, 2);
+    assert_eq!(
+        (summary.counts.commands_good, summary.counts.commands_error),
+        (1, 1)
+    );
+    let kept: Vec<CommandOutcome> = records
+        .iter()
+        .filter_map(|r| {
+            if let Record::Command(c) = r {
+                Some(c.outcome)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(kept, vec![CommandOutcome::ErrorStatus]);
+}
+
+// ABORT TASK just after its command completed is a race, not "never existed".
+#[test]
+fn abort_task_racing_completion() {
+    let mut s = Stream::new();
+    s.queue(1, 7, 1).release(1, 7, 0, None);
+    s.request(1, 900, tmf::ABORT_TASK, 7, 1)
+        .response(900, tmf::ABORT_TASK, EEXIST)
+        .ret(900, mgmt_ret::FAILED);
+    let (records, _) = s.run(Config::default());
+    let t = &tmfs(&records)[0];
+    assert_eq!(t.outcome, TmfOutcome::NoTaskRace);
+    assert_eq!(t.race_gap_ns, Some(1_000));
+    let detail = records
+        .iter()
+        .find_map(|r| {
+            if let Record::Orphan(o) = r {
+                Some(o.detail.clone())
+            } else {
+                None
+            }
+        })
+        .expect("orphan (a)");
+    assert!(detail.contains("race"), "{detail}");
+}
+
+// Outside the race window the tag is simply not there.
+#[test]
+fn abort_task_long_after_completion_is_not_a_race() {
+    let mut s = Stream::new();
+    s.queue(1, 7, 1).release(1, 7, 0, None);
+    s.ts += 2_000_000_000;
+    s.request(1, 900, tmf::ABORT_TASK, 7, 1)
+        .response(900, tmf::ABORT_TASK, EEXIST)
+        .ret(900, mgmt_ret::FAILED);
+    let (records, _) = s.run(Config::default());
+    assert_eq!(tmfs(&records)[0].outcome, TmfOutcome::NoTaskNeverExisted);
+}
+
+#[test]
+fn eviction_is_counted() {
+    let mut s = Stream::new();
+    s.queue(1, 1, 1).queue(1, 2, 1).queue(1, 3, 1);
+    let (records, summary) = s.run(Config {
+        max_commands: 2,
+        ..Config::default()
+    });
+    assert_eq!(summary.counts.commands_evicted, 1);
+    assert_eq!(summary.counts.commands_in_flight, 2);
+    assert!(records.iter().any(
+        |r| matches!(r, Record::Command(c) if c.outcome == CommandOutcome::Evicted && c.tag == 1)
+    ));
+}
+
+#[test]
+fn two_tgtd_processes_are_kept_apart() {
+    let mut s = Stream::new();
+    s.queue(1, 7, 1);
+    s.pid = PID + 1;
+    s.queue(1, 7, 1)
+        .request(1, 900, tmf::ABORT_TASK, 7, 1)
+        .result(1, 7, TASK_ABORTED, None);
+    s.response(900, tmf::ABORT_TASK, 0).ret(900, mgmt_ret::DONE);
+    let (records, _) = s.run(Config::default());
+    let t = &tmfs(&records)[0];
+    assert_eq!(t.covered.len(), 1, "only the TMF's own process");
+    assert_eq!(t.pid, PID + 1);
+}
+
+// Without the response probe, responses are inferred and marked so.
+#[test]
+fn responses_are_inferred_without_the_response_probe() {
+    let cfg = Config {
+        coverage: Coverage {
+            tmf_response: false,
+            ..Coverage::ALL
+        },
+        ..Config::default()
+    };
+    let mut s = Stream::new();
+    s.request(1, 900, tmf::ABORT_TASK, 0x55, 1)
+        .ret(900, mgmt_ret::FAILED);
+    s.queue(1, 7, 1)
+        .request(1, 901, tmf::ABORT_TASK, 7, 1)
+        .ret(901, mgmt_ret::QUEUED)
+        .release(
+            1,
+            7,
+            0,
+            Some(Waiter {
+                mid: 901,
+                function: tmf::ABORT_TASK,
+                busy: 1,
+            }),
+        );
+    let (records, _) = s.run(cfg);
+    let t = tmfs(&records);
+    assert_eq!(t.len(), 2);
+    assert!(
+        t.iter()
+            .all(|t| t.response_inferred && t.response == Some(EEXIST))
+    );
+    assert_eq!(t[0].outcome, TmfOutcome::NoTaskNeverExisted);
+    assert_eq!(t[1].outcome, TmfOutcome::NoTaskDeferredThenFinished);
+}
+
+// tgtd reuses a mid once the TMF is freed; an open TMF with a reused mid
+// lost its response.
+#[test]
+fn a_reused_mid_starts_a_new_tmf() {
+    let mut s = Stream::new();
+    s.request(1, 900, tmf::ABORT_TASK_SET, 0, 1)
+        .ret(900, mgmt_ret::QUEUED);
+    s.request(1, 900, tmf::ABORT_TASK_SET, 0, 1)
+        .response(900, tmf::ABORT_TASK_SET, 0)
+        .ret(900, mgmt_ret::DONE);
+    let (records, summary) = s.run(Config::default());
+    assert_eq!(summary.counts.tmfs, 2);
+    let outcomes: Vec<TmfOutcome> = tmfs(&records).iter().map(|t| t.outcome).collect();
+    assert_eq!(
+        outcomes,
+        vec![TmfOutcome::Unanswered, TmfOutcome::CompletedNothingToAbort]
+    );
+}
+
+/// One step of a random workload on one nexus and LUN, in tgtd's semantics.
+#[derive(Debug, Clone)]
+enum Step {
+    Queue,
+    /// Complete the i-th in-flight command (modulo), with a result.
+    Complete(usize, bool),
+    /// ABORT TASK of the i-th in-flight command (or of a tag never used); the
+    /// command is in the backing store when `busy`.
+    AbortTask(usize, bool),
+    AbortTaskSet(bool),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => Just(Step::Queue),
+        4 => (0..64usize, any::<bool>()).prop_map(|(i, e)| Step::Complete(i, e)),
+        1 => (0..64usize, any::<bool>()).prop_map(|(i, b)| Step::AbortTask(i, b)),
+        1 => any::<bool>().prop_map(Step::AbortTaskSet),
+    ]
+}
+
+/// Plays steps as tgtd would, into events; returns the events and how many
+/// commands and TMFs there were.
+fn play(steps: &[Step]) -> (Stream, u64, u64) {
+    let mut s = Stream::new();
+    let mut in_flight: Vec<u64> = Vec::new();
+    let mut next_tag = 1;
+    let mut mid = 5_000;
+    let (mut commands, mut tmfs) = (0, 0);
+    for st in steps {
+        match *st {
+            Step::Queue => {
+                s.queue(1, next_tag, 1);
+                in_flight.push(next_tag);
+                next_tag += 1;
+                commands += 1;
+            }
+            Step::Complete(i, error) if !in_flight.is_empty() => {
+                let tag = in_flight.remove(i % in_flight.len());
+                let result = if error { 2 } else { 0 };
+                s.result(1, tag, result, None).release(1, tag, result, None);
+            }
+            Step::AbortTask(i, busy) => {
+                mid += 1;
+                tmfs += 1;
+                if in_flight.is_empty() {
+                    s.request(1, mid, tmf::ABORT_TASK, 999_999, 1)
+                        .response(mid, tmf::ABORT_TASK, EEXIST)
+                        .ret(mid, mgmt_ret::FAILED);
+                    continue;
+                }
+                let tag = in_flight.remove(i % in_flight.len());
+                s.request(1, mid, tmf::ABORT_TASK, tag, 1);
+                if busy {
+                    let w = Waiter {
+                        mid,
+                        function: tmf::ABORT_TASK,
+                        busy: 1,
+                    };
+                    s.ret(mid, mgmt_ret::QUEUED)
+                        .result(1, tag, 0, Some(mid))
+                        .release(1, tag, 0, Some(w));
+                    s.response(mid, tmf::ABORT_TASK, EEXIST);
+                } else {
+                    s.result(1, tag, TASK_ABORTED, None)
+                        .response(mid, tmf::ABORT_TASK, 0)
+                        .ret(mid, mgmt_ret::DONE);
+                    s.release(1, tag, TASK_ABORTED, None);
+                }
+            }
+            Step::AbortTaskSet(busy) => {
+                mid += 1;
+                tmfs += 1;
+                let tags: Vec<u64> = std::mem::take(&mut in_flight);
+                s.request(1, mid, tmf::ABORT_TASK_SET, 0, 1);
+                if busy && !tags.is_empty() {
+                    s.ret(mid, mgmt_ret::QUEUED);
+                    let n = tags.len() as i32;
+                    for (k, &tag) in tags.iter().enumerate() {
+                        let w = Waiter {
+                            mid,
+                            function: tmf::ABORT_TASK_SET,
+                            busy: n - k as i32,
+                        };
+                        s.result(1, tag, 0, Some(mid)).release(1, tag, 0, Some(w));
+                    }
+                    s.response(mid, tmf::ABORT_TASK_SET, 0);
+                } else {
+                    for &tag in &tags {
+                        s.result(1, tag, TASK_ABORTED, None);
+                    }
+                    s.response(mid, tmf::ABORT_TASK_SET, 0)
+                        .ret(mid, mgmt_ret::DONE);
+                    for &tag in &tags {
+                        s.release(1, tag, TASK_ABORTED, None);
+                    }
+                }
+            }
+            Step::Complete(..) => {}
+        }
+    }
+    (s, commands, tmfs)
+}
+
+proptest! {
+    #[test]
+    fn every_command_and_tmf_resolves_exactly_once(steps in proptest::collection::vec(step(), 0..200)) {
+        let (s, commands, tmf_count) = play(&steps);
+        let (records, summary) = s.run(Config::default());
+        let c = &summary.counts;
+        // Conservation: every command in has exactly one outcome.
+        prop_assert_eq!(c.commands_in, commands);
+        prop_assert_eq!(c.commands_good + c.commands_error + c.commands_aborted + c.commands_in_flight + c.commands_evicted, commands);
+        // Every TMF resolves once.
+        prop_assert_eq!(tmfs(&records).len() as u64, tmf_count);
+        prop_assert_eq!(c.tmfs_by_outcome.values().sum::<u64>(), tmf_count);
+        // Histogram counts equal the matched pairs.
+        let released = c.commands_good + c.commands_error + c.commands_aborted;
+        prop_assert_eq!(summary.histograms.command.count, released);
+        prop_assert_eq!(summary.histograms.abort.count, c.commands_aborted);
+        // tgtd's semantics leave no orphan but ABORT TASK of nothing, and no
+        // unanswered TMF: every TMF here got its response.
+        prop_assert!(!c.tmfs_by_outcome.contains_key("unanswered"));
+        prop_assert_eq!(c.orphans_by_kind.get("abort_without_tmf"), None);
+    }
+
+    #[test]
+    fn the_lean_set_reaches_the_same_verdicts(steps in proptest::collection::vec(step(), 0..200)) {
+        let (s, _, _) = play(&steps);
+        let (full, _) = s.run(Config::default());
+        let mut lean_stream = Stream::new();
+        lean_stream.events = s.events.iter().filter(|e| !matches!(e, Event::CmdResult { .. })).cloned().collect();
+        let (lean_records, _) = lean_stream.run(lean());
+        let outcomes = |r: &[Record]| tmfs(r).iter().map(|t| (t.seq, t.outcome, t.covered.len())).collect::<Vec<_>>();
+        prop_assert_eq!(outcomes(&full), outcomes(&lean_records));
+    }
+}
