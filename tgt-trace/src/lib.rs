@@ -9,6 +9,7 @@ pub mod event;
 pub mod probe;
 pub mod reader;
 pub mod record;
+pub mod report;
 pub mod stats;
 pub mod tgtd;
 pub mod trace;

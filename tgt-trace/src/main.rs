@@ -6,8 +6,11 @@ use std::{num::NonZeroU32, path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tgt_trace::{
+    correlate::{Config, Record},
     probe::{ProbeSet, TraceOptions},
+    reader::TraceReader,
     record::{Output, RecordOptions, record},
+    report::{render_text, replay},
     tgtd::{DEFAULT_TGTD, TgtdBinary},
 };
 
@@ -63,6 +66,24 @@ enum Command {
         /// and exit with its status.
         #[arg(last = true, value_name = "COMMAND")]
         command: Vec<std::ffi::OsString>,
+    },
+    /// Run a recorded trace through the matcher; print its records as NDJSON.
+    Replay {
+        /// The trace, or - for standard input.
+        file: PathBuf,
+        /// Skip malformed lines (they are counted) instead of failing.
+        #[arg(long)]
+        lenient: bool,
+    },
+    /// Summarise a recorded trace: latency, TMFs by outcome, aborts, orphans, drops.
+    Report {
+        /// The trace, or - for standard input.
+        file: PathBuf,
+        /// The summary as JSON.
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        lenient: bool,
     },
     /// Check a tgtd binary and list the probe points tgt-trace can attach.
     Probes {
@@ -174,6 +195,60 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(status) => ExitCode::from(status.code().map_or(exit::FAILURE, |c| c as u8)),
                 None => ExitCode::SUCCESS,
             })
+        }
+        Command::Replay { file, lenient } => {
+            let mut reader = TraceReader::open(&file, lenient)?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let mut write_error = None;
+            let replayed = replay(&mut reader, Config::default(), |record| {
+                if write_error.is_none()
+                    && let Err(e) = serde_json::to_writer(&mut out, record).and_then(|()| {
+                        std::io::Write::write_all(&mut out, b"\n").map_err(serde_json::Error::io)
+                    })
+                {
+                    write_error = Some(e);
+                }
+            })?;
+            if let Some(e) = write_error {
+                anyhow::bail!("writing the records: {e}");
+            }
+            let line = serde_json::json!({
+                "type": "matched_summary",
+                "summary": replayed.summary,
+                "drops": replayed.drops,
+                "complete": replayed.complete,
+                "skipped_lines": replayed.skipped,
+            });
+            serde_json::to_writer(&mut out, &line)?;
+            std::io::Write::write_all(&mut out, b"\n")?;
+            std::io::Write::flush(&mut out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report {
+            file,
+            json,
+            lenient,
+        } => {
+            let mut reader = TraceReader::open(&file, lenient)?;
+            let mut orphans = Vec::new();
+            let replayed = replay(&mut reader, Config::default(), |record| {
+                if let Record::Orphan(o) = record {
+                    orphans.push(o.clone());
+                }
+            })?;
+            if json {
+                let line = serde_json::json!({
+                    "summary": replayed.summary,
+                    "orphans": orphans,
+                    "drops": replayed.drops,
+                    "complete": replayed.complete,
+                    "skipped_lines": replayed.skipped,
+                });
+                println!("{}", serde_json::to_string_pretty(&line)?);
+            } else {
+                print!("{}", render_text(&replayed, &orphans));
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Probes { tgtd } => {
             let binary = TgtdBinary::inspect(&tgtd)?;

@@ -1,0 +1,134 @@
+//! Replay a recorded trace through the matcher, and summarise it for people.
+
+use std::fmt::Write as _;
+
+use crate::{
+    correlate::{Config, Coverage, Matcher, Record, Summary},
+    reader::{ReadError, TraceReader},
+    stats::LatencySummary,
+    trace::{Drops, Line},
+};
+
+/// What a replay found besides the matcher's summary.
+#[derive(Debug, Clone, Default)]
+pub struct Replayed {
+    pub summary: Option<Summary>,
+    /// Drops the recording reported in its summary line.
+    pub drops: Drops,
+    /// The recording ended with its summary line (it was stopped cleanly).
+    pub complete: bool,
+    /// Lines skipped in lenient mode.
+    pub skipped: u64,
+}
+
+/// Runs every event of `reader` through a matcher configured from the
+/// trace's header, handing each record to `sink` as it is concluded.
+pub fn replay(
+    reader: &mut TraceReader,
+    mut cfg: Config,
+    mut sink: impl FnMut(&Record),
+) -> Result<Replayed, ReadError> {
+    cfg.coverage = Coverage::from_probes(&reader.header().probes);
+    let mut matcher = Matcher::new(cfg);
+    let mut out = Vec::new();
+    let mut replayed = Replayed::default();
+    let mut last_ts = 0;
+    for line in reader.by_ref() {
+        match line? {
+            Line::Event(event) => {
+                last_ts = last_ts.max(event.ts_ns());
+                matcher.push(&event, &mut out);
+                out.drain(..).for_each(|r| sink(&r));
+            }
+            Line::Summary(s) => {
+                replayed.drops = s.drops;
+                replayed.complete = true;
+            }
+            Line::Header(_) => {}
+        }
+    }
+    let summary = matcher.finish(last_ts, &mut out);
+    out.drain(..).for_each(|r| sink(&r));
+    replayed.summary = Some(summary);
+    replayed.skipped = reader.skipped();
+    Ok(replayed)
+}
+
+fn latency_row(table: &mut String, name: &str, s: &LatencySummary) {
+    let _ = writeln!(
+        table,
+        "  {name:<28} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        s.count, s.p50_us, s.p90_us, s.p99_us, s.p999_us, s.max_us
+    );
+}
+
+/// The human summary: commands, TMFs by function and outcome, aborts,
+/// orphans, drops.
+pub fn render_text(replayed: &Replayed, orphans: &[crate::correlate::OrphanRecord]) -> String {
+    let mut t = String::new();
+    let Some(summary) = &replayed.summary else {
+        return t;
+    };
+    let c = &summary.counts;
+    let h = &summary.histograms;
+    let _ = writeln!(
+        t,
+        "commands: {} in, {} good, {} error status, {} aborted, {} still in flight, {} evicted",
+        c.commands_in,
+        c.commands_good,
+        c.commands_error,
+        c.commands_aborted,
+        c.commands_in_flight,
+        c.commands_evicted
+    );
+    let _ = writeln!(
+        t,
+        "\nlatency (µs)                      count       p50       p90       p99     p99.9       max"
+    );
+    latency_row(&mut t, "commands", &h.command);
+    for (class, s) in &h.command_by_class {
+        latency_row(&mut t, &format!("commands {class}"), s);
+    }
+    for (lun, s) in &h.command_by_lun {
+        latency_row(&mut t, &format!("commands LUN {lun}"), s);
+    }
+    for (function, s) in &h.tmf_by_function {
+        latency_row(&mut t, &format!("TMF {function}"), s);
+    }
+    latency_row(&mut t, "abort (TMF to TASK_ABORTED)", &h.abort);
+    latency_row(&mut t, "aborted commands' age", &h.aborted_in_flight);
+    latency_row(&mut t, "deferred TMF wait", &h.deferred_wait);
+    let _ = writeln!(t, "\nTMFs: {}", c.tmfs);
+    for (outcome, n) in &c.tmfs_by_outcome {
+        let _ = writeln!(t, "  {outcome:<34} {n}");
+    }
+    let _ = writeln!(t, "\norphans: {}", c.orphans());
+    for o in orphans {
+        let who = o.initiator.as_deref().unwrap_or("unknown initiator");
+        let _ = writeln!(
+            t,
+            "  {:?}: {} (nexus {} {who}, LUN {})",
+            o.kind, o.detail, o.itn_id, o.lun
+        );
+    }
+    let d = &replayed.drops;
+    let _ = writeln!(
+        t,
+        "\ndrops: {} (ring full {}, unreadable {}, undecodable {}){}{}",
+        d.total(),
+        d.ring_full,
+        d.read_failed,
+        d.decode_errors,
+        if replayed.complete {
+            ""
+        } else {
+            "; the trace has no summary line: it was cut short"
+        },
+        if replayed.skipped > 0 {
+            format!("; {} malformed lines skipped", replayed.skipped)
+        } else {
+            String::new()
+        }
+    );
+    t
+}
