@@ -25,6 +25,8 @@ use crate::{
 };
 
 const EEXIST: i32 = 17;
+/// At most this many recent releases are remembered for race detection.
+const RECENT_RELEASES: usize = 1 << 16;
 const EINVAL: i32 = 22;
 
 /// Which kinds of event the trace can contain (from its probe set).
@@ -324,10 +326,12 @@ pub struct Matcher {
     in_request: FxHashMap<u32, TmfKey>,
     /// Recent releases by key, for race detection, in release order.
     recent_releases: VecDeque<(u64, CmdKey)>,
-    recent_by_key: FxHashMap<CmdKey, u64>,
     initiators: HashMap<(u32, u64), String>,
     next_seq: u64,
     now_ns: u64,
+    /// No open TMF can time out before this stream time: `advance` scans
+    /// the open TMFs only once it is reached.
+    next_timeout_ns: u64,
     counts: Counts,
     stats: Stats,
 }
@@ -341,10 +345,10 @@ impl Matcher {
             tmfs: FxHashMap::default(),
             in_request: FxHashMap::default(),
             recent_releases: VecDeque::new(),
-            recent_by_key: FxHashMap::default(),
             initiators: HashMap::new(),
             next_seq: 0,
             now_ns: 0,
+            next_timeout_ns: u64::MAX,
             counts: Counts::default(),
             stats: Stats::default(),
         }
@@ -579,6 +583,7 @@ impl Matcher {
         };
         if let Some(w) = waiter {
             self.blocker_released((key.0, w.mid), key, ts);
+            self.try_finish_tmf((key.0, w.mid), out);
             if w.busy == 1 && !self.cfg.coverage.tmf_response {
                 let inferred = if i32::from(w.function) == i32::from(tmf::ABORT_TASK) {
                     -EEXIST
@@ -613,18 +618,16 @@ impl Matcher {
                     .record_ns(latency);
             }
         }
+        // Kept for race detection, which only an ABORT TASK that finds
+        // nothing consults: a scan then is cheaper than a map on every release.
         self.recent_releases.push_back((ts, key));
-        self.recent_by_key.insert(key, ts);
-        while let Some(&(old_ts, old_key)) = self.recent_releases.front() {
+        while let Some(&(old_ts, _)) = self.recent_releases.front() {
             if ts.saturating_sub(old_ts) <= self.cfg.race_window_ns
-                && self.recent_releases.len() <= 1 << 16
+                && self.recent_releases.len() <= RECENT_RELEASES
             {
                 break;
             }
             self.recent_releases.pop_front();
-            if self.recent_by_key.get(&old_key) == Some(&old_ts) {
-                self.recent_by_key.remove(&old_key);
-            }
         }
         self.emit_command(key, cmd, outcome, None, Some(ts), out);
     }
@@ -806,11 +809,16 @@ impl Matcher {
         tmf.covered.sort_by_key(|(k, c)| (c.arrived_ns, *k));
         if function == tmf::ABORT_TASK && tmf.covered.is_empty() {
             tmf.race = self
-                .recent_by_key
-                .get(&(pid, itn_id, tag))
-                .map(|&released| ts.saturating_sub(released))
+                .recent_releases
+                .iter()
+                .rev()
+                .find(|(_, k)| *k == (pid, itn_id, tag))
+                .map(|&(released, _)| ts.saturating_sub(released))
                 .filter(|&gap| gap <= self.cfg.race_window_ns);
         }
+        self.next_timeout_ns = self
+            .next_timeout_ns
+            .min(ts.saturating_add(self.cfg.tmf_timeout_ns));
         self.tmfs.insert(tk, tmf);
         self.in_request.insert(pid, tk);
     }
@@ -1123,9 +1131,16 @@ impl Matcher {
             self.now_ns = now_ns;
         }
         let timeout = self.cfg.tmf_timeout_ns;
-        if self.tmfs.is_empty() {
+        if now_ns <= self.next_timeout_ns {
             return;
         }
+        self.next_timeout_ns = self
+            .tmfs
+            .values()
+            .map(|t| t.requested_ns.saturating_add(timeout))
+            .filter(|&deadline| deadline >= now_ns)
+            .min()
+            .unwrap_or(u64::MAX);
         let mut late: Vec<(u64, TmfKey)> = self
             .tmfs
             .iter()

@@ -297,6 +297,34 @@ fn deferred_abort_task_is_answered_after_release() {
     assert_eq!(summary.histograms.deferred_wait.count, 1);
 }
 
+// Whatever the order of the response and the blocker's release, the TMF
+// resolves once both are seen.
+#[test]
+fn deferred_response_before_the_release_still_resolves() {
+    let waiter = Waiter {
+        mid: 900,
+        function: tmf::ABORT_TASK,
+        busy: 1,
+    };
+    let mut s = Stream::new();
+    s.queue(1, 7, 1)
+        .request(1, 900, tmf::ABORT_TASK, 7, 1)
+        .ret(900, mgmt_ret::QUEUED)
+        .response(900, tmf::ABORT_TASK, EEXIST)
+        .release(1, 7, 0, Some(waiter));
+    let mut m = Matcher::new(Config::default());
+    let mut out = Vec::new();
+    for e in &s.events {
+        m.push(e, &mut out);
+    }
+    // Resolved by the events themselves, not by finish().
+    assert_eq!(tmfs(&out).len(), 1);
+    assert_eq!(
+        tmfs(&out)[0].outcome,
+        TmfOutcome::NoTaskDeferredThenFinished
+    );
+}
+
 #[test]
 fn deferred_lun_reset_names_its_blockers() {
     let mut s = Stream::new();
