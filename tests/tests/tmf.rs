@@ -6,6 +6,12 @@ use tgt_trace::event::Event;
 use tgt_trace_common::{TASK_ABORTED, mgmt_ret, tmf};
 use tgt_trace_e2e::tgtd::{Tgtd, TgtdOptions};
 
+use tgt_trace::{
+    correlate::{Config, Record, TmfOutcome, TmfRecord},
+    reader::TraceReader,
+    report::replay,
+};
+
 mod support;
 use support::Recording;
 
@@ -215,5 +221,59 @@ fn libiscsi_tmfs_are_traced_request_to_response(probe_set: &str) {
     assert!(
         !names.is_empty() && names.iter().all(|n| n.starts_with("iqn.")),
         "initiators: {names:?}"
+    );
+
+    // The matcher's verdicts agree with what tgtd returned.
+    let mut reader = TraceReader::open(&out, false).expect("trace opens");
+    let mut records = Vec::new();
+    let replayed =
+        replay(&mut reader, Config::default(), |r| records.push(r.clone())).expect("replays");
+    let tmfs: Vec<&TmfRecord> = records
+        .iter()
+        .filter_map(|r| {
+            if let Record::Tmf(t) = r {
+                Some(t)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(tmfs.len(), 2, "{records:#?}");
+    for t in &tmfs {
+        let expected: &[TmfOutcome] = match (t.function.as_str(), t.returned.as_deref()) {
+            ("ABORT_TASK", Some("DONE")) => &[TmfOutcome::CompletedWithAborts],
+            ("ABORT_TASK", Some("QUEUED")) => &[TmfOutcome::NoTaskDeferredThenFinished],
+            ("LOGICAL_UNIT_RESET", Some("QUEUED")) => &[TmfOutcome::Deferred],
+            ("LOGICAL_UNIT_RESET", Some("DONE")) => &[
+                TmfOutcome::CompletedWithAborts,
+                TmfOutcome::CompletedNothingToAbort,
+            ],
+            other => panic!("unexpected TMF {other:?}"),
+        };
+        assert!(
+            expected.contains(&t.outcome),
+            "{} {:?}: {:?}",
+            t.function,
+            t.returned,
+            t.outcome
+        );
+        assert!(
+            !t.covered.is_empty() || t.outcome == TmfOutcome::CompletedNothingToAbort,
+            "{t:?}"
+        );
+        eprintln!(
+            "{} returned {:?}: {:?}, {} covered",
+            t.function,
+            t.returned,
+            t.outcome,
+            t.covered.len()
+        );
+    }
+    let summary = replayed.summary.expect("summary");
+    assert_eq!(
+        summary.counts.orphans(),
+        0,
+        "{:?}",
+        summary.counts.orphans_by_kind
     );
 }
