@@ -9,6 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::io::Write as _;
+
 use anyhow::Context as _;
 use tgt_trace_e2e::tgtd::{Tgtd, TgtdOptions};
 
@@ -47,11 +49,22 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
         .stdout(Stdio::piped())
         .spawn()
         .context("starting tgt-trace")?;
-    let result = show(&mut tracer);
+    let saved = root().join("target/demo.ndjson");
+    let result = show(&mut tracer, &saved);
     let _ = tracer.wait();
     stop_group(&mut workload);
     drop(tgtd);
-    result
+    result?;
+    eprintln!(
+        "demo: the trace is in {}; the matcher's report:",
+        saved.display()
+    );
+    run_step(
+        "tgt-trace report",
+        Command::new(root().join("target/release/tgt-trace"))
+            .arg("report")
+            .arg(&saved),
+    )
 }
 
 /// A loop of libiscsi tools: throughput bursts on the null LUN, and the TMF
@@ -84,12 +97,16 @@ fn stop_group(child: &mut Child) {
 }
 
 /// Prints TMF events as they come and a status line every second.
-fn show(tracer: &mut Child) -> anyhow::Result<()> {
+fn show(tracer: &mut Child, saved: &std::path::Path) -> anyhow::Result<()> {
     let stdout = tracer.stdout.take().context("tgt-trace's output")?;
+    let mut copy = std::io::BufWriter::new(
+        std::fs::File::create(saved).with_context(|| format!("creating {}", saved.display()))?,
+    );
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     let mut last = Instant::now();
     for line in BufReader::new(stdout).lines() {
         let line = line.context("reading tgt-trace's output")?;
+        writeln!(copy, "{line}").context("saving the trace")?;
         let value: serde_json::Value =
             serde_json::from_str(&line).with_context(|| format!("bad line: {line}"))?;
         let kind = value["kind"]
