@@ -479,7 +479,21 @@ impl Matcher {
         out: &mut Vec<Record>,
     ) {
         self.counts.commands_in += 1;
-        if let Some(old) = self.commands.remove(&key) {
+        if self.commands.len() >= self.cfg.max_commands {
+            self.evict_oldest_command(out);
+        }
+        let seq = self.seq();
+        self.command_order.push_back((seq, key));
+        let command = Command {
+            seq,
+            tid,
+            lun: Some(lun),
+            opcode: Some(opcode),
+            arrived_ns: Some(ts),
+            result: None,
+            covered_by: Vec::new(),
+        };
+        if let Some(old) = self.commands.insert(key, command) {
             // The same tag again before its release: the first was lost to us.
             self.emit_command(
                 key,
@@ -490,23 +504,6 @@ impl Matcher {
                 out,
             );
         }
-        if self.commands.len() >= self.cfg.max_commands {
-            self.evict_oldest_command(out);
-        }
-        let seq = self.seq();
-        self.command_order.push_back((seq, key));
-        self.commands.insert(
-            key,
-            Command {
-                seq,
-                tid,
-                lun: Some(lun),
-                opcode: Some(opcode),
-                arrived_ns: Some(ts),
-                result: None,
-                covered_by: Vec::new(),
-            },
-        );
         if self.command_order.len() > 2 * self.commands.len() + 1024 {
             let commands = &self.commands;
             self.command_order
@@ -534,34 +531,44 @@ impl Matcher {
 
     /// A command known only from a later event (trace started mid-command, or
     /// the TMF-only probe set).
-    fn command_entry(&mut self, key: CmdKey) -> &mut Command {
-        if !self.commands.contains_key(&key) {
-            self.counts.commands_in += 1;
-            let seq = self.seq();
-            self.commands.insert(
-                key,
-                Command {
-                    seq,
-                    tid: -1,
-                    lun: None,
-                    opcode: None,
-                    arrived_ns: None,
-                    result: None,
-                    covered_by: Vec::new(),
-                },
-            );
+    fn unseen_command(&mut self) -> Command {
+        if self.cfg.coverage.queue {
+            self.counts.unmatched_events += 1;
         }
-        self.commands.get_mut(&key).expect("inserted above")
+        self.counts.commands_in += 1;
+        Command {
+            seq: self.seq(),
+            tid: -1,
+            lun: None,
+            opcode: None,
+            arrived_ns: None,
+            result: None,
+            covered_by: Vec::new(),
+        }
     }
 
+    /// The full set's result probe. An aborted result is rare; only then is
+    /// the command taken out of the map to be attributed.
     fn result(&mut self, key: CmdKey, result: i32, ts: u64, out: &mut Vec<Record>) {
-        let cmd = self.command_entry(key);
-        if cmd.result.is_some() {
-            return;
+        match self.commands.get_mut(&key) {
+            Some(cmd) if cmd.result.is_some() => return,
+            Some(cmd) => {
+                cmd.result = Some((result, ts));
+                if result != TASK_ABORTED {
+                    return;
+                }
+            }
+            None => {
+                let mut cmd = self.unseen_command();
+                cmd.result = Some((result, ts));
+                self.commands.insert(key, cmd);
+            }
         }
-        cmd.result = Some((result, ts));
-        if result == TASK_ABORTED {
-            self.attribute_abort(key, ts, out);
+        if result == TASK_ABORTED
+            && let Some(mut cmd) = self.commands.remove(&key)
+        {
+            self.attribute_abort(key, &mut cmd, ts, out);
+            self.commands.insert(key, cmd);
         }
     }
 
@@ -573,14 +580,17 @@ impl Matcher {
         waiter: Option<Waiter>,
         out: &mut Vec<Record>,
     ) {
-        if !self.commands.contains_key(&key) && self.cfg.coverage.queue {
-            self.counts.unmatched_events += 1;
-        }
-        // The lean set learns the result here.
-        self.result(key, result, ts, out);
-        let Some(cmd) = self.commands.remove(&key) else {
-            return;
+        let mut cmd = match self.commands.remove(&key) {
+            Some(cmd) => cmd,
+            None => self.unseen_command(),
         };
+        // The lean set learns the result here.
+        if cmd.result.is_none() {
+            cmd.result = Some((result, ts));
+            if result == TASK_ABORTED {
+                self.attribute_abort(key, &mut cmd, ts, out);
+            }
+        }
         if let Some(w) = waiter {
             self.blocker_released((key.0, w.mid), key, ts);
             self.try_finish_tmf((key.0, w.mid), out);
@@ -633,16 +643,11 @@ impl Matcher {
     }
 
     /// A TASK_ABORTED result: to the TMF that covers the command, or an orphan.
-    fn attribute_abort(&mut self, key: CmdKey, ts: u64, out: &mut Vec<Record>) {
-        let covering: Vec<u64> = self
-            .commands
-            .get(&key)
-            .map(|c| c.covered_by.clone())
-            .unwrap_or_default();
+    fn attribute_abort(&mut self, key: CmdKey, cmd: &mut Command, ts: u64, out: &mut Vec<Record>) {
         let mut tmf_key = self
             .tmfs
             .iter()
-            .find(|(_, t)| covering.contains(&t.seq))
+            .find(|(_, t)| cmd.covered_by.contains(&t.seq))
             .map(|(k, _)| *k);
         if tmf_key.is_none() && !self.cfg.coverage.queue {
             // Without arrivals the covered set is unknown: the TMF in progress
@@ -655,13 +660,12 @@ impl Matcher {
                 .map(|(k, _)| *k);
         }
         let Some(tk) = tmf_key else {
-            let cmd = self.commands.get(&key).cloned();
             self.orphan(
                 OrphanKind::AbortWithoutTmf,
                 key.0,
                 key.1,
                 key.2,
-                cmd.as_ref().and_then(|c| c.lun).unwrap_or(0),
+                cmd.lun.unwrap_or(0),
                 ts,
                 None,
                 None,
@@ -670,7 +674,7 @@ impl Matcher {
             );
             return;
         };
-        let arrived = self.commands.get(&key).and_then(|c| c.arrived_ns);
+        let arrived = cmd.arrived_ns;
         let Some(tmf) = self.tmfs.get_mut(&tk) else {
             return;
         };
@@ -705,9 +709,7 @@ impl Matcher {
                 ));
             }
         }
-        if let Some(cmd) = self.commands.get_mut(&key)
-            && !cmd.covered_by.contains(&tmf.seq)
-        {
+        if !cmd.covered_by.contains(&tmf.seq) {
             cmd.covered_by.push(tmf.seq);
         }
         self.try_finish_tmf(tk, out);

@@ -50,6 +50,36 @@ struct AttachArgs {
     poll: Duration,
 }
 
+/// The matcher's limits.
+#[derive(clap::Args, Clone)]
+struct MatchArgs {
+    /// A TMF without a response this long after its request is unanswered (orphan c).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    tmf_timeout: Duration,
+    /// ABORT TASK finding nothing this soon after the tag's release is a race.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    race_window: Duration,
+    /// Commands tracked at once; the oldest beyond this are evicted (and counted).
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    max_commands: usize,
+    /// TMFs tracked at once; the oldest beyond this are evicted (and counted).
+    #[arg(long, value_name = "N", default_value_t = 65_536)]
+    max_tmfs: usize,
+}
+
+impl MatchArgs {
+    fn config(&self) -> Config {
+        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        Config {
+            tmf_timeout_ns: ns(self.tmf_timeout),
+            race_window_ns: ns(self.race_window),
+            max_commands: self.max_commands.max(1),
+            max_tmfs: self.max_tmfs.max(1),
+            ..Config::default()
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Record events to NDJSON until Ctrl-C, SIGTERM, --duration, or COMMAND exits.
@@ -74,6 +104,8 @@ enum Command {
         /// Skip malformed lines (they are counted) instead of failing.
         #[arg(long)]
         lenient: bool,
+        #[command(flatten)]
+        matching: MatchArgs,
     },
     /// Summarise a recorded trace: latency, TMFs by outcome, aborts, orphans, drops.
     Report {
@@ -82,8 +114,11 @@ enum Command {
         /// The summary as JSON.
         #[arg(long)]
         json: bool,
+        /// Skip malformed lines (they are counted) instead of failing.
         #[arg(long)]
         lenient: bool,
+        #[command(flatten)]
+        matching: MatchArgs,
     },
     /// Check a tgtd binary and list the probe points tgt-trace can attach.
     Probes {
@@ -196,11 +231,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => ExitCode::SUCCESS,
             })
         }
-        Command::Replay { file, lenient } => {
+        Command::Replay {
+            file,
+            lenient,
+            matching,
+        } => {
             let mut reader = TraceReader::open(&file, lenient)?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             let mut write_error = None;
-            let replayed = replay(&mut reader, Config::default(), |record| {
+            let replayed = replay(&mut reader, matching.config(), |record| {
                 if write_error.is_none()
                     && let Err(e) = serde_json::to_writer(&mut out, record).and_then(|()| {
                         std::io::Write::write_all(&mut out, b"\n").map_err(serde_json::Error::io)
@@ -228,10 +267,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             file,
             json,
             lenient,
+            matching,
         } => {
             let mut reader = TraceReader::open(&file, lenient)?;
             let mut orphans = Vec::new();
-            let replayed = replay(&mut reader, Config::default(), |record| {
+            let replayed = replay(&mut reader, matching.config(), |record| {
                 if let Record::Orphan(o) = record {
                     orphans.push(o.clone());
                 }
