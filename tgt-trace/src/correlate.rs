@@ -144,6 +144,10 @@ pub enum Fate {
     Aborted,
     /// Busy in the backing store; the TMF waited for its release.
     Blocked,
+    /// Released normally without naming this TMF: tgtd neither aborted it
+    /// nor made this TMF wait for it (e.g. a later TMF took over its
+    /// `cmd->mreq`).
+    Completed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -603,6 +607,9 @@ impl Matcher {
                 self.tmf_response((key.0, w.mid), inferred, ts, true, out);
             }
         }
+        if !cmd.covered_by.is_empty() {
+            self.covered_command_released(key, &cmd.covered_by, ts, out);
+        }
         let (result, result_ns) = cmd.result.unwrap_or((result, ts));
         let outcome = match result {
             0 => CommandOutcome::Good,
@@ -713,6 +720,35 @@ impl Matcher {
             cmd.covered_by.push(tmf.seq);
         }
         self.try_finish_tmf(tk, out);
+    }
+
+    /// A released command's fate is known for every TMF that covered it; a
+    /// TMF still waiting to learn it may now conclude.
+    fn covered_command_released(
+        &mut self,
+        key: CmdKey,
+        covered_by: &[u64],
+        ts: u64,
+        out: &mut Vec<Record>,
+    ) {
+        let waiting: Vec<TmfKey> = self
+            .tmfs
+            .iter()
+            .filter(|(_, t)| covered_by.contains(&t.seq))
+            .map(|(k, _)| *k)
+            .collect();
+        for tk in waiting {
+            if let Some(tmf) = self.tmfs.get_mut(&tk)
+                && let Some((_, c)) = tmf
+                    .covered
+                    .iter_mut()
+                    .find(|(k, c)| *k == key && c.fate == Fate::Pending)
+            {
+                c.fate = Fate::Completed;
+                c.at_ns = Some(ts);
+            }
+            self.try_finish_tmf(tk, out);
+        }
     }
 
     fn blocker_released(&mut self, tk: TmfKey, key: CmdKey, ts: u64) {

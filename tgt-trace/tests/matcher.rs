@@ -325,6 +325,27 @@ fn deferred_response_before_the_release_still_resolves() {
     );
 }
 
+// tgtd keeps one waiting TMF per command (cmd->mreq): when a second TMF
+// takes it over, the first is never named at the release. Its fate is still
+// known there, and it must not hold the first TMF open.
+#[test]
+fn a_covered_command_released_without_naming_the_tmf_resolves_it() {
+    let mut s = Stream::new();
+    s.queue(1, 7, 1)
+        .request(1, 900, tmf::ABORT_TASK, 7, 1)
+        .ret(900, mgmt_ret::QUEUED)
+        .response(900, tmf::ABORT_TASK, EEXIST)
+        .release(1, 7, 0, None);
+    let mut m = Matcher::new(lean());
+    let mut out = Vec::new();
+    for e in &s.events {
+        m.push(e, &mut out);
+    }
+    let t = tmfs(&out);
+    assert_eq!(t.len(), 1, "concluded by the release, not by finish()");
+    assert_eq!(t[0].covered[0].fate, Fate::Completed);
+}
+
 #[test]
 fn deferred_lun_reset_names_its_blockers() {
     let mut s = Stream::new();
