@@ -127,7 +127,7 @@ impl Tgtd {
     }
 
     /// Adds a LUN with the `null` backing store: no I/O, for throughput runs.
-    pub fn add_null_lun(&self, lun: u32, bytes: u64) -> io::Result<()> {
+    pub fn add_null_lun(&self, lun: u32) -> io::Result<()> {
         self.tgtadm(&[
             "--op",
             "new",
@@ -144,7 +144,6 @@ impl Tgtd {
             "--blocksize",
             "512",
         ])?;
-        let _ = bytes;
         Ok(())
     }
 

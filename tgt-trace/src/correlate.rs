@@ -459,14 +459,12 @@ impl Matcher {
                     self.initiators.insert((pid, itn_id), name.clone());
                 }
             }
-            Event::NexusDestroy {
-                ts_ns, pid, itn_id, ..
-            } => {
-                self.close_where(ts_ns, "nexus gone", |p, itn| p == pid && itn == itn_id, out);
+            Event::NexusDestroy { pid, itn_id, .. } => {
+                self.close_where("nexus gone", |p, itn| p == pid && itn == itn_id, out);
                 self.initiators.remove(&(pid, itn_id));
             }
-            Event::ProcessExit { ts_ns, pid } => {
-                self.close_where(ts_ns, "target exited", |p, _| p == pid, out);
+            Event::ProcessExit { pid, .. } => {
+                self.close_where("target exited", |p, _| p == pid, out);
                 self.initiators.retain(|(p, _), _| *p != pid);
             }
         }
@@ -796,7 +794,6 @@ impl Matcher {
             // the previous TMF, so that one's response was lost to us.
             self.close_tmf(
                 tk,
-                ts,
                 "its mid was reused by a new TMF: the response was not seen",
                 out,
             );
@@ -805,7 +802,7 @@ impl Matcher {
             && let Some(oldest) = self.tmfs.iter().min_by_key(|(_, t)| t.seq).map(|(k, _)| *k)
         {
             self.counts.tmfs_evicted += 1;
-            self.close_tmf(oldest, ts, "evicted: max_tmfs reached", out);
+            self.close_tmf(oldest, "evicted: max_tmfs reached", out);
         }
         self.counts.tmfs += 1;
         let seq = self.seq();
@@ -929,9 +926,8 @@ impl Matcher {
 
     /// Closes a TMF that will not be answered (or whose covered commands will
     /// not finish), with the cause.
-    fn close_tmf(&mut self, tk: TmfKey, ts: u64, cause: &str, out: &mut Vec<Record>) {
+    fn close_tmf(&mut self, tk: TmfKey, cause: &str, out: &mut Vec<Record>) {
         if let Some(tmf) = self.tmfs.remove(&tk) {
-            let _ = ts;
             self.emit_tmf(tmf, Some(cause.to_owned()), out);
         }
     }
@@ -1134,7 +1130,6 @@ impl Matcher {
     /// Closes the commands and TMFs of the nexuses `which(pid, itn)` selects.
     fn close_where(
         &mut self,
-        ts: u64,
         cause: &str,
         which: impl Fn(u32, u64) -> bool,
         out: &mut Vec<Record>,
@@ -1147,7 +1142,7 @@ impl Matcher {
             .collect();
         tmfs.sort_unstable();
         for (_, tk) in tmfs {
-            self.close_tmf(tk, ts, cause, out);
+            self.close_tmf(tk, cause, out);
         }
         let mut keys: Vec<(u64, CmdKey)> = self
             .commands
@@ -1189,7 +1184,6 @@ impl Matcher {
         for (_, tk) in late {
             self.close_tmf(
                 tk,
-                now_ns,
                 &format!("no response within {} s", timeout / 1_000_000_000),
                 out,
             );
@@ -1199,8 +1193,7 @@ impl Matcher {
     /// Ends the trace: everything still open is closed with the cause "trace ended".
     pub fn finish(&mut self, end_ns: u64, out: &mut Vec<Record>) -> Summary {
         self.advance(end_ns, out);
-        let end = end_ns.max(self.now_ns);
-        self.close_where(end, "trace ended", |_, _| true, out);
+        self.close_where("trace ended", |_, _| true, out);
         Summary {
             counts: self.counts.clone(),
             histograms: self.stats.summary(),

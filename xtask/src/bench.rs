@@ -52,7 +52,7 @@ pub fn run(rounds: u32, seconds: u64) -> anyhow::Result<()> {
     )?;
     crate::setup::require_root("the benchmark starts tgtd and loads eBPF probes")?;
     let tgtd = Tgtd::start(&TgtdOptions::default()).context("starting tgtd")?;
-    tgtd.add_null_lun(1, 0).context("adding a null LUN")?;
+    tgtd.add_null_lun(1).context("adding a null LUN")?;
     let url = tgtd.url(1);
     let modes = [
         Mode::Untraced,

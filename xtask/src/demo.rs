@@ -25,7 +25,7 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
     let tgtd = Tgtd::start(&TgtdOptions::default()).context("starting a scratch tgtd")?;
     tgtd.add_lun(1, 64 << 20)
         .context("adding a file-backed LUN")?;
-    tgtd.add_null_lun(2, 0).context("adding a null LUN")?;
+    tgtd.add_null_lun(2).context("adding a null LUN")?;
     eprintln!(
         "demo: tgtd pid {} on {} (control {}), target {}; Ctrl-C to stop",
         tgtd.pid(),
