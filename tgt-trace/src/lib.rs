@@ -3,6 +3,7 @@
 //! Data flows one way: probes → ring buffer → [`decode`] → [`correlate`] →
 //! outputs. Only [`probe`] touches aya.
 
+pub mod check;
 pub mod correlate;
 pub mod decode;
 pub mod event;

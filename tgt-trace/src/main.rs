@@ -6,6 +6,7 @@ use std::{num::NonZeroU32, path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tgt_trace::{
+    check::{Budget, Evidence, check, exit_code},
     correlate::{Config, Record},
     probe::{ProbeSet, TraceOptions},
     reader::TraceReader,
@@ -114,6 +115,24 @@ enum Command {
         /// The summary as JSON.
         #[arg(long)]
         json: bool,
+        /// Skip malformed lines (they are counted) instead of failing.
+        #[arg(long)]
+        lenient: bool,
+        #[command(flatten)]
+        matching: MatchArgs,
+    },
+    /// Check a trace against latency and orphan budgets, for CI. Exit 0 pass,
+    /// 1 a budget failed, 2 inconclusive (drops, a missing probe, too few
+    /// samples), 3 bad input or usage.
+    Check {
+        /// The trace, or - for standard input.
+        file: PathBuf,
+        /// A budget, e.g. 'abort.p99<=5ms', 'tmf.ABORT_TASK.p99.9<=20ms', 'orphans==0'. Repeatable.
+        #[arg(long = "budget", value_name = "EXPR", required = true)]
+        budgets: Vec<String>,
+        /// Fewest samples a percentile needs (and at least 1/(1-q)).
+        #[arg(long, value_name = "N", default_value_t = 20)]
+        min_samples: u64,
         /// Skip malformed lines (they are counted) instead of failing.
         #[arg(long)]
         lenient: bool,
@@ -289,6 +308,59 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", render_text(&replayed, &orphans));
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Check {
+            file,
+            budgets,
+            min_samples,
+            lenient,
+            matching,
+        } => {
+            let parsed: Result<Vec<Budget>, _> = budgets.iter().map(|b| Budget::parse(b)).collect();
+            let budgets = match parsed {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("tgt-trace: {e}");
+                    return Ok(ExitCode::from(exit::USAGE));
+                }
+            };
+            let mut reader = match TraceReader::open(&file, lenient) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("tgt-trace: {e}");
+                    return Ok(ExitCode::from(exit::USAGE));
+                }
+            };
+            let probes = reader.header().probes.clone();
+            let replayed = match replay(&mut reader, matching.config(), |_| {}) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("tgt-trace: {e}");
+                    return Ok(ExitCode::from(exit::USAGE));
+                }
+            };
+            let summary = replayed.summary.context("replay produced no summary")?;
+            let evidence = Evidence {
+                summary: &summary,
+                drops: replayed.drops,
+                probes: &probes,
+                min_samples,
+            };
+            let results: Vec<_> = budgets.iter().map(|b| check(b, &evidence)).collect();
+            for r in &results {
+                println!("{r}");
+            }
+            if !replayed.complete {
+                println!(
+                    "note: the trace has no summary line (cut short); its drop counts are unknown"
+                );
+            }
+            // A cut-short trace cannot pass, but a failed budget still fails.
+            let code = match (exit_code(&results), replayed.complete) {
+                (0, false) => 2,
+                (code, _) => code,
+            };
+            Ok(ExitCode::from(code))
         }
         Command::Probes { tgtd } => {
             let binary = TgtdBinary::inspect(&tgtd)?;
