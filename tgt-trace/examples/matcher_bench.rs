@@ -1,217 +1,193 @@
-//! Matcher throughput and memory on a synthetic stream (a benchmark, not a
-//! test): `cargo run --release -p tgt-trace --example matcher_bench -- 10000000`.
+//! Matcher throughput and memory on synthetic tgtd streams (a benchmark, not
+//! a test):
 //!
-//! The stream is generated as it is consumed, as the lean probe set would
-//! deliver it: 32 commands in flight on each of two nexuses, an ABORT TASK
-//! every 1000 commands (half aborted at once, half deferred behind a busy
-//! command), a LUN RESET every 20000.
+//! ```text
+//! cargo run --release -p tgt-trace --example matcher_bench -- --events 10000000
+//! ```
+//!
+//! Options: `--events N` (per probe set, default 10 000 000), `--probes
+//! full|lean|tmf|all` (default all), `--seed N`.
+//!
+//! The stream is [`tgt_trace::synth`]'s default mix: 4 initiators at queue
+//! depth 32 over 4 LUNs, 0.1 % error status, 2 % of commands held in tgtd's
+//! queue, one ABORT TASK per 1000 commands (in flight, just released, or
+//! never used), ABORT TASK SET and LUN RESET rarer; filtered to what each
+//! probe set would deliver. It is generated in batches of 64 Ki events as it
+//! is consumed; "matcher" times only `Matcher::push`, "end to end" includes
+//! the generator. Peak RSS is the process's VmHWM, read at 10 % of each run
+//! and at its end: equal values mean memory flat in the trace's length.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tgt_trace::{
-    correlate::{Config, Coverage, Matcher},
-    event::{Event, Waiter},
+    correlate::{Config, Coverage, Matcher, Summary},
+    synth::{Synth, SynthConfig},
 };
-use tgt_trace_common::{TASK_ABORTED, mgmt_ret, tmf};
 
-const PID: u32 = 1;
-const DEPTH: u64 = 32;
+const BATCH: usize = 1 << 16;
 
-struct Generator {
-    ts: u64,
-    next_tag: u64,
-    commands: u64,
-    mid: u64,
-    batch: Vec<Event>,
+struct Args {
+    events: u64,
+    sets: Vec<(&'static str, Coverage)>,
+    seed: u64,
 }
 
-impl Generator {
-    fn tick(&mut self) -> u64 {
-        self.ts += 250;
-        self.ts
-    }
-
-    fn queue(&mut self, itn_id: u64, tag: u64) {
-        let ts = self.tick();
-        self.batch.push(Event::CmdQueue {
-            ts_ns: ts,
-            pid: PID,
-            tid: 1,
-            itn_id,
-            tag,
-            lun: 1,
-            opcode: 0x28,
-            attribute: 0x20,
-            cmd: tag,
-        });
-    }
-
-    fn release(&mut self, itn_id: u64, tag: u64, result: i32, tmf: Option<Waiter>) {
-        let ts = self.tick();
-        self.batch.push(Event::CmdRelease {
-            ts_ns: ts,
-            pid: PID,
-            itn_id,
-            tag,
-            cmd: tag,
-            result,
-            tmf,
-        });
-    }
-
-    fn tmf(&mut self, itn_id: u64, function: u8, tag: u64, ret: i32, result: i32) -> u64 {
-        self.mid += 1;
-        let mid = self.mid;
-        let ts = self.tick();
-        self.batch.push(Event::TmfRequest {
-            ts_ns: ts,
-            pid: PID,
-            tid: 1,
-            itn_id,
-            mid,
-            function,
-            tag,
-            lun: 1,
-        });
-        if ret != mgmt_ret::QUEUED {
-            let ts = self.tick();
-            self.batch.push(Event::TmfResponse {
-                ts_ns: ts,
-                pid: PID,
-                mid,
-                function,
-                result,
-            });
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        events: 10_000_000,
+        sets: all_sets(),
+        seed: 1,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--events" => {
+                args.events = value()?
+                    .replace('_', "")
+                    .parse()
+                    .map_err(|e| format!("--events: {e}"))?;
+            }
+            "--seed" => args.seed = value()?.parse().map_err(|e| format!("--seed: {e}"))?,
+            "--probes" => {
+                let name = value()?;
+                args.sets = all_sets()
+                    .into_iter()
+                    .filter(|(n, _)| name == "all" || *n == name)
+                    .collect();
+                if args.sets.is_empty() {
+                    return Err(format!("--probes: unknown set {name}"));
+                }
+            }
+            "-h" | "--help" => {
+                return Err(
+                    "usage: matcher_bench [--events N] [--probes full|lean|tmf|all] [--seed N]"
+                        .into(),
+                );
+            }
+            other => return Err(format!("unknown argument {other}")),
         }
-        let ts = self.tick();
-        self.batch.push(Event::TmfReturn {
-            ts_ns: ts,
-            pid: PID,
-            mid,
-            ret,
-        });
-        mid
     }
-
-    /// The next few events: one command's life, sometimes with a TMF.
-    fn fill(&mut self) {
-        self.batch.clear();
-        let itn_id = itn_of(self.next_tag);
-        let tag = self.next_tag;
-        self.next_tag += 1;
-        self.commands += 1;
-        self.queue(itn_id, tag);
-        // The command queued DEPTH commands ago on this nexus completes now.
-        let old = tag.saturating_sub(2 * DEPTH);
-        if old == 0 {
-            return;
-        }
-        if self.commands.is_multiple_of(20_000) {
-            // LUN RESET: everything in flight is aborted at once.
-            self.tmf(itn_id, tmf::LOGICAL_UNIT_RESET, 0, mgmt_ret::DONE, 0);
-        } else if self.commands.is_multiple_of(2_000) {
-            let mid = self.tmf(itn_id, tmf::ABORT_TASK, old, mgmt_ret::QUEUED, 0);
-            let ts = self.tick();
-            self.batch.push(Event::TmfResponse {
-                ts_ns: ts,
-                pid: PID,
-                mid,
-                function: tmf::ABORT_TASK,
-                result: -17,
-            });
-            self.release(
-                itn_of(old),
-                old,
-                0,
-                Some(Waiter {
-                    mid,
-                    function: tmf::ABORT_TASK,
-                    busy: 1,
-                }),
-            );
-            return;
-        } else if self.commands.is_multiple_of(1_000) {
-            self.tmf(itn_of(old), tmf::ABORT_TASK, old, mgmt_ret::DONE, 0);
-            self.release(itn_of(old), old, TASK_ABORTED, None);
-            return;
-        }
-        self.release(itn_of(old), old, 0, None);
-    }
+    Ok(args)
 }
 
-/// Tags alternate between the two nexuses.
-fn itn_of(tag: u64) -> u64 {
-    1 + (tag % 2)
+fn all_sets() -> Vec<(&'static str, Coverage)> {
+    vec![
+        ("full", Coverage::ALL),
+        ("lean", Coverage::LEAN),
+        ("tmf", Coverage::TMF_ONLY),
+    ]
 }
 
+/// `VmHWM` (peak resident set) in KiB, 0 if unreadable.
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines().find_map(|l| {
                 l.strip_prefix("VmHWM:")
-                    .map(|v| v.trim().trim_end_matches(" kB").parse().unwrap_or(0))
+                    .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
             })
         })
         .unwrap_or(0)
 }
 
-fn main() {
-    let target: u64 = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(10_000_000);
-    let cfg = Config {
-        coverage: Coverage {
-            result: false,
-            ..Coverage::ALL
-        },
+struct Run {
+    events: u64,
+    matcher: Duration,
+    total: Duration,
+    records: u64,
+    rss_tenth_kib: u64,
+    rss_end_kib: u64,
+    summary: Summary,
+}
+
+fn run(events: u64, seed: u64, coverage: Coverage) -> Run {
+    let mut synth = Synth::new(SynthConfig {
+        seed,
+        probes: coverage,
+        ..SynthConfig::default()
+    });
+    let mut matcher = Matcher::new(Config {
+        coverage,
         ..Config::default()
-    };
-    let mut matcher = Matcher::new(cfg);
-    let mut stream = Generator {
-        ts: 1,
-        next_tag: 1,
-        commands: 0,
-        mid: 0,
-        batch: Vec::new(),
-    };
+    });
+    let mut batch = Vec::with_capacity(BATCH + 64);
     let mut out = Vec::new();
-    let mut events = 0u64;
-    let mut records = 0u64;
-    let mut rss_at_tenth = 0;
+    let (mut seen, mut records) = (0u64, 0u64);
+    let mut matcher_time = Duration::ZERO;
+    let mut rss_tenth_kib = 0;
     let start = Instant::now();
-    while events < target {
-        stream.fill();
-        for e in &stream.batch {
+    while seen < events {
+        batch.clear();
+        synth.fill(BATCH.min((events - seen) as usize), &mut batch);
+        let t = Instant::now();
+        for e in &batch {
             matcher.push(e, &mut out);
         }
-        events += stream.batch.len() as u64;
+        matcher_time += t.elapsed();
+        seen += batch.len() as u64;
         records += out.len() as u64;
         out.clear();
-        if rss_at_tenth == 0 && events >= target / 10 {
-            rss_at_tenth = peak_rss_kib();
+        if rss_tenth_kib == 0 && seen >= events / 10 {
+            rss_tenth_kib = peak_rss_kib();
         }
     }
-    let elapsed = start.elapsed();
-    let summary = matcher.finish(stream.ts, &mut out);
-    let c = &summary.counts;
-    println!("events            {events}");
-    println!("elapsed           {:.3} s", elapsed.as_secs_f64());
+    let summary = matcher.finish(synth.now_ns(), &mut out);
+    records += out.len() as u64;
+    Run {
+        events: seen,
+        matcher: matcher_time,
+        total: start.elapsed(),
+        records,
+        rss_tenth_kib,
+        rss_end_kib: peak_rss_kib(),
+        summary,
+    }
+}
+
+fn rate(events: u64, d: Duration) -> f64 {
+    events as f64 / d.as_secs_f64().max(1e-9) / 1e6
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
     println!(
-        "throughput        {:.2} M events/s (one core)",
-        events as f64 / elapsed.as_secs_f64() / 1e6
+        "{:<5} {:>11} {:>9} {:>13} {:>13} {:>9} {:>8} {:>8} {:>8} {:>13} {:>13}",
+        "set",
+        "events",
+        "matcher",
+        "matcher",
+        "end to end",
+        "records",
+        "TMFs",
+        "aborted",
+        "orphans",
+        "VmHWM @10%",
+        "VmHWM @end"
     );
-    println!(
-        "records           {records} (commands {} in, {} aborted; TMFs {}; orphans {})",
-        c.commands_in,
-        c.commands_aborted,
-        c.tmfs,
-        c.orphans()
-    );
-    println!(
-        "peak RSS          {} KiB at 10% of the stream, {} KiB at the end",
-        rss_at_tenth,
-        peak_rss_kib()
-    );
+    for (name, coverage) in &args.sets {
+        let r = run(args.events, args.seed, *coverage);
+        let c = &r.summary.counts;
+        println!(
+            "{:<5} {:>11} {:>8.3}s {:>8.2} M/s {:>8.2} M/s {:>9} {:>8} {:>8} {:>8} {:>9} KiB {:>9} KiB",
+            name,
+            r.events,
+            r.matcher.as_secs_f64(),
+            rate(r.events, r.matcher),
+            rate(r.events, r.total),
+            r.records,
+            c.tmfs,
+            c.commands_aborted,
+            c.orphans(),
+            r.rss_tenth_kib,
+            r.rss_end_kib,
+        );
+    }
 }

@@ -28,11 +28,20 @@ const EEXIST: i32 = 17;
 /// At most this many recent releases are remembered for race detection.
 const RECENT_RELEASES: usize = 1 << 16;
 const EINVAL: i32 = 22;
+/// The cause given to a TMF pushed out by `max_tmfs`.
+const EVICTED_TMF: &str = "evicted: max_tmfs reached";
 
-/// Which kinds of event the trace can contain (from its probe set).
+/// Which kinds of event the trace can contain (from its probe set). The
+/// matcher infers what a missing probe would have said, and marks inferences.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Coverage {
+    /// `CmdQueue`: without it commands are known only from later events, and
+    /// a TMF's covered set only from the aborted and blocking releases.
     pub queue: bool,
+    /// `CmdPerform`: with it a covered command is known to be busy in the
+    /// backing store at the TMF's request; without it that is inferred from
+    /// results, `tmf_mid` and the TMF's return value.
+    pub perform: bool,
     pub result: bool,
     pub release: bool,
     pub tmf_response: bool,
@@ -41,9 +50,23 @@ pub struct Coverage {
 impl Coverage {
     pub const ALL: Coverage = Coverage {
         queue: true,
+        perform: true,
         result: true,
         release: true,
         tmf_response: true,
+    };
+
+    /// The lean probe set: queue and release, result read at release.
+    pub const LEAN: Coverage = Coverage {
+        perform: false,
+        result: false,
+        ..Coverage::ALL
+    };
+
+    /// The TMF probe set: TMFs and the releases a TMF cares about.
+    pub const TMF_ONLY: Coverage = Coverage {
+        queue: false,
+        ..Coverage::LEAN
     };
 
     /// From a trace header's probe list.
@@ -51,6 +74,7 @@ impl Coverage {
         let attached = |name: &str| probes.iter().any(|p| p.name == name && p.attached);
         Coverage {
             queue: attached("queue"),
+            perform: attached("uspace_send"),
             result: attached("kspace_exec"),
             release: attached("release"),
             tmf_response: attached("tsk_mgmt_response"),
@@ -163,6 +187,10 @@ pub struct Covered {
     /// When it got TASK_ABORTED, or was released while blocking.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at_ns: Option<u64>,
+    /// For a blocking command: how long it held the TMF, from the TMF's
+    /// request to its release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked_ns: Option<u64>,
     /// Another initiator's command, hit by a LUN-wide TMF.
     pub other_initiator: bool,
 }
@@ -217,7 +245,9 @@ pub struct TmfRecord {
     /// For a race: the gap between that command's release and the request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub race_gap_ns: Option<u64>,
-    /// For unanswered: why.
+    /// Why the TMF was closed early: for unanswered, why there is no
+    /// response; for an answered one, why some covered command's fate is
+    /// unknown, or that it was evicted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<String>,
 }
@@ -267,6 +297,10 @@ pub struct Counts {
     pub commands_evicted: u64,
     pub tmfs: u64,
     pub tmfs_by_outcome: std::collections::BTreeMap<String, u64>,
+    /// Function name → outcome name → count.
+    #[serde(default)]
+    pub tmfs_by_function:
+        std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>,
     pub tmfs_evicted: u64,
     pub orphans_by_kind: std::collections::BTreeMap<String, u64>,
     /// Events about commands or TMFs the matcher never saw start.
@@ -298,6 +332,14 @@ struct Command {
     opcode: Option<u8>,
     arrived_ns: Option<u64>,
     result: Option<(i32, u64)>,
+    /// Handed to the backing store (`CmdPerform` seen, or a normal result):
+    /// a TMF can then only wait for it.
+    performed: bool,
+    /// Aborted at once by a TMF: tgtd took it off the task list
+    /// (`abort_cmd` → `cmd_done`), so later TMFs cannot find it.
+    aborted: bool,
+    /// The TMF (by seq) its TASK_ABORTED was attributed to.
+    aborted_by: Option<u64>,
     covered_by: Vec<u64>,
 }
 
@@ -317,6 +359,10 @@ struct Tmf {
     /// Covered commands, by their command key.
     covered: Vec<(CmdKey, Covered)>,
     race: Option<u64>,
+    /// Without the queue and result probes the covered set is learnt only
+    /// from aborted releases, which follow the response: a finished TMF waits
+    /// until this stream time for them before it is emitted.
+    linger_until: Option<u64>,
 }
 
 /// The matcher's state.
@@ -371,6 +417,11 @@ impl Matcher {
         self.commands.len()
     }
 
+    /// TMFs not yet concluded.
+    pub fn open_tmfs(&self) -> usize {
+        self.tmfs.len()
+    }
+
     fn seq(&mut self) -> u64 {
         self.next_seq += 1;
         self.next_seq
@@ -400,16 +451,19 @@ impl Matcher {
             } => {
                 self.queue(ts_ns, (pid, itn_id, tag), tid, lun, opcode, out);
             }
-            Event::CmdPerform { .. } => {}
+            Event::CmdPerform {
+                pid, itn_id, tag, ..
+            } => self.perform((pid, itn_id, tag), out),
             Event::CmdResult {
                 ts_ns,
                 pid,
                 itn_id,
                 tag,
                 result,
+                tmf_mid,
                 ..
             } => {
-                self.result((pid, itn_id, tag), result, ts_ns, out);
+                self.result((pid, itn_id, tag), result, tmf_mid, ts_ns, out);
             }
             Event::CmdRelease {
                 ts_ns,
@@ -481,20 +535,28 @@ impl Matcher {
         out: &mut Vec<Record>,
     ) {
         self.counts.commands_in += 1;
-        if self.commands.len() >= self.cfg.max_commands {
-            self.evict_oldest_command(out);
-        }
-        let seq = self.seq();
-        self.command_order.push_back((seq, key));
         let command = Command {
-            seq,
+            seq: self.seq(),
             tid,
             lun: Some(lun),
             opcode: Some(opcode),
             arrived_ns: Some(ts),
             result: None,
+            performed: false,
+            aborted: false,
+            aborted_by: None,
             covered_by: Vec::new(),
         };
+        self.track(key, command, out);
+    }
+
+    /// Starts tracking a command: within `max_commands`, and in arrival
+    /// order so that the oldest is the one evicted.
+    fn track(&mut self, key: CmdKey, command: Command, out: &mut Vec<Record>) {
+        if self.commands.len() >= self.cfg.max_commands && !self.commands.contains_key(&key) {
+            self.evict_oldest_command(out);
+        }
+        self.command_order.push_back((command.seq, key));
         if let Some(old) = self.commands.insert(key, command) {
             // The same tag again before its release: the first was lost to us.
             self.emit_command(
@@ -506,6 +568,8 @@ impl Matcher {
                 out,
             );
         }
+        // Released commands leave stale entries behind; drop them before
+        // they outnumber the live ones, so memory stays flat.
         if self.command_order.len() > 2 * self.commands.len() + 1024 {
             let commands = &self.commands;
             self.command_order
@@ -545,30 +609,56 @@ impl Matcher {
             opcode: None,
             arrived_ns: None,
             result: None,
+            performed: false,
+            aborted: false,
+            aborted_by: None,
             covered_by: Vec::new(),
+        }
+    }
+
+    /// The command as tracked, or a newly tracked unseen one.
+    fn tracked(&mut self, key: CmdKey, out: &mut Vec<Record>) -> Option<&mut Command> {
+        if !self.commands.contains_key(&key) {
+            let cmd = self.unseen_command();
+            self.track(key, cmd, out);
+        }
+        self.commands.get_mut(&key)
+    }
+
+    /// `scsi_cmd_perform`: from here on tgtd can only defer an abort.
+    fn perform(&mut self, key: CmdKey, out: &mut Vec<Record>) {
+        if let Some(cmd) = self.tracked(key, out) {
+            cmd.performed = true;
         }
     }
 
     /// The full set's result probe. An aborted result is rare; only then is
     /// the command taken out of the map to be attributed.
-    fn result(&mut self, key: CmdKey, result: i32, ts: u64, out: &mut Vec<Record>) {
-        match self.commands.get_mut(&key) {
-            Some(cmd) if cmd.result.is_some() => return,
-            Some(cmd) => {
-                cmd.result = Some((result, ts));
-                if result != TASK_ABORTED {
-                    return;
-                }
-            }
-            None => {
-                let mut cmd = self.unseen_command();
-                cmd.result = Some((result, ts));
-                self.commands.insert(key, cmd);
-            }
+    fn result(
+        &mut self,
+        key: CmdKey,
+        result: i32,
+        tmf_mid: Option<u64>,
+        ts: u64,
+        out: &mut Vec<Record>,
+    ) {
+        let Some(cmd) = self.tracked(key, out) else {
+            return;
+        };
+        if cmd.result.is_some() {
+            return;
         }
-        if result == TASK_ABORTED
-            && let Some(mut cmd) = self.commands.remove(&key)
-        {
+        cmd.result = Some((result, ts));
+        if result != TASK_ABORTED {
+            // A normal result comes back from the backing store.
+            cmd.performed = true;
+            if let Some(mid) = tmf_mid {
+                self.mark_blocking((key.0, mid), key, None);
+            }
+            return;
+        }
+        cmd.aborted = true;
+        if let Some(mut cmd) = self.commands.remove(&key) {
             self.attribute_abort(key, &mut cmd, ts, out);
             self.commands.insert(key, cmd);
         }
@@ -590,23 +680,15 @@ impl Matcher {
         if cmd.result.is_none() {
             cmd.result = Some((result, ts));
             if result == TASK_ABORTED {
+                cmd.aborted = true;
                 self.attribute_abort(key, &mut cmd, ts, out);
             }
         }
         if let Some(w) = waiter {
-            self.blocker_released((key.0, w.mid), key, ts);
-            self.try_finish_tmf((key.0, w.mid), out);
-            if w.busy == 1 && !self.cfg.coverage.tmf_response {
-                let inferred = if i32::from(w.function) == i32::from(tmf::ABORT_TASK) {
-                    -EEXIST
-                } else {
-                    0
-                };
-                self.tmf_response((key.0, w.mid), inferred, ts, true, out);
-            }
+            self.waiter_released(key, w, ts, out);
         }
         if !cmd.covered_by.is_empty() {
-            self.covered_command_released(key, &cmd.covered_by, ts, out);
+            self.covered_command_released(key, &cmd, ts, out);
         }
         let (result, result_ns) = cmd.result.unwrap_or((result, ts));
         let outcome = match result {
@@ -616,25 +698,34 @@ impl Matcher {
         };
         if let Some(arrived) = cmd.arrived_ns {
             // Full set: to the result; lean: the result is seen at release.
-            let latency = result_ns.saturating_sub(arrived);
-            self.stats.command.record_ns(latency);
-            if let Some(op) = cmd.opcode {
-                self.stats
-                    .command_by_class
-                    .entry(OpClass::of(op))
-                    .or_default()
-                    .record_ns(latency);
-            }
-            if let Some(lun) = cmd.lun {
-                self.stats
-                    .command_by_lun
-                    .entry(lun)
-                    .or_default()
-                    .record_ns(latency);
-            }
+            self.record_command_latency(&cmd, result_ns.saturating_sub(arrived));
         }
-        // Kept for race detection, which only an ABORT TASK that finds
-        // nothing consults: a scan then is cheaper than a map on every release.
+        self.remember_release(ts, key);
+        self.emit_command(key, cmd, outcome, None, Some(ts), out);
+    }
+
+    fn record_command_latency(&mut self, cmd: &Command, latency: u64) {
+        self.stats.command.record_ns(latency);
+        if let Some(op) = cmd.opcode {
+            self.stats
+                .command_by_class
+                .entry(OpClass::of(op))
+                .or_default()
+                .record_ns(latency);
+        }
+        if let Some(lun) = cmd.lun {
+            self.stats
+                .command_by_lun
+                .entry(lun)
+                .or_default()
+                .record_ns(latency);
+        }
+    }
+
+    /// Kept for race detection, which only an ABORT TASK that finds nothing
+    /// consults: a scan then is cheaper than a map on every release. Bounded
+    /// by the race window and by [`RECENT_RELEASES`].
+    fn remember_release(&mut self, ts: u64, key: CmdKey) {
         self.recent_releases.push_back((ts, key));
         while let Some(&(old_ts, _)) = self.recent_releases.front() {
             if ts.saturating_sub(old_ts) <= self.cfg.race_window_ns
@@ -644,15 +735,38 @@ impl Matcher {
             }
             self.recent_releases.pop_front();
         }
-        self.emit_command(key, cmd, outcome, None, Some(ts), out);
+    }
+
+    /// A release that names its waiting TMF (`cmd->mreq`): the command
+    /// blocked that TMF until now; busy 1 means this release sends the response.
+    fn waiter_released(&mut self, key: CmdKey, w: Waiter, ts: u64, out: &mut Vec<Record>) {
+        let tk = (key.0, w.mid);
+        if !self.tmfs.contains_key(&tk) {
+            self.counts.unmatched_events += 1;
+            return;
+        }
+        self.mark_blocking(tk, key, Some(ts));
+        if w.busy == 1 && !self.cfg.coverage.tmf_response {
+            let inferred = if w.function == tmf::ABORT_TASK {
+                -EEXIST
+            } else {
+                0
+            };
+            self.tmf_response(tk, inferred, ts, true, out);
+        } else {
+            self.try_finish_tmf(tk, out);
+        }
     }
 
     /// A TASK_ABORTED result: to the TMF that covers the command, or an orphan.
     fn attribute_abort(&mut self, key: CmdKey, cmd: &mut Command, ts: u64, out: &mut Vec<Record>) {
+        // tgtd aborts a command not yet performed at the first TMF that
+        // finds it; later ones (the lean set cannot tell) did not.
         let mut tmf_key = self
             .tmfs
             .iter()
-            .find(|(_, t)| cmd.covered_by.contains(&t.seq))
+            .filter(|(_, t)| cmd.covered_by.contains(&t.seq))
+            .min_by_key(|(_, t)| t.seq)
             .map(|(k, _)| *k);
         if tmf_key.is_none() && !self.cfg.coverage.queue {
             // Without arrivals the covered set is unknown: the TMF in progress
@@ -691,87 +805,69 @@ impl Matcher {
                 .aborted_in_flight
                 .record_ns(ts.saturating_sub(arrived));
         }
-        match tmf.covered.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, c)) => {
-                c.fate = Fate::Aborted;
-                c.at_ns = Some(ts);
-            }
-            None => {
-                let initiator = self.initiators.get(&(key.0, key.1)).cloned();
-                let itn = tmf.itn_id;
-                tmf.covered.push((
-                    key,
-                    Covered {
-                        itn_id: key.1,
-                        initiator,
-                        tag: key.2,
-                        lun: tmf.lun,
-                        arrived_ns: arrived.unwrap_or(0),
-                        fate: Fate::Aborted,
-                        at_ns: Some(ts),
-                        other_initiator: key.1 != itn,
-                    },
-                ));
-            }
-        }
+        let initiators = &self.initiators;
+        let c = covered_entry(tmf, key, cmd.lun, arrived, initiators);
+        c.fate = Fate::Aborted;
+        c.at_ns = Some(ts);
         if !cmd.covered_by.contains(&tmf.seq) {
             cmd.covered_by.push(tmf.seq);
         }
+        cmd.aborted_by = Some(tmf.seq);
         self.try_finish_tmf(tk, out);
     }
 
     /// A released command's fate is known for every TMF that covered it; a
-    /// TMF still waiting to learn it may now conclude.
+    /// TMF still waiting to learn it may now conclude. One the TMF expected
+    /// to block it but that was released without naming it (a later TMF
+    /// took over its `cmd->mreq`) did not hold that TMF's response.
+    ///
+    /// A command another TMF aborted was not in this TMF's reach after all
+    /// (the lean set learns that only now): it leaves the covered set.
     fn covered_command_released(
         &mut self,
         key: CmdKey,
-        covered_by: &[u64],
+        cmd: &Command,
         ts: u64,
         out: &mut Vec<Record>,
     ) {
         let waiting: Vec<TmfKey> = self
             .tmfs
             .iter()
-            .filter(|(_, t)| covered_by.contains(&t.seq))
+            .filter(|(_, t)| cmd.covered_by.contains(&t.seq))
             .map(|(k, _)| *k)
             .collect();
         for tk in waiting {
             if let Some(tmf) = self.tmfs.get_mut(&tk)
-                && let Some((_, c)) = tmf
-                    .covered
-                    .iter_mut()
-                    .find(|(k, c)| *k == key && c.fate == Fate::Pending)
+                && let Some(index) = tmf.covered.iter().position(|(k, c)| {
+                    *k == key
+                        && (c.fate == Fate::Pending
+                            || (c.fate == Fate::Blocked && c.at_ns.is_none()))
+                })
             {
-                c.fate = Fate::Completed;
-                c.at_ns = Some(ts);
+                if cmd.aborted_by.is_some_and(|seq| seq != tmf.seq) {
+                    tmf.covered.remove(index);
+                } else {
+                    let c = &mut tmf.covered[index].1;
+                    c.fate = Fate::Completed;
+                    c.at_ns = Some(ts);
+                }
             }
             self.try_finish_tmf(tk, out);
         }
     }
 
-    fn blocker_released(&mut self, tk: TmfKey, key: CmdKey, ts: u64) {
+    /// The command holds the TMF's response (`cmd->mreq`); `released` is
+    /// when it let go, if it has.
+    fn mark_blocking(&mut self, tk: TmfKey, key: CmdKey, released: Option<u64>) {
         let Some(tmf) = self.tmfs.get_mut(&tk) else {
-            self.counts.unmatched_events += 1;
             return;
         };
-        match tmf.covered.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, c)) => {
-                c.fate = Fate::Blocked;
-                c.at_ns = Some(ts);
-            }
-            None => tmf.covered.push((
-                key,
-                Covered {
-                    itn_id: key.1,
-                    initiator: self.initiators.get(&(key.0, key.1)).cloned(),
-                    tag: key.2,
-                    lun: tmf.lun,
-                    arrived_ns: 0,
-                    fate: Fate::Blocked,
-                    at_ns: Some(ts),
-                    other_initiator: key.1 != tmf.itn_id,
-                },
-            )),
+        let requested = tmf.requested_ns;
+        let c = covered_entry(tmf, key, None, None, &self.initiators);
+        c.fate = Fate::Blocked;
+        if let Some(ts) = released {
+            c.at_ns = Some(ts);
+            c.blocked_ns = Some(ts.saturating_sub(requested));
         }
     }
 
@@ -802,12 +898,11 @@ impl Matcher {
             && let Some(oldest) = self.tmfs.iter().min_by_key(|(_, t)| t.seq).map(|(k, _)| *k)
         {
             self.counts.tmfs_evicted += 1;
-            self.close_tmf(oldest, "evicted: max_tmfs reached", out);
+            self.close_tmf(oldest, EVICTED_TMF, out);
         }
         self.counts.tmfs += 1;
-        let seq = self.seq();
         let mut tmf = Tmf {
-            seq,
+            seq: self.seq(),
             pid,
             tid,
             itn_id,
@@ -820,42 +915,64 @@ impl Matcher {
             response: None,
             covered: Vec::new(),
             race: None,
+            linger_until: None,
         };
-        let initiators = &self.initiators;
-        for (key, cmd) in self.commands.iter_mut() {
-            if key.0 == pid && (cmd.tid == tid || cmd.tid < 0) && scope_matches(&tmf, *key, cmd.lun)
-            {
-                cmd.covered_by.push(seq);
-                tmf.covered.push((
-                    *key,
-                    Covered {
-                        itn_id: key.1,
-                        initiator: initiators.get(&(key.0, key.1)).cloned(),
-                        tag: key.2,
-                        lun: cmd.lun.unwrap_or(lun),
-                        arrived_ns: cmd.arrived_ns.unwrap_or(0),
-                        fate: Fate::Pending,
-                        at_ns: None,
-                        other_initiator: key.1 != itn_id,
-                    },
-                ));
-            }
-        }
-        tmf.covered.sort_by_key(|(k, c)| (c.arrived_ns, *k));
+        self.cover(&mut tmf);
         if function == tmf::ABORT_TASK && tmf.covered.is_empty() {
-            tmf.race = self
-                .recent_releases
-                .iter()
-                .rev()
-                .find(|(_, k)| *k == (pid, itn_id, tag))
-                .map(|&(released, _)| ts.saturating_sub(released))
-                .filter(|&gap| gap <= self.cfg.race_window_ns);
+            tmf.race = self.race_gap(pid, itn_id, tag, ts);
         }
         self.next_timeout_ns = self
             .next_timeout_ns
             .min(ts.saturating_add(self.cfg.tmf_timeout_ns));
         self.tmfs.insert(tk, tmf);
         self.in_request.insert(pid, tk);
+    }
+
+    /// The commands in tgtd's task list that the TMF's scope takes in (tgt
+    /// `abort_task_set`): those already in the backing store will block it,
+    /// the others are to be aborted at once.
+    fn cover(&mut self, tmf: &mut Tmf) {
+        let initiators = &self.initiators;
+        for (key, cmd) in self.commands.iter_mut() {
+            let in_scope = key.0 == tmf.pid
+                && (cmd.tid == tmf.tid || cmd.tid < 0)
+                && !cmd.aborted
+                && scope_matches(tmf, *key, cmd.lun);
+            if !in_scope {
+                continue;
+            }
+            cmd.covered_by.push(tmf.seq);
+            tmf.covered.push((
+                *key,
+                Covered {
+                    itn_id: key.1,
+                    initiator: initiators.get(&(key.0, key.1)).cloned(),
+                    tag: key.2,
+                    lun: cmd.lun.unwrap_or(tmf.lun),
+                    arrived_ns: cmd.arrived_ns.unwrap_or(0),
+                    fate: if cmd.performed {
+                        Fate::Blocked
+                    } else {
+                        Fate::Pending
+                    },
+                    at_ns: None,
+                    blocked_ns: None,
+                    other_initiator: key.1 != tmf.itn_id,
+                },
+            ));
+        }
+        tmf.covered.sort_by_key(|(k, c)| (c.arrived_ns, *k));
+    }
+
+    /// How long before `ts` the same command was released, if within the
+    /// race window.
+    fn race_gap(&self, pid: u32, itn_id: u64, tag: u64, ts: u64) -> Option<u64> {
+        self.recent_releases
+            .iter()
+            .rev()
+            .find(|(_, k)| *k == (pid, itn_id, tag))
+            .map(|&(released, _)| ts.saturating_sub(released))
+            .filter(|&gap| gap <= self.cfg.race_window_ns)
     }
 
     fn tmf_return(&mut self, ts: u64, tk: TmfKey, ret: i32, out: &mut Vec<Record>) {
@@ -865,16 +982,43 @@ impl Matcher {
             return;
         };
         tmf.ret = Some(ret);
-        if ret == mgmt_ret::QUEUED {
-            // What was not aborted inside the request is busy in the backing store.
-            for (_, c) in &mut tmf.covered {
-                if c.fate == Fate::Pending && self.cfg.coverage.result {
-                    c.fate = Fate::Blocked;
+        match ret {
+            mgmt_ret::QUEUED if self.cfg.coverage.result => {
+                // What was not aborted inside the request is busy in the backing store.
+                for (_, c) in &mut tmf.covered {
+                    if c.fate == Fate::Pending {
+                        c.fate = Fate::Blocked;
+                    }
                 }
             }
+            mgmt_ret::DONE => {
+                // Nothing was busy, so nothing this TMF found had been
+                // performed. A command an earlier TMF also covered was then
+                // aborted by that one and was gone: it leaves this covered set.
+                // The others were aborted at once and have left the task list,
+                // though the lean set sees their results only at release.
+                let seq = tmf.seq;
+                let commands = &mut self.commands;
+                tmf.covered.retain(|(key, c)| {
+                    if c.fate != Fate::Pending {
+                        return true;
+                    }
+                    let Some(cmd) = commands.get_mut(key) else {
+                        return true;
+                    };
+                    if cmd.covered_by.iter().any(|&s| s < seq) {
+                        cmd.covered_by.retain(|&s| s != seq);
+                        return false;
+                    }
+                    cmd.aborted = true;
+                    true
+                });
+            }
+            _ => {}
         }
+        let function = tmf.function;
         if !self.cfg.coverage.tmf_response && ret != mgmt_ret::QUEUED {
-            let inferred = match (ret, tmf.function) {
+            let inferred = match (ret, function) {
                 (mgmt_ret::DONE, _) => 0,
                 (_, tmf::ABORT_TASK) => -EEXIST,
                 _ => -EINVAL,
@@ -912,14 +1056,34 @@ impl Matcher {
         self.try_finish_tmf(tk, out);
     }
 
-    /// A TMF is finished once answered and every covered command's fate is known.
+    /// A TMF is finished once answered and every covered command's fate is
+    /// known. Without the queue and result probes, one that may have aborted
+    /// commands lingers a race window for their releases.
     fn try_finish_tmf(&mut self, tk: TmfKey, out: &mut Vec<Record>) {
-        let ready = self.tmfs.get(&tk).is_some_and(|t| {
-            t.response.is_some()
-                && (t.ret.is_some() || !self.in_request.contains_key(&t.pid))
-                && t.covered.iter().all(|(_, c)| c.fate != Fate::Pending)
-        });
-        if ready && let Some(tmf) = self.tmfs.remove(&tk) {
+        let Some(t) = self.tmfs.get_mut(&tk) else {
+            return;
+        };
+        let ready = t.response.is_some()
+            && (t.ret.is_some() || !self.in_request.contains_key(&t.pid))
+            && t.covered.iter().all(|(_, c)| c.fate != Fate::Pending);
+        if !ready {
+            return;
+        }
+        let coverage = self.cfg.coverage;
+        let may_have_unseen_aborts = !coverage.queue
+            && !coverage.result
+            && t.response.is_some_and(|r| r.0 == 0)
+            && t.ret != Some(mgmt_ret::FAILED);
+        if may_have_unseen_aborts && t.linger_until.is_none() {
+            let until = self.now_ns.saturating_add(self.cfg.race_window_ns);
+            t.linger_until = Some(until);
+            self.next_timeout_ns = self.next_timeout_ns.min(until);
+            return;
+        }
+        if t.linger_until.is_some_and(|until| self.now_ns < until) {
+            return;
+        }
+        if let Some(tmf) = self.tmfs.remove(&tk) {
             self.emit_tmf(tmf, None, out);
         }
     }
@@ -933,12 +1097,16 @@ impl Matcher {
     }
 
     fn emit_tmf(&mut self, tmf: Tmf, cause: Option<String>, out: &mut Vec<Record>) {
+        let fates_unknown = tmf.covered.iter().any(|(_, c)| c.fate == Fate::Pending);
         let blocked = tmf.covered.iter().any(|(_, c)| c.fate == Fate::Blocked)
             || tmf.ret == Some(mgmt_ret::QUEUED);
+        // DONE means nothing was busy: a covered command whose release the
+        // lean set has not seen yet was aborted at once all the same.
+        let aborted_unseen = tmf.ret == Some(mgmt_ret::DONE);
         let aborted = tmf
             .covered
             .iter()
-            .filter(|(_, c)| c.fate == Fate::Aborted)
+            .filter(|(_, c)| c.fate == Fate::Aborted || (aborted_unseen && c.fate == Fate::Pending))
             .count();
         let outcome = match tmf.response {
             None => TmfOutcome::Unanswered,
@@ -958,6 +1126,13 @@ impl Matcher {
         *self
             .counts
             .tmfs_by_outcome
+            .entry(outcome_name(outcome).to_owned())
+            .or_default() += 1;
+        *self
+            .counts
+            .tmfs_by_function
+            .entry(function.clone())
+            .or_default()
             .entry(outcome_name(outcome).to_owned())
             .or_default() += 1;
         let at = tmf.response.map_or(self.now_ns, |r| r.1);
@@ -1053,7 +1228,7 @@ impl Matcher {
             cause: if outcome == TmfOutcome::Unanswered {
                 cause.or_else(|| Some("no response".to_owned()))
             } else {
-                None
+                cause.filter(|c| fates_unknown || c == EVICTED_TMF)
             },
         }));
     }
@@ -1158,36 +1333,47 @@ impl Matcher {
         }
     }
 
-    /// The stream clock moved: TMFs past their timeout are unanswered.
+    /// The stream clock moved: TMFs past their timeout are unanswered, and
+    /// lingering TMFs whose window has passed are emitted. The open TMFs are
+    /// scanned only once the earliest deadline is reached.
     pub fn advance(&mut self, now_ns: u64, out: &mut Vec<Record>) {
         if now_ns > self.now_ns {
             self.now_ns = now_ns;
         }
-        let timeout = self.cfg.tmf_timeout_ns;
-        if now_ns <= self.next_timeout_ns {
+        if now_ns < self.next_timeout_ns {
             return;
+        }
+        let timeout = self.cfg.tmf_timeout_ns;
+        let mut due: Vec<(u64, TmfKey, bool)> = self
+            .tmfs
+            .iter()
+            .filter_map(|(k, t)| {
+                let lingered = t.linger_until.is_some_and(|until| until <= now_ns);
+                let late = now_ns.saturating_sub(t.requested_ns) > timeout;
+                (lingered || late).then_some((t.seq, *k, lingered))
+            })
+            .collect();
+        due.sort_unstable();
+        for (_, tk, lingered) in due {
+            if lingered {
+                self.try_finish_tmf(tk, out);
+            } else {
+                self.close_tmf(
+                    tk,
+                    &format!("no response within {} s", timeout / 1_000_000_000),
+                    out,
+                );
+            }
         }
         self.next_timeout_ns = self
             .tmfs
             .values()
-            .map(|t| t.requested_ns.saturating_add(timeout))
-            .filter(|&deadline| deadline >= now_ns)
+            .map(|t| {
+                let deadline = t.requested_ns.saturating_add(timeout).saturating_add(1);
+                t.linger_until.map_or(deadline, |until| until.min(deadline))
+            })
             .min()
             .unwrap_or(u64::MAX);
-        let mut late: Vec<(u64, TmfKey)> = self
-            .tmfs
-            .iter()
-            .filter(|(_, t)| now_ns.saturating_sub(t.requested_ns) > timeout)
-            .map(|(k, t)| (t.seq, *k))
-            .collect();
-        late.sort_unstable();
-        for (_, tk) in late {
-            self.close_tmf(
-                tk,
-                &format!("no response within {} s", timeout / 1_000_000_000),
-                out,
-            );
-        }
     }
 
     /// Ends the trace: everything still open is closed with the cause "trace ended".
@@ -1199,6 +1385,38 @@ impl Matcher {
             histograms: self.stats.summary(),
         }
     }
+}
+
+/// The TMF's entry for a command, added if the TMF's covered set did not
+/// have it (a command the trace did not see arrive).
+fn covered_entry<'t>(
+    tmf: &'t mut Tmf,
+    key: CmdKey,
+    lun: Option<u64>,
+    arrived_ns: Option<u64>,
+    initiators: &HashMap<(u32, u64), String>,
+) -> &'t mut Covered {
+    let index = match tmf.covered.iter().position(|(k, _)| *k == key) {
+        Some(index) => index,
+        None => {
+            tmf.covered.push((
+                key,
+                Covered {
+                    itn_id: key.1,
+                    initiator: initiators.get(&(key.0, key.1)).cloned(),
+                    tag: key.2,
+                    lun: lun.unwrap_or(tmf.lun),
+                    arrived_ns: arrived_ns.unwrap_or(0),
+                    fate: Fate::Pending,
+                    at_ns: None,
+                    blocked_ns: None,
+                    other_initiator: key.1 != tmf.itn_id,
+                },
+            ));
+            tmf.covered.len() - 1
+        }
+    };
+    &mut tmf.covered[index].1
 }
 
 /// Whether a TMF's scope covers a command (tgt `abort_task_set`).

@@ -12,6 +12,7 @@ pub mod reader;
 pub mod record;
 pub mod report;
 pub mod stats;
+pub mod synth;
 pub mod tgtd;
 pub mod trace;
 

@@ -771,3 +771,510 @@ proptest! {
         prop_assert_eq!(outcomes(&full), outcomes(&lean_records));
     }
 }
+
+// ---------------------------------------------------------------------------
+// Properties over the synthetic generator (tgt_trace::synth), which plays
+// tgtd over several processes, nexuses and LUNs and keeps the truth.
+
+use tgt_trace::synth::{SynthConfig, Truth, generate};
+
+fn synth_config() -> impl Strategy<Value = SynthConfig> {
+    (
+        any::<u64>(),
+        1..3u32,
+        1..4u32,
+        1..3u32,
+        1..8usize,
+        (0..100_000u32, 0..500_000u32),
+        (20_000..300_000u32, 0..50_000u32, 0..50_000u32),
+    )
+        .prop_map(
+            |(seed, pids, nexuses, luns, depth, (error_ppm, held_ppm), (at, ats, lr))| {
+                SynthConfig {
+                    seed,
+                    pids,
+                    nexuses,
+                    luns,
+                    depth,
+                    error_ppm,
+                    held_ppm,
+                    abort_task_ppm: at,
+                    abort_task_set_ppm: ats,
+                    lun_reset_ppm: lr,
+                    ..SynthConfig::default()
+                }
+            },
+        )
+}
+
+/// The probe sets that see command arrivals.
+const WITH_QUEUE: [Coverage; 4] = [
+    Coverage::ALL,
+    Coverage::LEAN,
+    Coverage {
+        perform: false,
+        ..Coverage::ALL
+    },
+    Coverage {
+        tmf_response: false,
+        ..Coverage::ALL
+    },
+];
+
+fn run_events(events: &[Event], end_ns: u64, cfg: Config) -> (Vec<Record>, Summary) {
+    let mut m = Matcher::new(cfg);
+    let mut out = Vec::new();
+    for e in events {
+        m.push(e, &mut out);
+    }
+    let summary = m.finish(end_ns + 1, &mut out);
+    (out, summary)
+}
+
+fn assert_matches_truth(
+    records: &[Record],
+    summary: &Summary,
+    truth: &Truth,
+    coverage: Coverage,
+) -> Result<(), TestCaseError> {
+    let c = &summary.counts;
+    prop_assert_eq!(c.commands_in, truth.commands);
+    prop_assert_eq!(
+        (c.commands_good, c.commands_error, c.commands_aborted),
+        (truth.good, truth.error, truth.aborted)
+    );
+    prop_assert_eq!(
+        (c.commands_in_flight, c.commands_evicted),
+        (truth.in_flight, 0)
+    );
+    prop_assert_eq!(c.tmfs, truth.tmfs);
+    prop_assert_eq!(&c.tmfs_by_outcome, &truth.tmf_outcomes);
+    // Every TMF resolves exactly once.
+    let mut seqs: Vec<u64> = tmfs(records).iter().map(|t| t.seq).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    prop_assert_eq!(seqs.len() as u64, truth.tmfs);
+    // Histogram counts equal the matched pairs.
+    let h = &summary.histograms;
+    prop_assert_eq!(h.command.count, truth.good + truth.error + truth.aborted);
+    let aborts = if coverage.result {
+        truth.aborted_at_once
+    } else {
+        truth.aborted
+    };
+    prop_assert_eq!(h.abort.count, aborts);
+    prop_assert_eq!(h.aborted_in_flight.count, aborts);
+    let answered: u64 = h.tmf_by_function.values().map(|l| l.count).sum();
+    prop_assert_eq!(answered, truth.tmfs_answered);
+    prop_assert_eq!(h.deferred_wait.count, truth.tmfs_deferred_answered);
+    // tgtd aborts only for a TMF.
+    prop_assert_eq!(c.orphans_by_kind.get("abort_without_tmf"), None);
+    let unanswered = truth
+        .tmf_outcomes
+        .get("unanswered")
+        .copied()
+        .unwrap_or_default();
+    let found_nothing = ["no_task_race", "no_task_never_existed"]
+        .iter()
+        .filter_map(|k| truth.tmf_outcomes.get(*k))
+        .sum::<u64>();
+    prop_assert_eq!(
+        c.orphans_by_kind
+            .get("tmf_found_no_task")
+            .copied()
+            .unwrap_or_default(),
+        found_nothing
+    );
+    let c_or_d = c
+        .orphans_by_kind
+        .get("tmf_unanswered")
+        .copied()
+        .unwrap_or_default()
+        + c.orphans_by_kind
+            .get("blocker_never_released")
+            .copied()
+            .unwrap_or_default();
+    prop_assert!(c_or_d >= unanswered);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn synthetic_streams_match_the_truth_for_every_probe_set_with_arrivals(
+        cfg in synth_config(),
+        len in 0..3_000usize,
+    ) {
+        for coverage in WITH_QUEUE {
+            let (events, truth, end) = generate(SynthConfig { probes: coverage, ..cfg.clone() }, len);
+            let (records, summary) = run_events(&events, end, Config { coverage, ..Config::default() });
+            assert_matches_truth(&records, &summary, &truth, coverage)?;
+        }
+    }
+
+    #[test]
+    fn counts_are_conserved_under_eviction(
+        cfg in synth_config(),
+        len in 0..3_000usize,
+        max_commands in 1..20usize,
+        max_tmfs in 1..4usize,
+    ) {
+        let (events, truth, end) = generate(cfg, len);
+        let (records, summary) = run_events(&events, end, Config { max_commands, max_tmfs, ..Config::default() });
+        let c = &summary.counts;
+        prop_assert_eq!(
+            c.commands_in,
+            c.commands_good + c.commands_error + c.commands_aborted + c.commands_in_flight + c.commands_evicted
+        );
+        prop_assert!(c.commands_in >= truth.commands);
+        prop_assert_eq!(c.tmfs, truth.tmfs);
+        prop_assert_eq!(c.tmfs_by_outcome.values().sum::<u64>(), c.tmfs);
+        prop_assert_eq!(tmfs(&records).len() as u64, c.tmfs);
+        let evicted_records = records
+            .iter()
+            .filter(|r| matches!(r, Record::Command(cmd) if cmd.outcome == CommandOutcome::Evicted))
+            .count() as u64;
+        prop_assert_eq!(evicted_records, c.commands_evicted);
+        let evicted_tmfs = tmfs(&records)
+            .iter()
+            .filter(|t| t.cause.as_deref() == Some("evicted: max_tmfs reached"))
+            .count() as u64;
+        prop_assert_eq!(evicted_tmfs, c.tmfs_evicted);
+    }
+
+    // The TMF probe set sees no arrivals and no ordinary release: it cannot
+    // tell a race from a tag that never existed, nor (when LUN-wide TMFs
+    // overlap) which of them aborted a command; every TMF still resolves once
+    // and every abort is attributed.
+    #[test]
+    fn the_tmf_probe_set_resolves_every_tmf(cfg in synth_config(), len in 0..3_000usize) {
+        let (events, truth, end) = generate(SynthConfig { probes: Coverage::TMF_ONLY, ..cfg }, len);
+        let (records, summary) = run_events(&events, end, Config { coverage: Coverage::TMF_ONLY, ..Config::default() });
+        let c = &summary.counts;
+        prop_assert_eq!(c.tmfs, truth.tmfs);
+        prop_assert_eq!(tmfs(&records).len() as u64, truth.tmfs);
+        prop_assert_eq!(c.commands_aborted, truth.aborted);
+        prop_assert_eq!(c.orphans_by_kind.get("abort_without_tmf"), None);
+        let merge = |m: &std::collections::BTreeMap<String, u64>| {
+            let mut merged = std::collections::BTreeMap::new();
+            for (k, v) in m {
+                let k = match k.as_str() {
+                    "no_task_race" => "no_task_never_existed",
+                    "completed_nothing_to_abort" => "completed_with_aborts",
+                    k => k,
+                };
+                *merged.entry(k.to_owned()).or_insert(0u64) += v;
+            }
+            merged
+        };
+        prop_assert_eq!(merge(&c.tmfs_by_outcome), merge(&truth.tmf_outcomes));
+    }
+}
+
+#[test]
+fn a_realistic_synthetic_stream_matches_its_truth_exactly() {
+    for coverage in WITH_QUEUE {
+        let cfg = SynthConfig {
+            pids: 2,
+            probes: coverage,
+            ..SynthConfig::default()
+        };
+        let (events, truth, end) = generate(cfg, 400_000);
+        let (records, summary) = run_events(
+            &events,
+            end,
+            Config {
+                coverage,
+                ..Config::default()
+            },
+        );
+        assert!(
+            truth.tmfs >= 100 && truth.races > 0 && truth.aborted > 0,
+            "{truth:?}"
+        );
+        assert_matches_truth(&records, &summary, &truth, coverage).expect("matches the truth");
+    }
+}
+
+impl Stream {
+    fn perform(&mut self, itn_id: u64, tag: u64) -> &mut Self {
+        let ts = self.tick();
+        self.events.push(Event::CmdPerform {
+            ts_ns: ts,
+            pid: self.pid,
+            itn_id,
+            tag,
+            cmd: tag,
+        });
+        self
+    }
+}
+
+fn waiter(mid: u64, function: u8, busy: i32) -> Option<Waiter> {
+    Some(Waiter {
+        mid,
+        function,
+        busy,
+    })
+}
+
+// tgtd path, full set: one covered command is in the backing store (it
+// blocks), the other is still queued (aborted at once). The perform probe
+// says which at the request; the block lasts from request to release.
+#[test]
+fn abort_task_set_with_one_busy_and_one_queued_command() {
+    let mut s = Stream::new();
+    s.queue(1, 1, 1)
+        .perform(1, 1)
+        .queue(1, 2, 1)
+        .request(1, 900, tmf::ABORT_TASK_SET, 0, 1) // t = 1_004_000
+        .result(1, 2, TASK_ABORTED, None)
+        .ret(900, mgmt_ret::QUEUED)
+        .release(1, 2, TASK_ABORTED, None)
+        .result(1, 1, 0, Some(900))
+        .release(1, 1, 0, waiter(900, tmf::ABORT_TASK_SET, 1)) // t = 1_009_000
+        .response(900, tmf::ABORT_TASK_SET, 0);
+    let (records, summary) = s.run(Config::default());
+    let t = &tmfs(&records)[0];
+    assert_eq!(t.outcome, TmfOutcome::Deferred);
+    let fates: Vec<(u64, Fate, Option<u64>)> = t
+        .covered
+        .iter()
+        .map(|c| (c.tag, c.fate, c.blocked_ns))
+        .collect();
+    assert_eq!(
+        fates,
+        vec![(1, Fate::Blocked, Some(5_000)), (2, Fate::Aborted, None)]
+    );
+    assert_eq!(t.latency_ns, Some(6_000));
+    assert_eq!(summary.histograms.deferred_wait.count, 1);
+    assert_eq!(summary.histograms.abort.count, 1);
+    assert_eq!(
+        summary.counts.tmfs_by_function["ABORT_TASK_SET"]["deferred"],
+        1
+    );
+    assert!(orphans(&records).is_empty());
+}
+
+// Without the perform probe, the result's `tmf_mid` names the TMF a command blocks.
+#[test]
+fn the_result_names_the_tmf_a_command_blocks() {
+    let mut s = Stream::new();
+    s.queue(1, 1, 1)
+        .request(1, 900, tmf::ABORT_TASK, 1, 1)
+        .result(1, 1, 0, Some(900));
+    let mut m = Matcher::new(Config {
+        coverage: Coverage {
+            perform: false,
+            ..Coverage::ALL
+        },
+        ..Config::default()
+    });
+    let mut out = Vec::new();
+    for e in &s.events {
+        m.push(e, &mut out);
+    }
+    // No return seen yet; at the end the blocker was never released: (d).
+    m.finish(s.ts + 1, &mut out);
+    assert_eq!(orphans(&out), vec![OrphanKind::BlockerNeverReleased]);
+    assert_eq!(tmfs(&out)[0].covered[0].fate, Fate::Blocked);
+}
+
+// tgtd takes a command aborted at once off the task list (`abort_cmd` →
+// `cmd_done`) before its release: a later TMF does not find it.
+#[test]
+fn a_command_aborted_at_once_is_not_covered_again() {
+    for coverage in [Coverage::ALL, Coverage::LEAN] {
+        let mut s = Stream::new();
+        s.queue(1, 1, 1).request(1, 900, tmf::ABORT_TASK_SET, 0, 1);
+        if coverage.result {
+            s.result(1, 1, TASK_ABORTED, None);
+        }
+        s.response(900, tmf::ABORT_TASK_SET, 0)
+            .ret(900, mgmt_ret::DONE)
+            .request(2, 901, tmf::LOGICAL_UNIT_RESET, 0, 1)
+            .response(901, tmf::LOGICAL_UNIT_RESET, 0)
+            .ret(901, mgmt_ret::DONE)
+            .release(1, 1, TASK_ABORTED, None);
+        let (records, _) = s.run(Config {
+            coverage,
+            ..Config::default()
+        });
+        let outcomes: Vec<(u64, TmfOutcome, usize)> = tmfs(&records)
+            .iter()
+            .map(|t| (t.mid, t.outcome, t.covered.len()))
+            .collect();
+        assert!(
+            outcomes.contains(&(900, TmfOutcome::CompletedWithAborts, 1))
+                && outcomes.contains(&(901, TmfOutcome::CompletedNothingToAbort, 0)),
+            "{coverage:?}: {outcomes:?}"
+        );
+    }
+}
+
+// CLEAR TASK SET covers the LUN for every initiator, within the TMF's target only.
+#[test]
+fn clear_task_set_covers_the_lun_of_its_own_target() {
+    let mut s = Stream::new();
+    s.nexus(1, "iqn.a")
+        .nexus(2, "iqn.b")
+        .queue(1, 1, 3)
+        .queue(2, 2, 3);
+    let ts = s.tick();
+    s.events.push(Event::CmdQueue {
+        ts_ns: ts,
+        pid: PID,
+        tid: 2,
+        itn_id: 3,
+        tag: 3,
+        lun: 3,
+        opcode: 0x2a,
+        attribute: 0x20,
+        cmd: 3,
+    });
+    s.request(1, 900, tmf::CLEAR_TASK_SET, 0, 3)
+        .result(1, 1, TASK_ABORTED, None)
+        .result(2, 2, TASK_ABORTED, None)
+        .response(900, tmf::CLEAR_TASK_SET, 0)
+        .ret(900, mgmt_ret::DONE);
+    let (records, _) = s.run(Config::default());
+    let t = &tmfs(&records)[0];
+    let covered: Vec<(u64, bool, Option<&str>)> = t
+        .covered
+        .iter()
+        .map(|c| (c.tag, c.other_initiator, c.initiator.as_deref()))
+        .collect();
+    assert_eq!(
+        covered,
+        vec![(1, false, Some("iqn.a")), (2, true, Some("iqn.b"))]
+    );
+    assert_eq!(t.outcome, TmfOutcome::CompletedWithAborts);
+}
+
+// The TMF probe set: commands are known only from the releases a TMF cares
+// about, which follow the response; a completed TMF waits a race window for them.
+#[test]
+fn the_tmf_probe_set_attributes_later_aborted_releases() {
+    let mut s = Stream::new();
+    s.request(1, 900, tmf::ABORT_TASK_SET, 0, 1)
+        .response(900, tmf::ABORT_TASK_SET, 0)
+        .ret(900, mgmt_ret::DONE);
+    let mut m = Matcher::new(Config {
+        coverage: Coverage::TMF_ONLY,
+        ..Config::default()
+    });
+    let mut out = Vec::new();
+    for e in &s.events {
+        m.push(e, &mut out);
+    }
+    assert!(tmfs(&out).is_empty(), "lingers for late aborted releases");
+    s.events.clear();
+    s.release(1, 7, TASK_ABORTED, None)
+        .release(1, 8, TASK_ABORTED, None);
+    for e in &s.events {
+        m.push(e, &mut out);
+    }
+    m.advance(s.ts + 1_000_000_001, &mut out);
+    let t = tmfs(&out);
+    assert_eq!(t.len(), 1, "emitted once the window passed");
+    assert_eq!(t[0].outcome, TmfOutcome::CompletedWithAborts);
+    let tags: Vec<u64> = t[0].covered.iter().map(|c| c.tag).collect();
+    assert_eq!(tags, vec![7, 8]);
+    assert!(orphans(&out).is_empty());
+    let summary = m.finish(s.ts + 2_000_000_000, &mut out);
+    assert_eq!(
+        (summary.counts.commands_in, summary.counts.commands_aborted),
+        (2, 2)
+    );
+}
+
+#[test]
+fn tmf_eviction_is_counted_and_reported() {
+    let mut s = Stream::new();
+    s.request(1, 900, tmf::ABORT_TASK_SET, 0, 1)
+        .ret(900, mgmt_ret::QUEUED)
+        .request(1, 901, tmf::ABORT_TASK_SET, 0, 1)
+        .ret(901, mgmt_ret::QUEUED);
+    let (records, summary) = s.run(Config {
+        max_tmfs: 1,
+        ..Config::default()
+    });
+    assert_eq!(summary.counts.tmfs_evicted, 1);
+    let causes: Vec<(u64, Option<&str>)> = tmfs(&records)
+        .iter()
+        .map(|t| (t.mid, t.cause.as_deref()))
+        .collect();
+    assert_eq!(
+        causes,
+        vec![
+            (900, Some("evicted: max_tmfs reached")),
+            (901, Some("trace ended"))
+        ]
+    );
+}
+
+#[test]
+fn process_exit_closes_only_its_own_process() {
+    let mut s = Stream::new();
+    s.queue(1, 1, 1);
+    s.pid = PID + 1;
+    s.queue(1, 1, 1);
+    let ts = s.tick();
+    s.events.push(Event::ProcessExit {
+        ts_ns: ts,
+        pid: PID,
+    });
+    let mut m = Matcher::new(Config::default());
+    let mut out = Vec::new();
+    for e in &s.events {
+        m.push(e, &mut out);
+    }
+    let closed: Vec<(u32, Option<&str>)> = out
+        .iter()
+        .filter_map(|r| match r {
+            Record::Command(c) => Some((c.pid, c.cause.as_deref())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closed, vec![(PID, Some("target exited"))]);
+    assert_eq!(m.in_flight(), 1);
+}
+
+// The records and the summary are the JSON schema: they read back, and an
+// unknown field is refused.
+#[test]
+fn records_and_summary_round_trip_through_json() {
+    let (events, _, end) = generate(
+        SynthConfig {
+            abort_task_ppm: 100_000,
+            held_ppm: 300_000,
+            ..SynthConfig::default()
+        },
+        20_000,
+    );
+    let (records, summary) = run_events(&events, end, Config::default());
+    assert!(records.len() > 100);
+    for r in &records {
+        let text = serde_json::to_string(r).expect("serializes");
+        let back: Record = serde_json::from_str(&text).expect("reads back");
+        assert_eq!(&back, r);
+    }
+    let text = serde_json::to_string(&summary).expect("serializes");
+    assert_eq!(
+        serde_json::from_str::<Summary>(&text).expect("reads back"),
+        summary
+    );
+    let buckets = &summary.histograms.command.buckets;
+    assert_eq!(
+        buckets.iter().map(|b| b.1).sum::<u64>(),
+        summary.histograms.command.count
+    );
+    let tmf = records
+        .iter()
+        .find(|r| matches!(r, Record::Tmf(_)))
+        .expect("a TMF");
+    let mut value = serde_json::to_value(tmf).expect("serializes");
+    value["surprise"] = serde_json::Value::Bool(true);
+    assert!(serde_json::from_value::<Record>(value).is_err());
+}
