@@ -1,7 +1,10 @@
 //! Budgets for CI: `abort.p99<=5ms`, `tmf.ABORT_TASK.p99.9<=20ms`,
-//! `orphans==0`, checked against a replayed trace's summary.
+//! `orphans==0`, checked against a replayed trace's summary; regressions of
+//! latency percentiles against a baseline trace; a budgets file; JUnit XML.
 
-use std::fmt;
+use std::{fmt, path::Path};
+
+use serde::Deserialize;
 
 use crate::{correlate::Summary, probe::ProbePoint, stats::LatencySummary, trace::Drops};
 
@@ -14,6 +17,28 @@ use crate::{correlate::Summary, probe::ProbePoint, stats::LatencySummary, trace:
 pub struct BudgetError {
     pub text: String,
     pub reason: String,
+}
+
+/// A budgets file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum BudgetsFileError {
+    #[error("cannot read the budgets file {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path}: {message}; a budgets file has `budgets = [\"abort.p99 <= 5ms\", ...]` and \
+         optionally `min_samples`, `tolerance` and `compare` (see the README)"
+    )]
+    Syntax { path: String, message: String },
+    #[error("{path}: {source}")]
+    Budget {
+        path: String,
+        #[source]
+        source: BudgetError,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,9 +72,15 @@ impl Op {
     }
 }
 
-/// What a budget measures.
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.text())
+    }
+}
+
+/// What a budget or a comparison measures.
 #[derive(Debug, Clone, PartialEq)]
-enum Metric {
+pub enum Metric {
     /// A histogram (by path: `command`, `command.read`, `command.lun.1`,
     /// `tmf.ABORT_TASK`, `abort`, `aborted_age`, `deferred`) at a statistic.
     Latency { histogram: String, stat: Stat },
@@ -58,10 +89,75 @@ enum Metric {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Stat {
+pub enum Stat {
     Quantile(f64),
     Max,
     Count,
+}
+
+impl Metric {
+    /// `abort.p99`, `tmf.ABORT_TASK.p99.9`, `command.lun.1.max`, `orphans`, ...
+    pub fn parse(name: &str) -> Option<Metric> {
+        let mut parts: Vec<&str> = name.split('.').collect();
+        // `p99.9` splits into `p99` and `9`: join them back.
+        if parts.len() >= 2
+            && parts[parts.len() - 2].starts_with('p')
+            && parts[parts.len() - 1].chars().all(|c| c.is_ascii_digit())
+        {
+            let tail = parts.pop().unwrap_or_default();
+            let last = parts.pop().unwrap_or_default();
+            return Metric::from_parts(&parts, &format!("{last}.{tail}"));
+        }
+        let last = parts.pop().unwrap_or_default();
+        Metric::from_parts(&parts, last)
+    }
+
+    fn from_parts(head: &[&str], last: &str) -> Option<Metric> {
+        let stat = match last {
+            "max" => Some(Stat::Max),
+            "count" => Some(Stat::Count),
+            p if p.starts_with('p') => p[1..]
+                .parse::<f64>()
+                .ok()
+                .filter(|q| *q > 0.0 && *q < 100.0)
+                .map(|q| Stat::Quantile((q * 1e7).round() / 1e9)),
+            _ => None,
+        };
+        match (head.first().copied(), stat) {
+            (Some("command" | "tmf" | "abort" | "aborted_age" | "deferred"), Some(stat)) => {
+                Some(Metric::Latency {
+                    histogram: head.join("."),
+                    stat,
+                })
+            }
+            (None, None) if matches!(last, "orphans" | "drops") => {
+                Some(Metric::Count(last.to_owned()))
+            }
+            (Some("orphans" | "tmfs"), None) if head.len() == 1 => {
+                Some(Metric::Count(format!("{}.{last}", head[0])))
+            }
+            _ => None,
+        }
+    }
+
+    /// A latency in µs (not a count of anything).
+    fn is_duration(&self) -> bool {
+        matches!(
+            self,
+            Metric::Latency {
+                stat: Stat::Quantile(_) | Stat::Max,
+                ..
+            }
+        )
+    }
+
+    fn format(&self, value: f64) -> String {
+        if self.is_duration() {
+            format!("{value} µs")
+        } else {
+            format!("{value}")
+        }
+    }
 }
 
 /// One budget: metric, comparison, limit (µs for latencies).
@@ -94,32 +190,8 @@ impl Budget {
         if name.is_empty() || value.is_empty() {
             return Err(err("a metric and a value are both needed"));
         }
-        let mut parts: Vec<&str> = name.split('.').collect();
-        // `p99.9` splits into `p99` and `9`: join them back.
-        if parts.len() >= 2
-            && parts[parts.len() - 2].starts_with('p')
-            && parts[parts.len() - 1].chars().all(|c| c.is_ascii_digit())
-        {
-            let tail = parts.pop().unwrap_or_default();
-            let last = parts.pop().unwrap_or_default();
-            let joined = format!("{last}.{tail}");
-            let metric = Budget::metric(&parts, &joined).ok_or_else(|| err("unknown metric"))?;
-            return Ok(Budget {
-                text: text.to_owned(),
-                metric,
-                op,
-                limit: Budget::value(value, true).ok_or_else(|| err("bad value"))?,
-            });
-        }
-        let last = parts.pop().unwrap_or_default();
-        let metric = Budget::metric(&parts, last).ok_or_else(|| err("unknown metric"))?;
-        let is_latency = matches!(
-            metric,
-            Metric::Latency {
-                stat: Stat::Quantile(_) | Stat::Max,
-                ..
-            }
-        );
+        let metric = Metric::parse(name).ok_or_else(|| err("unknown metric"))?;
+        let is_latency = metric.is_duration();
         let limit = Budget::value(value, is_latency).ok_or_else(|| {
             err(if is_latency {
                 "a latency needs a duration such as 500us, 5ms or 1s"
@@ -133,34 +205,6 @@ impl Budget {
             op,
             limit,
         })
-    }
-
-    fn metric(head: &[&str], last: &str) -> Option<Metric> {
-        let stat = match last {
-            "max" => Some(Stat::Max),
-            "count" => Some(Stat::Count),
-            p if p.starts_with('p') => p[1..]
-                .parse::<f64>()
-                .ok()
-                .filter(|q| *q > 0.0 && *q < 100.0)
-                .map(|q| Stat::Quantile((q * 1e7).round() / 1e9)),
-            _ => None,
-        };
-        match (head.first().copied(), stat) {
-            (Some("command" | "tmf" | "abort" | "aborted_age" | "deferred"), Some(stat)) => {
-                Some(Metric::Latency {
-                    histogram: head.join("."),
-                    stat,
-                })
-            }
-            (None, None) if matches!(last, "orphans" | "drops") => {
-                Some(Metric::Count(last.to_owned()))
-            }
-            (Some("orphans" | "tmfs"), None) if head.len() == 1 => {
-                Some(Metric::Count(format!("{}.{last}", head[0])))
-            }
-            _ => None,
-        }
     }
 
     /// µs for latencies; a plain number for counts.
@@ -182,13 +226,79 @@ impl Budget {
     }
 }
 
-/// How one budget fared.
+/// A budgets file (TOML):
+///
+/// ```toml
+/// min_samples = 20
+/// tolerance = "10%"
+/// compare = ["abort.p99", "tmf.ABORT_TASK.p99"]
+/// budgets = ["abort.p99 <= 5ms", "orphans == 0"]
+/// ```
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetsFile {
+    #[serde(default)]
+    pub budgets: Vec<String>,
+    pub min_samples: Option<u64>,
+    /// With `--baseline`: how much worse a percentile may get, e.g. "10%".
+    pub tolerance: Option<String>,
+    /// With `--baseline`: the percentiles compared (default: p50 and p99 of
+    /// every histogram with enough samples in both traces).
+    #[serde(default)]
+    pub compare: Vec<String>,
+}
+
+impl BudgetsFile {
+    /// Reads and checks a budgets file: every budget and compared metric parses.
+    pub fn load(path: &Path) -> Result<BudgetsFile, BudgetsFileError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| BudgetsFileError::Io {
+            path: name.clone(),
+            source,
+        })?;
+        let file: BudgetsFile = toml::from_str(&text).map_err(|e| BudgetsFileError::Syntax {
+            path: name.clone(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        for text in &file.budgets {
+            Budget::parse(text).map_err(|source| BudgetsFileError::Budget {
+                path: name.clone(),
+                source,
+            })?;
+        }
+        for metric in &file.compare {
+            parse_compared(metric).map_err(|source| BudgetsFileError::Budget {
+                path: name.clone(),
+                source,
+            })?;
+        }
+        if let Some(t) = &file.tolerance {
+            parse_tolerance(t).map_err(|reason| BudgetsFileError::Syntax {
+                path: name.clone(),
+                message: reason,
+            })?;
+        }
+        Ok(file)
+    }
+}
+
+/// How one budget or comparison fared.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
     Pass,
     Fail,
     /// The trace cannot answer: the reason.
     Inconclusive(String),
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Verdict::Pass => f.write_str("pass"),
+            Verdict::Fail => f.write_str("FAIL"),
+            Verdict::Inconclusive(why) => write!(f, "inconclusive: {why}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -200,26 +310,13 @@ pub struct Checked {
 
 impl fmt::Display for Checked {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let measured = match (&self.budget.metric, self.measured) {
-            (_, None) => "—".to_owned(),
-            (
-                Metric::Latency {
-                    stat: Stat::Count, ..
-                }
-                | Metric::Count(_),
-                Some(v),
-            ) => format!("{v}"),
-            (Metric::Latency { .. }, Some(v)) => format!("{v} µs"),
-        };
-        let verdict = match &self.verdict {
-            Verdict::Pass => "pass".to_owned(),
-            Verdict::Fail => "FAIL".to_owned(),
-            Verdict::Inconclusive(why) => format!("inconclusive: {why}"),
-        };
+        let measured = self
+            .measured
+            .map_or_else(|| "—".to_owned(), |v| self.budget.metric.format(v));
         write!(
             f,
             "{:<36} measured {:<14} {}",
-            self.budget.text, measured, verdict
+            self.budget.text, measured, self.verdict
         )
     }
 }
@@ -248,6 +345,17 @@ fn histogram<'a>(summary: &'a Summary, path: &str) -> Option<&'a LatencySummary>
     }
 }
 
+/// Every histogram path the summary has, in a stable order.
+fn histogram_paths(summary: &Summary) -> Vec<String> {
+    let h = &summary.histograms;
+    let mut paths = vec!["command".to_owned()];
+    paths.extend(h.command_by_class.keys().map(|c| format!("command.{c}")));
+    paths.extend(h.command_by_lun.keys().map(|l| format!("command.lun.{l}")));
+    paths.extend(h.tmf_by_function.keys().map(|f| format!("tmf.{f}")));
+    paths.extend(["abort", "aborted_age", "deferred"].map(str::to_owned));
+    paths
+}
+
 /// The probe a histogram needs.
 fn needed_probe(path: &str) -> Option<&'static str> {
     match path.split('.').next() {
@@ -256,74 +364,71 @@ fn needed_probe(path: &str) -> Option<&'static str> {
     }
 }
 
-pub fn check(budget: &Budget, ev: &Evidence<'_>) -> Checked {
-    let checked = |measured, verdict| Checked {
-        budget: budget.clone(),
-        measured,
-        verdict,
-    };
-    if ev.drops.total() > 0 {
-        return checked(
-            None,
-            Verdict::Inconclusive(format!("the trace dropped {} events", ev.drops.total())),
-        );
-    }
-    let measured = match &budget.metric {
-        Metric::Count(name) => {
-            let c = &ev.summary.counts;
-            match name.split_once('.') {
-                None if name == "orphans" => c.orphans() as f64,
-                None => ev.drops.total() as f64,
-                Some(("orphans", kind)) => c.orphans_by_kind.get(kind).copied().unwrap_or(0) as f64,
-                Some((_, outcome)) => c.tmfs_by_outcome.get(outcome).copied().unwrap_or(0) as f64,
-            }
+impl Evidence<'_> {
+    /// The metric's value, or why this trace cannot give it.
+    fn measure(&self, metric: &Metric) -> Result<f64, String> {
+        if self.drops.total() > 0 {
+            return Err(format!("the trace dropped {} events", self.drops.total()));
         }
-        Metric::Latency {
-            histogram: path,
-            stat,
-        } => {
-            if let Some(probe) = needed_probe(path)
-                && !ev.probes.iter().any(|p| p.name == probe && p.attached)
-            {
-                return checked(
-                    None,
-                    Verdict::Inconclusive(format!("the '{probe}' probe was not attached")),
-                );
+        match metric {
+            Metric::Count(name) => {
+                let c = &self.summary.counts;
+                Ok(match name.split_once('.') {
+                    None if name == "orphans" => c.orphans() as f64,
+                    None => self.drops.total() as f64,
+                    Some(("orphans", kind)) => {
+                        c.orphans_by_kind.get(kind).copied().unwrap_or(0) as f64
+                    }
+                    Some((_, outcome)) => {
+                        c.tmfs_by_outcome.get(outcome).copied().unwrap_or(0) as f64
+                    }
+                })
             }
-            let empty = LatencySummary::default();
-            let h = histogram(ev.summary, path).unwrap_or(&empty);
-            match *stat {
-                Stat::Count => h.count as f64,
-                Stat::Max | Stat::Quantile(_) if h.count == 0 => {
-                    return checked(
-                        None,
-                        Verdict::Inconclusive(format!("no samples for {path}")),
-                    );
+            Metric::Latency {
+                histogram: path,
+                stat,
+            } => {
+                if let Some(probe) = needed_probe(path)
+                    && !self.probes.iter().any(|p| p.name == probe && p.attached)
+                {
+                    return Err(format!("the '{probe}' probe was not attached"));
                 }
-                Stat::Max => h.max_us as f64,
-                Stat::Quantile(q) => {
-                    let needed = ev.min_samples.max((1.0 / (1.0 - q)).ceil() as u64);
-                    if h.count < needed {
-                        return checked(
-                            None,
-                            Verdict::Inconclusive(format!(
+                let empty = LatencySummary::default();
+                let h = histogram(self.summary, path).unwrap_or(&empty);
+                match *stat {
+                    Stat::Count => Ok(h.count as f64),
+                    Stat::Max | Stat::Quantile(_) if h.count == 0 => {
+                        Err(format!("no samples for {path}"))
+                    }
+                    Stat::Max => Ok(h.max_us as f64),
+                    Stat::Quantile(q) => {
+                        let needed = self.min_samples.max((1.0 / (1.0 - q)).ceil() as u64);
+                        if h.count < needed {
+                            return Err(format!(
                                 "{} samples for {path}, {needed} needed for p{}",
                                 h.count,
                                 q * 100.0
-                            )),
-                        );
+                            ));
+                        }
+                        Ok(quantile(h, q) as f64)
                     }
-                    quantile(h, q) as f64
                 }
             }
         }
+    }
+}
+
+pub fn check(budget: &Budget, ev: &Evidence<'_>) -> Checked {
+    let (measured, verdict) = match ev.measure(&budget.metric) {
+        Err(why) => (None, Verdict::Inconclusive(why)),
+        Ok(v) if budget.op.holds(v, budget.limit) => (Some(v), Verdict::Pass),
+        Ok(v) => (Some(v), Verdict::Fail),
     };
-    let verdict = if budget.op.holds(measured, budget.limit) {
-        Verdict::Pass
-    } else {
-        Verdict::Fail
-    };
-    checked(Some(measured), verdict)
+    Checked {
+        budget: budget.clone(),
+        measured,
+        verdict,
+    }
 }
 
 /// A quantile from the summary's buckets (the summary's own fields for the
@@ -348,24 +453,189 @@ fn quantile(h: &LatencySummary, q: f64) -> u64 {
     }
 }
 
-/// 0 pass, 1 a budget failed, 2 inconclusive (and none failed).
-pub fn exit_code(results: &[Checked]) -> u8 {
-    if results.iter().any(|r| r.verdict == Verdict::Fail) {
-        1
-    } else if results
-        .iter()
-        .any(|r| matches!(r.verdict, Verdict::Inconclusive(_)))
-    {
-        2
-    } else {
-        0
+/// `10%` (or `10`) as the fraction 0.1.
+pub fn parse_tolerance(text: &str) -> Result<f64, String> {
+    let number = text.trim().trim_end_matches('%').trim();
+    number
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .map(|v| v / 100.0)
+        .ok_or_else(|| format!("bad tolerance '{text}': write a percentage such as 10%"))
+}
+
+/// A compared metric: a latency percentile or max.
+pub fn parse_compared(text: &str) -> Result<Metric, BudgetError> {
+    let err = |reason: &str| BudgetError {
+        text: text.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    match Metric::parse(&compact) {
+        Some(m) if m.is_duration() => Ok(m),
+        Some(_) => Err(err("only latency percentiles and max can be compared")),
+        None => Err(err("unknown metric")),
     }
 }
 
-impl fmt::Display for Op {
+/// One percentile, this trace against the baseline.
+#[derive(Debug, Clone)]
+pub struct Compared {
+    pub name: String,
+    metric: Metric,
+    pub baseline: Option<f64>,
+    pub measured: Option<f64>,
+    pub tolerance: f64,
+    pub verdict: Verdict,
+}
+
+impl fmt::Display for Compared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.text())
+        let name = format!("{} vs baseline", self.name);
+        match (self.measured, self.baseline) {
+            (Some(m), Some(b)) => {
+                let change = if b > 0.0 {
+                    format!("{:+.1}%", (m - b) / b * 100.0)
+                } else {
+                    "new".to_owned()
+                };
+                write!(
+                    f,
+                    "{name:<36} measured {:<14} baseline {} ({change}, tolerance {}%) {}",
+                    self.metric.format(m),
+                    self.metric.format(b),
+                    self.tolerance * 100.0,
+                    self.verdict
+                )
+            }
+            _ => write!(f, "{name:<36} {}", self.verdict),
+        }
     }
+}
+
+/// Compares latency percentiles with a baseline trace. With no metrics
+/// named, p50 and p99 of every histogram both traces have enough samples
+/// for; nothing comparable at all is inconclusive.
+pub fn compare(
+    metrics: &[Metric],
+    current: &Evidence<'_>,
+    baseline: &Evidence<'_>,
+    tolerance: f64,
+) -> Vec<Compared> {
+    let compared = |metric: &Metric, name: String| {
+        let (measured, base) = (current.measure(metric), baseline.measure(metric));
+        let verdict = match (&measured, &base) {
+            (Err(why), _) => Verdict::Inconclusive(why.clone()),
+            (_, Err(why)) => Verdict::Inconclusive(format!("baseline: {why}")),
+            (Ok(m), Ok(b)) if *m <= b * (1.0 + tolerance) => Verdict::Pass,
+            _ => Verdict::Fail,
+        };
+        Compared {
+            name,
+            metric: metric.clone(),
+            baseline: base.ok(),
+            measured: measured.ok(),
+            tolerance,
+            verdict,
+        }
+    };
+    if !metrics.is_empty() {
+        return metrics
+            .iter()
+            .map(|m| compared(m, metric_name(m)))
+            .collect();
+    }
+    let mut results = Vec::new();
+    for path in histogram_paths(current.summary) {
+        for q in [0.5, 0.99] {
+            let metric = Metric::Latency {
+                histogram: path.clone(),
+                stat: Stat::Quantile(q),
+            };
+            let c = compared(&metric, metric_name(&metric));
+            // Only what both traces can answer is compared by default; a
+            // histogram the run barely touched is not a regression signal.
+            if c.measured.is_some() && c.baseline.is_some() {
+                results.push(c);
+            }
+        }
+    }
+    if results.is_empty() {
+        results.push(Compared {
+            name: "baseline".to_owned(),
+            metric: Metric::Count("none".to_owned()),
+            baseline: None,
+            measured: None,
+            tolerance,
+            verdict: Verdict::Inconclusive(
+                "no latency percentile has enough samples in both traces to compare".to_owned(),
+            ),
+        });
+    }
+    results
+}
+
+fn metric_name(metric: &Metric) -> String {
+    match metric {
+        Metric::Latency { histogram, stat } => match stat {
+            Stat::Quantile(q) => format!("{histogram}.p{}", q * 100.0),
+            Stat::Max => format!("{histogram}.max"),
+            Stat::Count => format!("{histogram}.count"),
+        },
+        Metric::Count(name) => name.clone(),
+    }
+}
+
+/// 0 pass, 1 something failed, 2 inconclusive (and nothing failed).
+pub fn exit_code<'a>(verdicts: impl IntoIterator<Item = &'a Verdict>) -> u8 {
+    let mut code = 0;
+    for v in verdicts {
+        match v {
+            Verdict::Fail => return 1,
+            Verdict::Inconclusive(_) => code = 2,
+            Verdict::Pass => {}
+        }
+    }
+    code
+}
+
+/// The run as JUnit XML: one test case per budget and comparison; an
+/// inconclusive one is skipped, with its reason.
+pub fn junit(trace_name: &str, budgets: &[Checked], comparisons: &[Compared]) -> String {
+    use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+    let case = |name: String, verdict: &Verdict, line: String| {
+        let status = match verdict {
+            Verdict::Pass => TestCaseStatus::success(),
+            Verdict::Fail => {
+                let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                s.set_message(line.clone());
+                s
+            }
+            Verdict::Inconclusive(why) => {
+                let mut s = TestCaseStatus::skipped();
+                s.set_message(format!("inconclusive: {why}"));
+                s
+            }
+        };
+        let mut case = TestCase::new(name, status);
+        case.set_classname(trace_name.to_owned());
+        case.set_system_out(line);
+        case
+    };
+    let mut suite = TestSuite::new("tgt-trace check");
+    for c in budgets {
+        suite.add_test_case(case(c.budget.text.clone(), &c.verdict, c.to_string()));
+    }
+    for c in comparisons {
+        suite.add_test_case(case(
+            format!("{} vs baseline", c.name),
+            &c.verdict,
+            c.to_string(),
+        ));
+    }
+    let mut report = Report::new("tgt-trace");
+    report.add_test_suite(suite);
+    report.to_string().unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -410,5 +680,26 @@ mod tests {
             let e = Budget::parse(text).expect_err(text);
             assert!(e.to_string().contains(reason), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn tolerances_and_compared_metrics() {
+        assert_eq!(parse_tolerance("10%"), Ok(0.1));
+        assert_eq!(parse_tolerance("2.5"), Ok(0.025));
+        assert!(parse_tolerance("-1%").is_err());
+        assert!(parse_tolerance("lots").is_err());
+        assert_eq!(
+            metric_name(&parse_compared("tmf.ABORT_TASK.p99.9").expect("parses")),
+            "tmf.ABORT_TASK.p99.9"
+        );
+        assert!(parse_compared("orphans").is_err());
+    }
+
+    #[test]
+    fn the_worst_verdict_sets_the_exit_code() {
+        let inconclusive = Verdict::Inconclusive("x".to_owned());
+        assert_eq!(exit_code([&Verdict::Pass]), 0);
+        assert_eq!(exit_code([&Verdict::Pass, &inconclusive]), 2);
+        assert_eq!(exit_code([&inconclusive, &Verdict::Fail]), 1);
     }
 }

@@ -116,7 +116,7 @@ pub enum Record {
 }
 
 /// How a command ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CommandOutcome {
     Good,
@@ -129,7 +129,7 @@ pub enum CommandOutcome {
 }
 
 /// A command worth keeping: aborted, failed, covered by a TMF, or unfinished.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommandRecord {
     pub pid: u32,
@@ -159,7 +159,7 @@ pub struct CommandRecord {
 }
 
 /// What happened to a command a TMF covered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Fate {
     /// Not yet known.
@@ -174,7 +174,7 @@ pub enum Fate {
     Completed,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Covered {
     pub itn_id: u64,
@@ -196,7 +196,7 @@ pub struct Covered {
 }
 
 /// The class of a TMF's outcome.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TmfOutcome {
     CompletedWithAborts,
@@ -214,7 +214,7 @@ pub enum TmfOutcome {
     Unanswered,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TmfRecord {
     /// Order of the request in the trace; names the TMF in other records.
@@ -252,7 +252,19 @@ pub struct TmfRecord {
     pub cause: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum OrphanKind {
     /// (a) A TMF that found no task.
@@ -265,7 +277,7 @@ pub enum OrphanKind {
     BlockerNeverReleased,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrphanRecord {
     pub kind: OrphanKind,
@@ -285,7 +297,7 @@ pub struct OrphanRecord {
 }
 
 /// Totals, and where every command and TMF went.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Counts {
     pub events: u64,
@@ -314,7 +326,7 @@ impl Counts {
 }
 
 /// The end of a trace.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Summary {
     pub counts: Counts,
@@ -1376,14 +1388,19 @@ impl Matcher {
             .unwrap_or(u64::MAX);
     }
 
-    /// Ends the trace: everything still open is closed with the cause "trace ended".
-    pub fn finish(&mut self, end_ns: u64, out: &mut Vec<Record>) -> Summary {
-        self.advance(end_ns, out);
-        self.close_where("trace ended", |_, _| true, out);
+    /// Totals and histograms so far; nothing is closed.
+    pub fn summary(&self) -> Summary {
         Summary {
             counts: self.counts.clone(),
             histograms: self.stats.summary(),
         }
+    }
+
+    /// Ends the trace: everything still open is closed with the cause "trace ended".
+    pub fn finish(&mut self, end_ns: u64, out: &mut Vec<Record>) -> Summary {
+        self.advance(end_ns, out);
+        self.close_where("trace ended", |_, _| true, out);
+        self.summary()
     }
 }
 

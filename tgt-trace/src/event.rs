@@ -12,7 +12,7 @@ use tgt_trace_common::{TASK_ABORTED, mgmt_ret, tmf};
 /// Every variant carries `ts_ns` (CLOCK_MONOTONIC, from the probe) and `pid`
 /// (tgtd's process id). Commands are named by `(pid, itn_id, tag)`; `cmd` is
 /// the address of tgtd's `struct scsi_cmd`, unique while the command lives.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Event {
     /// `target_cmd_queue`: a command enters the tgt core.
@@ -116,7 +116,7 @@ pub enum Event {
 }
 
 /// A TMF that waits for a command's release (`cmd->mreq`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Waiter {
     pub mid: u64,

@@ -11,11 +11,20 @@ pub mod probe;
 pub mod reader;
 pub mod record;
 pub mod report;
+pub mod schema;
 pub mod stats;
 pub mod synth;
 pub mod tgtd;
 pub mod trace;
 
 /// The version of the NDJSON trace format. Any change to a field's name or
-/// meaning bumps it.
-pub const SCHEMA_VERSION: u32 = 1;
+/// meaning bumps it. `schema/tgt-trace.schema.json` describes it.
+///
+/// 2 added the matched lines (`command`, `tmf`, `orphan`, `matched_summary`)
+/// to recorded traces, `blocked_ns` on covered commands and
+/// `tmfs_by_function` in the counts; version 1 traces are a subset and are
+/// still read.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// The oldest trace format this version reads.
+pub const OLDEST_SCHEMA_VERSION: u32 = 1;

@@ -6,13 +6,17 @@ use std::{num::NonZeroU32, path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tgt_trace::{
-    check::{Budget, Evidence, check, exit_code},
+    check::{
+        Budget, BudgetsFile, Checked, Evidence, check, compare, exit_code, parse_compared,
+        parse_tolerance,
+    },
     correlate::{Config, Record},
     probe::{ProbeSet, TraceOptions},
     reader::TraceReader,
-    record::{Output, RecordOptions, record},
+    record::{Matching, Output, RecordOptions, record},
     report::{render_text, replay},
     tgtd::{DEFAULT_TGTD, TgtdBinary},
+    trace::Line,
 };
 
 /// Exit codes, as the README documents them.
@@ -40,7 +44,7 @@ struct AttachArgs {
     /// Trace only this tgtd process (filtered in the kernel).
     #[arg(long, value_name = "PID")]
     pid: Option<NonZeroU32>,
-    /// Probe set: tmf (1 hit per command), lean (3), full (4; adds queue-wait time).
+    /// Probe set: tmf (1 hit per command), lean (2), full (4; adds queue-wait time).
     #[arg(long, value_enum, default_value = "lean")]
     probes: ProbeSet,
     /// Ring buffer size in bytes (a power of two, at least 4096).
@@ -93,6 +97,15 @@ enum Command {
         /// Stop after this long (e.g. 30s, 500ms, 2m).
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         duration: Option<Duration>,
+        /// Also write the matcher's records (command, tmf, orphan, matched_summary
+        /// lines) right after the events that concluded them.
+        #[arg(long)]
+        matched: bool,
+        /// With --matched: a matched_summary snapshot this often (e.g. 10s).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "matched")]
+        summary_every: Option<Duration>,
+        #[command(flatten)]
+        matching: MatchArgs,
         /// Run this command once the probes are attached; stop when it exits,
         /// and exit with its status.
         #[arg(last = true, value_name = "COMMAND")]
@@ -121,29 +134,57 @@ enum Command {
         #[command(flatten)]
         matching: MatchArgs,
     },
-    /// Check a trace against latency and orphan budgets, for CI. Exit 0 pass,
-    /// 1 a budget failed, 2 inconclusive (drops, a missing probe, too few
-    /// samples), 3 bad input or usage.
+    /// Check a trace against latency and orphan budgets, and against a
+    /// baseline trace, for CI. Exit 0 pass, 1 a budget failed or a percentile
+    /// regressed, 2 inconclusive (drops, a missing probe, too few samples),
+    /// 3 bad input or usage.
     Check {
         /// The trace, or - for standard input.
         file: PathBuf,
         /// A budget, e.g. 'abort.p99<=5ms', 'tmf.ABORT_TASK.p99.9<=20ms', 'orphans==0'. Repeatable.
-        #[arg(long = "budget", value_name = "EXPR", required = true)]
-        budgets: Vec<String>,
-        /// Fewest samples a percentile needs (and at least 1/(1-q)).
-        #[arg(long, value_name = "N", default_value_t = 20)]
-        min_samples: u64,
+        #[arg(long = "budget", value_name = "EXPR")]
+        budget: Vec<String>,
+        /// A TOML file of budgets (`budgets = [...]`, `min_samples`, `tolerance`, `compare`).
+        #[arg(long = "budgets", value_name = "FILE")]
+        budgets_file: Option<PathBuf>,
+        /// An older trace: fail when a latency percentile got worse than it by more than --tolerance.
+        #[arg(long, value_name = "OLD.ndjson")]
+        baseline: Option<PathBuf>,
+        /// How much worse than the baseline a percentile may be [default: 10%].
+        #[arg(long, value_name = "PERCENT", requires = "baseline")]
+        tolerance: Option<String>,
+        /// A percentile to compare with the baseline, e.g. abort.p99 (repeatable;
+        /// default: p50 and p99 of every histogram with enough samples in both).
+        #[arg(long, value_name = "METRIC", requires = "baseline")]
+        compare: Vec<String>,
+        /// Fewest samples a percentile needs (and at least 1/(1-q)) [default: 20].
+        #[arg(long, value_name = "N")]
+        min_samples: Option<u64>,
+        /// Also write the verdicts as JUnit XML to this file.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
         /// Skip malformed lines (they are counted) instead of failing.
         #[arg(long)]
         lenient: bool,
         #[command(flatten)]
         matching: MatchArgs,
     },
+    /// Print the JSON Schema of the trace lines (or of `report --json`).
+    Schema {
+        #[arg(long, value_enum, default_value = "trace-line")]
+        of: SchemaOf,
+    },
     /// Check a tgtd binary and list the probe points tgt-trace can attach.
     Probes {
         #[arg(long, value_name = "PATH", default_value = DEFAULT_TGTD)]
         tgtd: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SchemaOf {
+    TraceLine,
+    Report,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -210,6 +251,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             attach,
             output,
             duration,
+            matched,
+            summary_every,
+            matching,
             command,
         } => {
             let binary = TgtdBinary::inspect(&attach.tgtd)?;
@@ -228,6 +272,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 duration,
                 command,
                 poll: attach.poll,
+                matched: matched.then(|| Matching {
+                    config: matching.config(),
+                    summary_every,
+                }),
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -270,14 +318,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(e) = write_error {
                 anyhow::bail!("writing the records: {e}");
             }
-            let line = serde_json::json!({
-                "type": "matched_summary",
-                "summary": replayed.summary,
-                "drops": replayed.drops,
-                "complete": replayed.complete,
-                "skipped_lines": replayed.skipped,
-            });
-            serde_json::to_writer(&mut out, &line)?;
+            let summary = replayed
+                .matched_summary()
+                .context("replay produced no summary")?;
+            serde_json::to_writer(&mut out, &Line::MatchedSummary(Box::new(summary)))?;
             std::io::Write::write_all(&mut out, b"\n")?;
             std::io::Write::flush(&mut out)?;
             Ok(ExitCode::SUCCESS)
@@ -296,14 +340,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             })?;
             if json {
-                let line = serde_json::json!({
-                    "summary": replayed.summary,
-                    "orphans": orphans,
-                    "drops": replayed.drops,
-                    "complete": replayed.complete,
-                    "skipped_lines": replayed.skipped,
-                });
-                println!("{}", serde_json::to_string_pretty(&line)?);
+                let report = replayed
+                    .report_json(orphans)
+                    .context("replay produced no summary")?;
+                println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", render_text(&replayed, &orphans));
             }
@@ -311,56 +351,43 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Check {
             file,
-            budgets,
+            budget,
+            budgets_file,
+            baseline,
+            tolerance,
+            compare,
             min_samples,
+            junit,
             lenient,
             matching,
         } => {
-            let parsed: Result<Vec<Budget>, _> = budgets.iter().map(|b| Budget::parse(b)).collect();
-            let budgets = match parsed {
-                Ok(b) => b,
-                Err(e) => {
-                    eprintln!("tgt-trace: {e}");
-                    return Ok(ExitCode::from(exit::USAGE));
-                }
-            };
-            let mut reader = match TraceReader::open(&file, lenient) {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("tgt-trace: {e}");
-                    return Ok(ExitCode::from(exit::USAGE));
-                }
-            };
-            let probes = reader.header().probes.clone();
-            let replayed = match replay(&mut reader, matching.config(), |_| {}) {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("tgt-trace: {e}");
-                    return Ok(ExitCode::from(exit::USAGE));
-                }
-            };
-            let summary = replayed.summary.context("replay produced no summary")?;
-            let evidence = Evidence {
-                summary: &summary,
-                drops: replayed.drops,
-                probes: &probes,
+            let args = CheckArgs {
+                file,
+                budget,
+                budgets_file,
+                baseline,
+                tolerance,
+                compare,
                 min_samples,
+                junit,
+                lenient,
+                config: matching.config(),
             };
-            let results: Vec<_> = budgets.iter().map(|b| check(b, &evidence)).collect();
-            for r in &results {
-                println!("{r}");
+            match run_check(args) {
+                Ok(code) => Ok(ExitCode::from(code)),
+                Err(e) => {
+                    eprintln!("tgt-trace: {e:#}");
+                    Ok(ExitCode::from(exit::USAGE))
+                }
             }
-            if !replayed.complete {
-                println!(
-                    "note: the trace has no summary line (cut short); its drop counts are unknown"
-                );
-            }
-            // A cut-short trace cannot pass, but a failed budget still fails.
-            let code = match (exit_code(&results), replayed.complete) {
-                (0, false) => 2,
-                (code, _) => code,
+        }
+        Command::Schema { of } => {
+            let schema = match of {
+                SchemaOf::TraceLine => tgt_trace::schema::trace_line(),
+                SchemaOf::Report => tgt_trace::schema::report(),
             };
-            Ok(ExitCode::from(code))
+            print!("{}", tgt_trace::schema::to_text(&schema));
+            Ok(ExitCode::SUCCESS)
         }
         Command::Probes { tgtd } => {
             let binary = TgtdBinary::inspect(&tgtd)?;
@@ -386,6 +413,124 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+struct CheckArgs {
+    file: PathBuf,
+    budget: Vec<String>,
+    budgets_file: Option<PathBuf>,
+    baseline: Option<PathBuf>,
+    tolerance: Option<String>,
+    compare: Vec<String>,
+    min_samples: Option<u64>,
+    junit: Option<PathBuf>,
+    lenient: bool,
+    config: Config,
+}
+
+/// A replayed trace, as `check` weighs it.
+struct Weighed {
+    summary: tgt_trace::correlate::Summary,
+    drops: tgt_trace::trace::Drops,
+    probes: Vec<tgt_trace::probe::ProbePoint>,
+    complete: bool,
+}
+
+impl Weighed {
+    fn load(file: &std::path::Path, lenient: bool, config: Config) -> anyhow::Result<Weighed> {
+        let mut reader = TraceReader::open(file, lenient)?;
+        let probes = reader.header().probes.clone();
+        let replayed = replay(&mut reader, config, |_| {})?;
+        Ok(Weighed {
+            summary: replayed.summary.context("replay produced no summary")?,
+            drops: replayed.drops,
+            probes,
+            complete: replayed.complete,
+        })
+    }
+
+    fn evidence(&self, min_samples: u64) -> Evidence<'_> {
+        Evidence {
+            summary: &self.summary,
+            drops: self.drops,
+            probes: &self.probes,
+            min_samples,
+        }
+    }
+}
+
+/// `check`: the exit code, or an error that is bad input or usage (exit 3).
+fn run_check(args: CheckArgs) -> anyhow::Result<u8> {
+    let file = match &args.budgets_file {
+        Some(path) => BudgetsFile::load(path)?,
+        None => BudgetsFile::default(),
+    };
+    let budgets = file
+        .budgets
+        .iter()
+        .chain(&args.budget)
+        .map(|b| Budget::parse(b))
+        .collect::<Result<Vec<_>, _>>()?;
+    let compare_names = if args.compare.is_empty() {
+        &file.compare
+    } else {
+        &args.compare
+    };
+    let compared_metrics = compare_names
+        .iter()
+        .map(|m| parse_compared(m))
+        .collect::<Result<Vec<_>, _>>()?;
+    let tolerance = match args.tolerance.as_ref().or(file.tolerance.as_ref()) {
+        Some(t) => parse_tolerance(t).map_err(anyhow::Error::msg)?,
+        None => 0.10,
+    };
+    if budgets.is_empty() && args.baseline.is_none() {
+        anyhow::bail!(
+            "nothing to check: give --budget EXPR, --budgets FILE with budgets, or --baseline OLD.ndjson"
+        );
+    }
+    let min_samples = args.min_samples.or(file.min_samples).unwrap_or(20);
+    let current = Weighed::load(&args.file, args.lenient, args.config.clone())?;
+    let evidence = current.evidence(min_samples);
+    let results: Vec<Checked> = budgets.iter().map(|b| check(b, &evidence)).collect();
+    for r in &results {
+        println!("{r}");
+    }
+    let mut comparisons = Vec::new();
+    if let Some(path) = &args.baseline {
+        let base = Weighed::load(path, args.lenient, args.config.clone())
+            .with_context(|| format!("reading the baseline {}", path.display()))?;
+        comparisons = compare(
+            &compared_metrics,
+            &evidence,
+            &base.evidence(min_samples),
+            tolerance,
+        );
+        for c in &comparisons {
+            println!("{c}");
+        }
+        if !base.complete {
+            println!(
+                "note: the baseline has no summary line (cut short); its drop counts are unknown"
+            );
+        }
+    }
+    if !current.complete {
+        println!("note: the trace has no summary line (cut short); its drop counts are unknown");
+    }
+    if let Some(path) = &args.junit {
+        let xml = tgt_trace::check::junit(&args.file.display().to_string(), &results, &comparisons);
+        std::fs::write(path, xml).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let verdicts = results
+        .iter()
+        .map(|r| &r.verdict)
+        .chain(comparisons.iter().map(|c| &c.verdict));
+    // A cut-short trace cannot pass, but a failed budget still fails.
+    Ok(match exit_code(verdicts) {
+        0 if !current.complete => 2,
+        code => code,
+    })
 }
 
 #[cfg(test)]

@@ -25,7 +25,9 @@ static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tg
 
 /// Which probe points to attach; each costs a uprobe hit per command where it
 /// is on the command path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ProbeSet {
     /// TMFs, nexuses, and `target_cmd_done` filtered in the kernel to the
@@ -115,7 +117,7 @@ impl Hook {
 
 /// One probe point and whether it is attached: the trace header lists them,
 /// so a reader knows which signals a trace can contain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProbePoint {
     /// The tgt core path: queue, uspace_send, kspace_exec, release, tsk_mgmt, ...

@@ -9,7 +9,7 @@ use std::{
 };
 
 use crate::{
-    SCHEMA_VERSION,
+    OLDEST_SCHEMA_VERSION, SCHEMA_VERSION,
     trace::{Header, Line},
 };
 
@@ -33,8 +33,9 @@ pub enum ReadError {
     )]
     NoHeader { source_name: String },
     #[error(
-        "{source_name}: schema version {found} is not supported (this tgt-trace reads version {supported}); \
-         read it with the tgt-trace version that wrote it"
+        "{source_name}: schema version {found} is not supported (this tgt-trace reads versions \
+         {oldest} to {supported}); read it with the tgt-trace version that wrote it",
+        oldest = OLDEST_SCHEMA_VERSION
     )]
     UnsupportedVersion {
         source_name: String,
@@ -110,7 +111,7 @@ impl TraceReader {
             .get("schema_version")
             .and_then(|v| v.as_u64())
             .unwrap_or(0);
-        if found != u64::from(SCHEMA_VERSION) {
+        if !(u64::from(OLDEST_SCHEMA_VERSION)..=u64::from(SCHEMA_VERSION)).contains(&found) {
             return Err(ReadError::UnsupportedVersion {
                 source_name,
                 found,
@@ -257,7 +258,7 @@ mod tests {
                 err,
                 ReadError::UnsupportedVersion {
                     found: 7,
-                    supported: 1,
+                    supported: SCHEMA_VERSION,
                     ..
                 }
             ),

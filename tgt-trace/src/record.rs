@@ -13,9 +13,10 @@ use std::{
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    correlate::{Config, Coverage, Matcher},
     event::Event,
     probe::{self, ProbeError, TraceOptions, Tracer},
-    trace::{Drops, Header, Line, Summary},
+    trace::{Drops, Header, Line, MatchedSummary, Summary},
 };
 
 /// Where the NDJSON goes.
@@ -34,6 +35,17 @@ pub struct RecordOptions {
     pub command: Vec<OsString>,
     /// How often the ring buffer is drained (the probes do not wake us).
     pub poll: Duration,
+    /// Also write the matcher's records (`--matched`).
+    pub matched: Option<Matching>,
+}
+
+/// The matcher run alongside the recording.
+#[derive(Debug, Clone)]
+pub struct Matching {
+    /// Its limits; the coverage is taken from the probes attached.
+    pub config: Config,
+    /// A `matched_summary` snapshot this often, if at all.
+    pub summary_every: Option<Duration>,
 }
 
 /// How a recording ended.
@@ -80,9 +92,19 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome, RecordError> {
         Output::Stdout => Box::new(io::stdout().lock()),
         Output::File(path) => Box::new(std::fs::File::create(path).map_err(output_error)?),
     };
-    let mut out = io::BufWriter::with_capacity(1 << 16, sink);
-
     let mut tracer = Tracer::start(&opts.trace)?;
+    let matcher = opts.matched.as_ref().map(|m| {
+        Matcher::new(Config {
+            coverage: Coverage::from_probes(tracer.points()),
+            ..m.config.clone()
+        })
+    });
+    let mut out = Writer {
+        out: io::BufWriter::with_capacity(1 << 16, sink),
+        matcher,
+        records: Vec::new(),
+        last_ts_ns: 0,
+    };
     let pids = match opts.trace.pid {
         Some(pid) => vec![pid.get()],
         None => probe::running_processes(&opts.trace.binary.path),
@@ -136,6 +158,8 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome, RecordError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(RecordError::Signal)?;
     let mut ticker = tokio::time::interval(opts.poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let summary_every = opts.matched.as_ref().and_then(|m| m.summary_every);
+    let mut next_snapshot = summary_every.map(|every| tokio::time::Instant::now() + every);
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
 
     let mut live: BTreeSet<u32> = pids.into_iter().collect();
@@ -151,6 +175,13 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome, RecordError> {
                 events += drain(&mut tracer, &mut out, &mut live, &exited).map_err(output_error)?;
                 if drains.is_multiple_of(LIVENESS_EVERY) {
                     events += report_exits(&mut out, &mut live, &mut exited).map_err(output_error)?;
+                }
+                if let (Some(every), Some(at)) = (summary_every, next_snapshot)
+                    && tokio::time::Instant::now() >= at
+                {
+                    next_snapshot = Some(at + every);
+                    let drops = Drops::new(tracer.counters()?, tracer.decode_errors());
+                    out.matched_summary(false, drops).map_err(output_error)?;
                 }
                 // A trace is read while it is written (tail -f, tests, the
                 // TUI); one write per drain keeps it current.
@@ -173,6 +204,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome, RecordError> {
     events += drain(&mut tracer, &mut out, &mut live, &exited).map_err(output_error)?;
     events += report_exits(&mut out, &mut live, &mut exited).map_err(output_error)?;
     let drops = Drops::new(tracer.counters()?, tracer.decode_errors());
+    out.matched_summary(true, drops).map_err(output_error)?;
     let summary = Summary {
         events,
         drops,
@@ -208,9 +240,69 @@ fn write_line(out: &mut impl Write, line: &Line) -> io::Result<()> {
     out.write_all(b"\n")
 }
 
-fn drain(
+/// The trace being written: each event, and with `--matched` what the
+/// matcher concludes from it, right after it.
+struct Writer<W: Write> {
+    out: io::BufWriter<W>,
+    matcher: Option<Matcher>,
+    records: Vec<crate::correlate::Record>,
+    last_ts_ns: u64,
+}
+
+impl<W: Write> Writer<W> {
+    fn event(&mut self, event: Event) -> io::Result<()> {
+        // The same clock `replay` uses, so both conclude the same.
+        self.last_ts_ns = self.last_ts_ns.max(event.ts_ns());
+        if let Some(matcher) = &mut self.matcher {
+            matcher.push(&event, &mut self.records);
+        }
+        write_line(&mut self.out, &Line::Event(event))?;
+        self.write_records()
+    }
+
+    fn write_records(&mut self) -> io::Result<()> {
+        for record in self.records.drain(..) {
+            write_line(&mut self.out, &Line::from(record))?;
+        }
+        Ok(())
+    }
+
+    /// A snapshot, or (`is_final`) closes what is open and sums up.
+    fn matched_summary(&mut self, is_final: bool, drops: Drops) -> io::Result<()> {
+        let Some(matcher) = &mut self.matcher else {
+            return Ok(());
+        };
+        let summary = if is_final {
+            matcher.finish(self.last_ts_ns, &mut self.records)
+        } else {
+            matcher.summary()
+        };
+        self.write_records()?;
+        let line = Line::MatchedSummary(Box::new(MatchedSummary {
+            is_final,
+            at_ns: self.last_ts_ns,
+            summary,
+            drops,
+            complete: is_final,
+            skipped_lines: 0,
+        }));
+        write_line(&mut self.out, &line)
+    }
+}
+
+impl<W: Write> Write for Writer<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.out.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+fn drain<W: Write>(
     tracer: &mut Tracer,
-    out: &mut impl Write,
+    out: &mut Writer<W>,
     live: &mut BTreeSet<u32>,
     exited: &BTreeSet<u32>,
 ) -> io::Result<u64> {
@@ -225,14 +317,14 @@ fn drain(
             live.insert(pid);
         }
         n += 1;
-        result = write_line(out, &Line::Event(event));
+        result = out.event(event);
     });
     result.map(|()| n)
 }
 
 /// Emits a `process_exit` event for each traced tgtd that is gone.
-fn report_exits(
-    out: &mut impl Write,
+fn report_exits<W: Write>(
+    out: &mut Writer<W>,
     live: &mut BTreeSet<u32>,
     exited: &mut BTreeSet<u32>,
 ) -> io::Result<u64> {
@@ -244,13 +336,10 @@ fn report_exits(
     for &pid in &gone {
         live.remove(&pid);
         exited.insert(pid);
-        write_line(
-            out,
-            &Line::Event(Event::ProcessExit {
-                ts_ns: probe::monotonic_ns(),
-                pid,
-            }),
-        )?;
+        out.event(Event::ProcessExit {
+            ts_ns: probe::monotonic_ns(),
+            pid,
+        })?;
     }
     Ok(gone.len() as u64)
 }

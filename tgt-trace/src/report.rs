@@ -3,10 +3,10 @@
 use std::fmt::Write as _;
 
 use crate::{
-    correlate::{Config, Coverage, Matcher, Record, Summary},
+    correlate::{Config, Coverage, Matcher, OrphanRecord, Record, Summary},
     reader::{ReadError, TraceReader},
     stats::LatencySummary,
-    trace::{Drops, Line},
+    trace::{Drops, Line, MatchedSummary},
 };
 
 /// What a replay found besides the matcher's summary.
@@ -19,6 +19,8 @@ pub struct Replayed {
     pub complete: bool,
     /// Lines skipped in lenient mode.
     pub skipped: u64,
+    /// The latest event timestamp: where the matcher's clock ended.
+    pub last_ts_ns: u64,
 }
 
 /// Runs every event of `reader` through a matcher configured from the
@@ -44,14 +46,63 @@ pub fn replay(
                 replayed.drops = s.drops;
                 replayed.complete = true;
             }
-            Line::Header(_) => {}
+            // What `record --matched` concluded live is concluded again here,
+            // from the events, with this run's limits.
+            Line::Header(_)
+            | Line::Command(_)
+            | Line::Tmf(_)
+            | Line::Orphan(_)
+            | Line::MatchedSummary(_) => {}
         }
     }
     let summary = matcher.finish(last_ts, &mut out);
     out.drain(..).for_each(|r| sink(&r));
     replayed.summary = Some(summary);
+    replayed.last_ts_ns = last_ts;
     replayed.skipped = reader.skipped();
     Ok(replayed)
+}
+
+/// `tgt-trace report --json`.
+#[derive(
+    Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct ReportJson {
+    pub schema_version: u32,
+    pub summary: Summary,
+    pub orphans: Vec<OrphanRecord>,
+    /// Drops the recording reported.
+    pub drops: Drops,
+    /// The recording ended with its summary line (it was stopped cleanly).
+    pub complete: bool,
+    /// Lines skipped by `--lenient`.
+    pub skipped_lines: u64,
+}
+
+impl Replayed {
+    pub fn report_json(&self, orphans: Vec<OrphanRecord>) -> Option<ReportJson> {
+        Some(ReportJson {
+            schema_version: crate::SCHEMA_VERSION,
+            summary: self.summary.clone()?,
+            orphans,
+            drops: self.drops,
+            complete: self.complete,
+            skipped_lines: self.skipped,
+        })
+    }
+
+    /// The `matched_summary` line that ends `replay`'s output.
+    pub fn matched_summary(&self) -> Option<MatchedSummary> {
+        Some(MatchedSummary {
+            is_final: true,
+            at_ns: self.last_ts_ns,
+            summary: self.summary.clone()?,
+            drops: self.drops,
+            complete: self.complete,
+            skipped_lines: self.skipped,
+        })
+    }
 }
 
 fn latency_row(table: &mut String, name: &str, s: &LatencySummary) {
@@ -64,7 +115,7 @@ fn latency_row(table: &mut String, name: &str, s: &LatencySummary) {
 
 /// The human summary: commands, TMFs by function and outcome, aborts,
 /// orphans, drops.
-pub fn render_text(replayed: &Replayed, orphans: &[crate::correlate::OrphanRecord]) -> String {
+pub fn render_text(replayed: &Replayed, orphans: &[OrphanRecord]) -> String {
     let mut t = String::new();
     let Some(summary) = &replayed.summary else {
         return t;
@@ -99,8 +150,11 @@ pub fn render_text(replayed: &Replayed, orphans: &[crate::correlate::OrphanRecor
     latency_row(&mut t, "aborted commands' age", &h.aborted_in_flight);
     latency_row(&mut t, "deferred TMF wait", &h.deferred_wait);
     let _ = writeln!(t, "\nTMFs: {}", c.tmfs);
-    for (outcome, n) in &c.tmfs_by_outcome {
-        let _ = writeln!(t, "  {outcome:<34} {n}");
+    for (function, outcomes) in &c.tmfs_by_function {
+        let _ = writeln!(t, "  {function}: {}", outcomes.values().sum::<u64>());
+        for (outcome, n) in outcomes {
+            let _ = writeln!(t, "    {outcome:<32} {n}");
+        }
     }
     let _ = writeln!(t, "\norphans: {}", c.orphans());
     for o in orphans {

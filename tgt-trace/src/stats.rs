@@ -67,7 +67,7 @@ impl Latency {
 }
 
 /// Percentiles (µs) and the non-empty buckets as `[upper bound µs, count]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LatencySummary {
     pub count: u64,
@@ -124,7 +124,7 @@ impl Stats {
 }
 
 /// [`Stats`] as it is written out.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StatsSummary {
     pub command: LatencySummary,

@@ -86,7 +86,9 @@ pub enum TgtdError {
 }
 
 /// How the layout of this build was accepted.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(tag = "by", rename_all = "snake_case", deny_unknown_fields)]
 pub enum LayoutCheck {
     /// A build tgt-trace was tested against.

@@ -1,28 +1,68 @@
 //! The NDJSON trace: one JSON object per line, told apart by `"type"`.
 //!
 //! A trace is a `header` line, then `event` lines in the order the ring
-//! buffer delivered them, then a `summary` line. The schema is versioned by
-//! [`crate::SCHEMA_VERSION`] in the header.
+//! buffer delivered them, then a `summary` line. With `record --matched` the
+//! matcher's records (`command`, `tmf`, `orphan`) follow the events that
+//! concluded them, with a `matched_summary` now and then and one at the end.
+//! `replay` writes the matched lines alone. The schema is versioned by
+//! [`crate::SCHEMA_VERSION`] in the header and kept as a JSON Schema in
+//! `schema/tgt-trace.schema.json`.
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    correlate::{self, CommandRecord, OrphanRecord, Record, TmfRecord},
     event::Event,
     probe::{KernelCounters, ProbePoint, ProbeSet},
     tgtd::LayoutCheck,
 };
 
 /// One line of a trace.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Line {
     Header(Header),
     Event(Event),
     Summary(Summary),
+    Command(CommandRecord),
+    Tmf(TmfRecord),
+    Orphan(OrphanRecord),
+    // Boxed: it holds every histogram, and event lines are the hot path.
+    MatchedSummary(Box<MatchedSummary>),
+}
+
+impl From<Record> for Line {
+    fn from(record: Record) -> Line {
+        match record {
+            Record::Command(c) => Line::Command(c),
+            Record::Tmf(t) => Line::Tmf(t),
+            Record::Orphan(o) => Line::Orphan(o),
+        }
+    }
+}
+
+/// The matcher's totals and histograms: periodic ones while recording with
+/// `--matched` (`final: false`), and the last one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MatchedSummary {
+    /// The last summary of the trace; the others are snapshots.
+    #[serde(rename = "final")]
+    pub is_final: bool,
+    /// Stream time (the latest event's timestamp) the summary is as of.
+    pub at_ns: u64,
+    pub summary: correlate::Summary,
+    /// Drops so far (final: as the recording's summary line gave them).
+    pub drops: Drops,
+    /// The recording ended with its summary line (it was stopped cleanly);
+    /// for a snapshot, false.
+    pub complete: bool,
+    /// Lines skipped by `--lenient` while replaying.
+    pub skipped_lines: u64,
 }
 
 /// The first line: what was traced, and how.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Header {
     pub schema_version: u32,
@@ -47,7 +87,7 @@ pub struct Header {
 }
 
 /// The last line: totals, and everything that was lost.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Summary {
     pub events: u64,
@@ -58,7 +98,9 @@ pub struct Summary {
 }
 
 /// Every way an event can be lost. Any non-zero field makes a trace incomplete.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct Drops {
     /// The ring buffer was full (counted in the kernel).

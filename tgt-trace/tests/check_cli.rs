@@ -124,3 +124,194 @@ fn bad_input_exits_3_naming_the_cause() {
     assert_eq!(code, 3, "{text}");
     assert!(text.contains("is empty"), "{text}");
 }
+
+/// Runs check with arbitrary arguments after the trace.
+fn check_args(trace: &std::path::Path, args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tgt-trace"))
+        .arg("check")
+        .arg(trace)
+        .args(args)
+        .output()
+        .expect("tgt-trace runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn temp(name: &str, text: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("tgt-trace-check-{}-{name}", std::process::id()));
+    std::fs::write(&path, text).expect("temporary file");
+    path
+}
+
+/// The golden trace with every event `factor` times further from the first:
+/// every latency in it scaled by `factor`.
+fn slowed(name: &str, factor: u64) -> PathBuf {
+    let text = std::fs::read_to_string(golden()).expect("golden trace");
+    let mut t0 = None;
+    let mut out = String::new();
+    for line in text.lines() {
+        let mut value: serde_json::Value = serde_json::from_str(line).expect("JSON");
+        if value["type"] == "event" {
+            let ts = value["ts_ns"].as_u64().expect("ts_ns");
+            let t0 = *t0.get_or_insert(ts);
+            value["ts_ns"] = (t0 + (ts - t0) * factor).into();
+        }
+        out.push_str(&value.to_string());
+        out.push('\n');
+    }
+    temp(&format!("{name}.ndjson"), &out)
+}
+
+#[test]
+fn a_budgets_file_is_read_and_its_budgets_checked() {
+    let passing = temp(
+        "pass.toml",
+        "# CI budgets\nmin_samples = 20\nbudgets = [\n  \"orphans == 0\",\n  \"tmf.ABORT_TASK.count == 1\",\n  \"deferred.max <= 1s\",\n]\n",
+    );
+    let (code, text) = check_args(&golden(), &["--budgets", passing.to_str().expect("path")]);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(text.matches(" pass").count(), 3, "{text}");
+    // Flags add to the file's budgets.
+    let (code, text) = check_args(
+        &golden(),
+        &[
+            "--budgets",
+            passing.to_str().expect("path"),
+            "--budget",
+            "deferred.max<=100us",
+        ],
+    );
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("deferred.max<=100us") && text.contains("FAIL"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_bad_budgets_file_exits_3_naming_file_and_cause() {
+    for (name, content, expected) in [
+        (
+            "syntax.toml",
+            "budgets = [\"orphans == 0\"\n",
+            "syntax.toml",
+        ),
+        (
+            "key.toml",
+            "budget = [\"orphans == 0\"]\n",
+            "unknown field `budget`",
+        ),
+        (
+            "expr.toml",
+            "budgets = [\"abort.p99 <= soon\"]\n",
+            "bad budget 'abort.p99 <= soon'",
+        ),
+        (
+            "tolerance.toml",
+            "tolerance = \"a bit\"\n",
+            "bad tolerance 'a bit'",
+        ),
+    ] {
+        let file = temp(name, content);
+        let (code, text) = check_args(&golden(), &["--budgets", file.to_str().expect("path")]);
+        assert_eq!(code, 3, "{name}: {text}");
+        assert!(text.contains(expected), "{name}: {text}");
+    }
+    let (code, text) = check_args(&golden(), &["--budgets", "/nonexistent/budgets.toml"]);
+    assert_eq!(code, 3, "{text}");
+    assert!(
+        text.contains("cannot read the budgets file /nonexistent/budgets.toml"),
+        "{text}"
+    );
+    let (code, text) = check_args(&golden(), &[]);
+    assert_eq!(code, 3, "{text}");
+    assert!(text.contains("nothing to check"), "{text}");
+}
+
+#[test]
+fn a_regression_against_the_baseline_fails() {
+    let slow = slowed("slow", 2);
+    let golden = golden();
+    // Every latency doubled: the command percentiles regress by ~100%.
+    let (code, text) = check_args(&slow, &["--baseline", golden.to_str().expect("path")]);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("command.p50 vs baseline") && l.contains("FAIL")),
+        "{text}"
+    );
+    // Faster than the baseline, or the same, passes.
+    let (code, text) = check_args(&golden, &["--baseline", slow.to_str().expect("path")]);
+    assert_eq!(code, 0, "{text}");
+    let (code, text) = check_args(
+        &golden,
+        &[
+            "--baseline",
+            golden.to_str().expect("path"),
+            "--tolerance",
+            "0%",
+        ],
+    );
+    assert_eq!(code, 0, "{text}");
+    // Within a generous tolerance, the doubling passes.
+    let (code, text) = check_args(
+        &slow,
+        &[
+            "--baseline",
+            golden.to_str().expect("path"),
+            "--tolerance",
+            "150%",
+        ],
+    );
+    assert_eq!(code, 0, "{text}");
+    // A named percentile neither trace can give is inconclusive.
+    let (code, text) = check_args(
+        &slow,
+        &[
+            "--baseline",
+            golden.to_str().expect("path"),
+            "--compare",
+            "abort.p99",
+        ],
+    );
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("no samples for abort"), "{text}");
+}
+
+#[test]
+fn junit_output_has_a_case_per_verdict() {
+    let xml_path = std::env::temp_dir().join(format!("tgt-trace-check-{}.xml", std::process::id()));
+    let (code, text) = check_args(
+        &golden(),
+        &[
+            "--budget",
+            "orphans==0",
+            "--budget",
+            "deferred.max<=100us",
+            "--budget",
+            "abort.p99<=5ms",
+            "--junit",
+            xml_path.to_str().expect("path"),
+        ],
+    );
+    assert_eq!(code, 1, "{text}");
+    let xml = std::fs::read_to_string(&xml_path).expect("JUnit file written");
+    assert!(xml.starts_with("<?xml"), "{xml}");
+    assert!(
+        xml.contains(r#"tests="3""#) && xml.contains(r#"failures="1""#),
+        "{xml}"
+    );
+    assert!(xml.contains(r#"<testcase name="orphans==0""#), "{xml}");
+    assert!(
+        xml.contains("<failure") && xml.contains("deferred.max&lt;=100us"),
+        "{xml}"
+    );
+    assert!(
+        xml.contains("<skipped") && xml.contains("no samples for abort"),
+        "{xml}"
+    );
+}

@@ -18,6 +18,8 @@ use tgt_trace_e2e::tgtd::{Tgtd, tgt_trace_bin};
 pub struct Trace {
     pub header: Header,
     pub events: Vec<Event>,
+    /// With `record --matched`: the matched lines, in the order written.
+    pub matched: Vec<Line>,
     pub summary: Summary,
 }
 
@@ -28,6 +30,7 @@ pub fn read_trace(path: &Path) -> Trace {
     let mut header = None;
     let mut summary = None;
     let mut events = Vec::new();
+    let mut matched = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let parsed: Line = serde_json::from_str(line)
             .unwrap_or_else(|e| panic!("{}:{}: {e}: {line}", path.display(), n + 1));
@@ -48,11 +51,20 @@ pub fn read_trace(path: &Path) -> Trace {
                 events.push(e);
             }
             Line::Summary(s) => summary = Some(s),
+            line => {
+                assert!(
+                    summary.is_none(),
+                    "matched line after the summary at line {}",
+                    n + 1
+                );
+                matched.push(line);
+            }
         }
     }
     Trace {
         header: header.expect("trace has a header"),
         events,
+        matched,
         summary: summary.expect("trace ends with a summary"),
     }
 }
