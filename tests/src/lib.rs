@@ -1,4 +1,5 @@
 //! End-to-end support: a real tgtd, real initiators, and tgt-trace, on 127.0.0.1 only.
 
 pub mod iscsi;
+pub mod slowio;
 pub mod tgtd;
