@@ -688,8 +688,12 @@ impl Matcher {
             Some(cmd) => cmd,
             None => self.unseen_command(),
         };
-        // The lean set learns the result here.
+        // The lean set learns the result here. A TMF that returned DONE
+        // aborted every command it found (tgt `abort_task_set` found none
+        // busy): that outranks `cmd->result` as read at release, which tgtd
+        // 1.0.85 leaves stale for an aborted command that was still queued.
         if cmd.result.is_none() {
+            let result = if cmd.aborted { TASK_ABORTED } else { result };
             cmd.result = Some((result, ts));
             if result == TASK_ABORTED {
                 cmd.aborted = true;
@@ -1467,5 +1471,60 @@ pub fn orphan_name(kind: OrphanKind) -> &'static str {
         OrphanKind::AbortWithoutTmf => "abort_without_tmf",
         OrphanKind::TmfUnanswered => "tmf_unanswered",
         OrphanKind::BlockerNeverReleased => "blocker_never_released",
+    }
+}
+
+/// A command still in tgtd, as live views show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InFlight {
+    pub pid: u32,
+    pub itn_id: u64,
+    pub initiator: Option<String>,
+    pub tag: u64,
+    pub lun: Option<u64>,
+    pub opcode: Option<u8>,
+    pub arrived_ns: Option<u64>,
+    /// The open TMFs (by sequence number) whose response waits for this
+    /// command's release.
+    pub blocking: Vec<u64>,
+}
+
+impl Matcher {
+    /// The `limit` commands that have been in tgtd longest, oldest first,
+    /// each with the open TMFs it holds up. Read-only: for live views.
+    pub fn oldest_in_flight(&self, limit: usize) -> Vec<InFlight> {
+        let mut blocking: FxHashMap<CmdKey, Vec<u64>> = FxHashMap::default();
+        for tmf in self.tmfs.values() {
+            let queued = tmf.ret == Some(mgmt_ret::QUEUED);
+            for (key, c) in &tmf.covered {
+                let holds = (c.fate == Fate::Blocked && c.at_ns.is_none())
+                    || (queued && c.fate == Fate::Pending);
+                if holds {
+                    blocking.entry(*key).or_default().push(tmf.seq);
+                }
+            }
+        }
+        self.command_order
+            .iter()
+            .filter_map(|(seq, key)| {
+                let cmd = self.commands.get(key).filter(|c| c.seq == *seq)?;
+                Some((key, cmd))
+            })
+            .take(limit)
+            .map(|(key, cmd)| {
+                let mut tmfs = blocking.remove(key).unwrap_or_default();
+                tmfs.sort_unstable();
+                InFlight {
+                    pid: key.0,
+                    itn_id: key.1,
+                    initiator: self.initiator(key.0, key.1),
+                    tag: key.2,
+                    lun: cmd.lun,
+                    opcode: cmd.opcode,
+                    arrived_ns: cmd.arrived_ns,
+                    blocking: if cmd.aborted { Vec::new() } else { tmfs },
+                }
+            })
+            .collect()
     }
 }

@@ -222,6 +222,25 @@ fn abort_task_that_finds_its_command_lean() {
     assert!(orphans(&records).is_empty());
 }
 
+// Issue 4, scenario a: tgtd 1.0.85 aborts a queued ORDERED command (DONE)
+// and then releases it with `cmd->result` still 0 (it frees the command while
+// it is queued, and crashes). DONE says the command was aborted.
+#[test]
+fn a_done_tmf_outranks_a_stale_result_at_release_lean() {
+    let mut s = Stream::new();
+    s.queue(1, 7, 1)
+        .request(1, 900, tmf::ABORT_TASK, 7, 1)
+        .response(900, tmf::ABORT_TASK, 0)
+        .ret(900, mgmt_ret::DONE)
+        .release(1, 7, 0, None);
+    let (records, summary) = s.run(lean());
+    let t = tmfs(&records);
+    assert_eq!(t[0].outcome, TmfOutcome::CompletedWithAborts);
+    assert_eq!(t[0].covered[0].fate, Fate::Aborted);
+    assert_eq!(summary.counts.commands_aborted, 1);
+    assert!(orphans(&records).is_empty());
+}
+
 // Seed rule: ABORT TASK that finds nothing gives only the response: orphan (a).
 #[test]
 fn abort_task_that_finds_nothing() {

@@ -146,6 +146,11 @@ impl Recording {
         });
     }
 
+    /// The trace written so far.
+    pub fn text(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
     /// Stops with SIGINT, as a user's Ctrl-C, and reads the trace.
     pub fn stop(mut self) -> Trace {
         let pid = i32::try_from(self.child.id()).expect("pid fits");
@@ -157,5 +162,15 @@ impl Recording {
         let status = self.child.wait().expect("tgt-trace exits");
         assert!(status.success(), "tgt-trace exited {status} on SIGINT");
         read_trace(&self.out)
+    }
+}
+
+impl Drop for Recording {
+    /// A test that failed half-way must not leave tgt-trace running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
