@@ -16,6 +16,7 @@ pub mod stats;
 pub mod synth;
 pub mod tgtd;
 pub mod trace;
+pub mod tui;
 
 /// The version of the NDJSON trace format. Any change to a field's name or
 /// meaning bumps it. `schema/tgt-trace.schema.json` describes it.

@@ -179,6 +179,17 @@ enum Command {
         #[arg(long, value_name = "PATH", default_value = DEFAULT_TGTD)]
         tgtd: PathBuf,
     },
+    /// A screen of TMFs, commands in flight, latency and orphans: live, or
+    /// a recorded trace replayed (--replay FILE). In replay, --poll is the
+    /// trace time one --step covers.
+    Tui {
+        #[command(flatten)]
+        tui: tgt_trace::tui::TuiArgs,
+        #[command(flatten)]
+        attach: AttachArgs,
+        #[command(flatten)]
+        matching: MatchArgs,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -380,6 +391,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::from(exit::USAGE))
                 }
             }
+        }
+        Command::Tui {
+            tui,
+            attach,
+            matching,
+        } => {
+            let live = match tui.replay {
+                Some(_) => None,
+                None => Some(TraceOptions {
+                    binary: TgtdBinary::inspect(&attach.tgtd)?,
+                    pid: attach.pid,
+                    set: attach.probes,
+                    ring_bytes: attach.ring_size,
+                }),
+            };
+            tgt_trace::tui::run(tui, matching.config(), attach.poll, live)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Schema { of } => {
             let schema = match of {
