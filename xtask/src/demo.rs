@@ -1,5 +1,10 @@
 //! The main job: a scratch tgtd on 127.0.0.1, a looping workload that makes
 //! tgtd abort and defer, and tgt-trace watching it.
+//!
+//! The workload: libiscsi's throughput and TMF tests, and the project's own
+//! initiator holding a READ in the backing store (the slow-I/O gate) while it
+//! sends ABORT TASK (deferred), then ABORT TASK for a tag that never existed
+//! (an orphan), once a second.
 
 use std::{
     collections::BTreeMap,
@@ -12,17 +17,29 @@ use std::{
 use std::io::Write as _;
 
 use anyhow::Context as _;
-use tgt_trace_e2e::tgtd::{Tgtd, TgtdOptions};
+use tgt_trace_e2e::{
+    iscsi::{Command as ScsiCommand, Itt, LoginOptions, Session, Tmf},
+    slowio::SlowIo,
+    tgtd::{Tgtd, TgtdOptions},
+};
 
 use crate::{cargo, root, run_step};
 
 pub fn run(seconds: u64) -> anyhow::Result<()> {
     run_step(
         "build tgt-trace (release)",
-        cargo().args(["build", "--release", "-p", "tgt-trace"]),
+        cargo().args(["build", "--release", "-p", "tgt-trace", "-p", "tgt-slowio"]),
     )?;
     crate::setup::require_root("the demo starts tgtd and loads eBPF probes")?;
-    let tgtd = Tgtd::start(&TgtdOptions::default()).context("starting a scratch tgtd")?;
+    let gate = SlowIo::new("demo").context("the slow-I/O gate")?;
+    let env = gate
+        .env("lun1.img", u64::from(HELD_LBA) * 512, 4096)
+        .context("the slow-I/O library")?;
+    let tgtd = Tgtd::start(&TgtdOptions {
+        env,
+        ..TgtdOptions::default()
+    })
+    .context("starting a scratch tgtd")?;
     tgtd.add_lun(1, 64 << 20)
         .context("adding a file-backed LUN")?;
     tgtd.add_null_lun(2).context("adding a null LUN")?;
@@ -40,8 +57,20 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
     unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
 
     let mut workload = start_workload(&tgtd)?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let aborter = {
+        let (portal, iqn, stop) = (tgtd.portal, tgtd.target_iqn.clone(), stop.clone());
+        std::thread::spawn(move || abort_loop(portal, &iqn, &gate, &stop))
+    };
     let mut tracer = Command::new(root().join("target/release/tgt-trace"));
-    tracer.args(["record", "--pid", &tgtd.pid().to_string(), "-o", "-"]);
+    tracer.args([
+        "record",
+        "--pid",
+        &tgtd.pid().to_string(),
+        "--matched",
+        "-o",
+        "-",
+    ]);
     if seconds > 0 {
         tracer.args(["--duration", &format!("{seconds}s")]);
     }
@@ -52,6 +81,8 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
     let saved = root().join("target/demo.ndjson");
     let result = show(&mut tracer, &saved);
     let _ = tracer.wait();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = aborter.join();
     stop_group(&mut workload);
     drop(tgtd);
     result?;
@@ -65,6 +96,49 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
             .arg("report")
             .arg(&saved),
     )
+}
+
+/// The READ the aborter holds in the backing store.
+const HELD_LBA: u32 = 4096;
+
+/// Once a second: a READ held in the backing store and an ABORT TASK for it
+/// (tgtd defers the response until the READ is released), then an ABORT
+/// TASK for a tag that never existed (an orphan).
+fn abort_loop(
+    portal: std::net::SocketAddrV4,
+    iqn: &str,
+    gate: &SlowIo,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    let wait = Duration::from_secs(5);
+    let mut round: u32 = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        round += 1;
+        let result = (|| -> anyhow::Result<()> {
+            let mut session = Session::login(
+                portal,
+                &LoginOptions::new("iqn.2026-11.io.tgt-trace:demo-aborter", iqn),
+            )?;
+            // The first command after login takes the unit attention.
+            let _ = session.test_unit_ready(1);
+            gate.hold()?;
+            let held = session.submit(ScsiCommand::read10(1, HELD_LBA, 8, 512))?;
+            gate.wait_held(round as usize, wait)?;
+            let abort = session.submit_tmf(Tmf::abort_task(1, held))?;
+            std::thread::sleep(Duration::from_millis(200));
+            gate.release()?;
+            session.wait_tmf(abort, wait)?;
+            session.wait_scsi(held, wait)?;
+            session.task_management(Tmf::abort_task(1, Itt(0xdead_0000 | round)))?;
+            session.logout()?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = gate.release();
+            eprintln!("demo: aborter: {e:#}");
+        }
+        std::thread::sleep(Duration::from_millis(800));
+    }
 }
 
 /// A loop of libiscsi tools: throughput bursts on the null LUN, and the TMF
@@ -109,33 +183,38 @@ fn show(tracer: &mut Child, saved: &std::path::Path) -> anyhow::Result<()> {
         writeln!(copy, "{line}").context("saving the trace")?;
         let value: serde_json::Value =
             serde_json::from_str(&line).with_context(|| format!("bad line: {line}"))?;
-        let kind = value["kind"]
-            .as_str()
-            .or(value["type"].as_str())
-            .unwrap_or("?")
-            .to_owned();
+        let kind = match value["type"].as_str() {
+            Some("event") => value["kind"].as_str(),
+            other => other,
+        }
+        .unwrap_or("?")
+        .to_owned();
         match kind.as_str() {
-            "tmf_request" => println!(
-                "TMF  request  fn {} tag {:#010x} lun {} nexus {} mid {:#x}",
-                value["function"],
+            "tmf" => println!(
+                "TMF  {} tag {:#010x} nexus {} ({}) -> {} in {} µs, covered {}",
+                value["function"].as_str().unwrap_or("?"),
                 value["tag"].as_u64().unwrap_or(0),
-                value["lun"],
                 value["itn_id"],
-                value["mid"].as_u64().unwrap_or(0)
+                value["initiator"].as_str().unwrap_or("?"),
+                value["outcome"].as_str().unwrap_or("?"),
+                value["latency_ns"].as_u64().unwrap_or(0) / 1_000,
+                value["covered"]
+                    .as_array()
+                    .map(|c| c
+                        .iter()
+                        .map(|c| format!(
+                            "{:#x}:{}",
+                            c["tag"].as_u64().unwrap_or(0),
+                            c["fate"].as_str().unwrap_or("?")
+                        ))
+                        .collect::<Vec<_>>()
+                        .join(" "))
+                    .unwrap_or_default()
             ),
-            "tmf_return" => println!(
-                "TMF  return   {} mid {:#x}",
-                match value["ret"].as_i64() {
-                    Some(0) => "DONE",
-                    Some(1) => "QUEUED (deferred behind a busy command)",
-                    _ => "FAILED",
-                },
-                value["mid"].as_u64().unwrap_or(0)
-            ),
-            "tmf_response" => println!(
-                "TMF  response result {} mid {:#x}",
-                value["result"],
-                value["mid"].as_u64().unwrap_or(0)
+            "orphan" => println!(
+                "ORPHAN {}: {}",
+                value["kind"].as_str().unwrap_or("?"),
+                value["detail"].as_str().unwrap_or("?")
             ),
             "summary" => println!("{line}"),
             _ => {}
