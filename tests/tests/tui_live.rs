@@ -1,0 +1,129 @@
+//! Issue 5: `tgt-trace tui` attached live to a real tgtd inside tmux shows
+//! the TMF libiscsi sends, quits on `q` with status 0, restores the terminal,
+//! and leaves a complete NDJSON trace behind (`-o`).
+
+use std::{
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+use tgt_trace_e2e::tgtd::{Tgtd, TgtdOptions, tgt_trace_bin};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A tmux server of our own, killed when the test ends however it ends.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()
+            .expect("tmux runs; install it with apt-get install tmux")
+    }
+
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.run(&["capture-pane", "-p", "-t", "t"]).stdout).into_owned()
+    }
+
+    /// Polls until `done` holds for the screen; the screen then.
+    fn wait_for(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let screen = self.screen();
+            if done(&screen) {
+                return screen;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "waited {DEADLINE:?} for {what}; the screen is:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.run(&["kill-server"]);
+    }
+}
+
+#[test]
+fn live_tui_shows_a_real_tmf_and_leaves_a_complete_trace() {
+    let tgtd = Tgtd::start(&TgtdOptions::default()).expect("tgtd starts");
+    tgtd.add_lun(1, 16 << 20).expect("LUN 1");
+    let out = tgtd.dir.join("live.ndjson");
+    let status = tgtd.dir.join("tui.status");
+    let tmux = Tmux {
+        socket: format!("tgt-trace-live-{}", std::process::id()),
+    };
+    // The shell records the TUI's exit status, then stays, so the screen
+    // after the TUI has gone can be read.
+    let command = format!(
+        "{} tui --pid {} -o {}; echo $? > {}; sleep 60",
+        tgt_trace_bin().display(),
+        tgtd.pid(),
+        out.display(),
+        status.display()
+    );
+    let started = tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "t",
+        "-x",
+        "80",
+        "-y",
+        "24",
+        &command,
+    ]);
+    assert!(started.status.success(), "tmux starts");
+    tmux.wait_for("the live header", |s| {
+        s.contains("tgt-trace live") && s.contains(&format!("tgtd pid {}", tgtd.pid()))
+    });
+    let cu = Command::new("iscsi-test-cu")
+        .args([
+            "--dataloss",
+            "-t",
+            "iSCSI.iSCSITMF.LUNResetSimpleAsync",
+            &tgtd.url(1),
+        ])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("iscsi-test-cu runs");
+    eprintln!("iscsi-test-cu: {cu}");
+    tmux.run(&["send-keys", "-t", "t", "2"]);
+    let screen = tmux.wait_for("the LUN RESET row", |s| s.contains("LUN_RESET"));
+    assert!(screen.contains("drops 0"), "{screen}");
+    tmux.run(&["send-keys", "-t", "t", "q"]);
+    let start = Instant::now();
+    let code = loop {
+        if let Ok(text) = std::fs::read_to_string(&status)
+            && !text.trim().is_empty()
+        {
+            break text.trim().to_owned();
+        }
+        assert!(start.elapsed() < DEADLINE, "the TUI did not quit on q");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code, "0", "exit status");
+    let screen = tmux.screen();
+    assert!(
+        !screen.contains("1 Overview"),
+        "the terminal was not restored:\n{screen}"
+    );
+    let text = std::fs::read_to_string(&out).expect("the -o trace");
+    let last = text.lines().last().expect("lines");
+    let summary: serde_json::Value = serde_json::from_str(last).expect("JSON");
+    assert_eq!(summary["type"], "summary", "{last}");
+    assert_eq!(summary["drops"]["ring_full"], 0);
+    assert!(
+        text.lines()
+            .any(|l| l.contains(r#""type":"tmf""#) && l.contains("LOGICAL_UNIT_RESET")),
+        "the trace has the matched LUN RESET"
+    );
+}
