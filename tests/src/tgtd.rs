@@ -198,19 +198,22 @@ impl Tgtd {
     }
 
     /// Stops tgtd the way its service does, then makes sure it is gone.
+    /// tgtd 1.0.85 refuses `delete --mode system` while a target exists
+    /// ("invalid request"), so the target goes first.
     pub fn stop(&mut self) {
-        let _ = Command::new("tgtadm")
-            .args([
-                "-C",
-                &self.control.to_string(),
-                "--op",
-                "delete",
-                "--mode",
-                "system",
-                "--force",
-            ])
-            .stdin(Stdio::null())
-            .output();
+        let control = self.control.to_string();
+        for args in [
+            &[
+                "--lld", "iscsi", "--op", "delete", "--mode", "target", "--tid", "1", "--force",
+            ][..],
+            &["--op", "delete", "--mode", "system"][..],
+        ] {
+            let _ = Command::new("tgtadm")
+                .args(["-C", &control])
+                .args(args)
+                .stdin(Stdio::null())
+                .output();
+        }
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
