@@ -439,7 +439,8 @@ impl Matcher {
         self.next_seq
     }
 
-    fn initiator(&self, pid: u32, itn_id: u64) -> Option<String> {
+    /// The initiator named at the nexus's creation, while the nexus lives.
+    pub fn initiator(&self, pid: u32, itn_id: u64) -> Option<String> {
         self.initiators.get(&(pid, itn_id)).cloned()
     }
 
@@ -1474,6 +1475,21 @@ pub fn orphan_name(kind: OrphanKind) -> &'static str {
     }
 }
 
+/// A TMF requested and not yet concluded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenTmf {
+    pub pid: u32,
+    pub mid: u64,
+    pub itn_id: u64,
+    pub initiator: Option<String>,
+    pub function: String,
+    pub lun: u64,
+    pub tag: u64,
+    pub requested_ns: u64,
+    /// DONE, QUEUED or FAILED, once `target_mgmt_request` returned.
+    pub returned: Option<String>,
+}
+
 /// A command still in tgtd, as live views show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InFlight {
@@ -1490,6 +1506,27 @@ pub struct InFlight {
 }
 
 impl Matcher {
+    /// The TMFs not yet concluded, oldest request first. Read-only: for live views.
+    pub fn open_tmf_list(&self) -> Vec<OpenTmf> {
+        let mut open: Vec<OpenTmf> = self
+            .tmfs
+            .values()
+            .map(|t| OpenTmf {
+                pid: t.pid,
+                mid: t.mid,
+                itn_id: t.itn_id,
+                initiator: self.initiator(t.pid, t.itn_id),
+                function: crate::event::tmf_name(t.function).to_owned(),
+                lun: t.lun,
+                tag: t.tag,
+                requested_ns: t.requested_ns,
+                returned: t.ret.map(|r| crate::event::mgmt_ret_name(r).to_owned()),
+            })
+            .collect();
+        open.sort_by_key(|t| t.requested_ns);
+        open
+    }
+
     /// The `limit` commands that have been in tgtd longest, oldest first,
     /// each with the open TMFs it holds up. Read-only: for live views.
     pub fn oldest_in_flight(&self, limit: usize) -> Vec<InFlight> {

@@ -2,11 +2,12 @@
 //! each batch of events. Pure, so the screen can be tested from fixed
 //! streams; the tasks in `source` only pace it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
+pub use crate::correlate::OpenTmf;
 use crate::{
     correlate::{Config, Coverage, InFlight, Matcher, Record, Summary},
-    event::{Event, OpClass, mgmt_ret_name, tmf_name},
+    event::{Event, OpClass},
     probe::ProbePoint,
     trace::{Drops, Header, Line},
 };
@@ -73,21 +74,6 @@ impl ArrivalKey {
     }
 }
 
-/// A TMF requested and not yet concluded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OpenTmf {
-    pub pid: u32,
-    pub mid: u64,
-    pub itn_id: u64,
-    pub initiator: Option<String>,
-    pub function: String,
-    pub lun: u64,
-    pub tag: u64,
-    pub requested_ns: u64,
-    /// DONE, QUEUED or FAILED, once `target_mgmt_request` returned.
-    pub returned: Option<String>,
-}
-
 /// What one batch of events changed.
 #[derive(Debug, Clone)]
 pub struct Batch {
@@ -123,8 +109,6 @@ struct Gathered {
 /// The matcher and what the screen needs besides its records.
 pub struct Feed {
     matcher: Matcher,
-    initiators: HashMap<(u32, u64), String>,
-    open_tmfs: BTreeMap<(u32, u64), OpenTmf>,
     batch: Gathered,
     now_ns: u64,
 }
@@ -137,8 +121,6 @@ impl Feed {
                 coverage: Coverage::from_probes(&header.probes),
                 ..config
             }),
-            initiators: HashMap::new(),
-            open_tmfs: BTreeMap::new(),
             batch: Gathered::default(),
             now_ns: 0,
         }
@@ -169,117 +151,44 @@ impl Feed {
         let ts = event.ts_ns();
         self.batch.first_ns = Some(self.batch.first_ns.map_or(ts, |first| first.min(ts)));
         self.now_ns = self.now_ns.max(ts);
-        match event {
-            Event::NexusCreate {
-                pid,
-                itn_id,
-                initiator: Some(name),
-                ..
-            } => {
-                self.initiators.insert((*pid, *itn_id), name.clone());
-            }
-            Event::CmdQueue {
-                pid,
-                itn_id,
-                lun,
-                opcode,
-                ..
-            } => {
-                let key = ArrivalKey {
-                    lun: *lun,
-                    initiator: self.initiator_name(*pid, *itn_id),
-                    opcode: *opcode,
-                };
-                *self.batch.arrivals.entry(key).or_default() += 1;
-            }
-            Event::TmfRequest {
-                ts_ns,
-                pid,
-                itn_id,
-                mid,
-                function,
-                tag,
-                lun,
-                ..
-            } => {
-                self.batch.tmf_requests += 1;
-                self.open_tmfs.insert(
-                    (*pid, *mid),
-                    OpenTmf {
-                        pid: *pid,
-                        mid: *mid,
-                        itn_id: *itn_id,
-                        initiator: self.initiators.get(&(*pid, *itn_id)).cloned(),
-                        function: tmf_name(*function).to_owned(),
-                        lun: *lun,
-                        tag: *tag,
-                        requested_ns: *ts_ns,
-                        returned: None,
-                    },
-                );
-            }
-            Event::TmfReturn { pid, mid, ret, .. } => {
-                if let Some(open) = self.open_tmfs.get_mut(&(*pid, *mid)) {
-                    open.returned = Some(mgmt_ret_name(*ret).to_owned());
-                }
-            }
-            _ => {}
+        if let Event::CmdQueue {
+            pid,
+            itn_id,
+            lun,
+            opcode,
+            ..
+        } = event
+        {
+            let key = ArrivalKey {
+                lun: *lun,
+                initiator: self
+                    .matcher
+                    .initiator(*pid, *itn_id)
+                    .unwrap_or_else(|| format!("nexus {itn_id}")),
+                opcode: *opcode,
+            };
+            *self.batch.arrivals.entry(key).or_default() += 1;
         }
-        let from = self.batch.records.len();
+        if matches!(event, Event::TmfRequest { .. }) {
+            self.batch.tmf_requests += 1;
+        }
         self.matcher.push(event, &mut self.batch.records);
-        self.conclude(from);
-        // Names are forgotten after the matcher closed the nexus's records.
-        match event {
-            Event::NexusDestroy { pid, itn_id, .. } => {
-                self.initiators.remove(&(*pid, *itn_id));
-            }
-            Event::ProcessExit { pid, .. } => self.initiators.retain(|(p, _), _| p != pid),
-            _ => {}
-        }
-    }
-
-    fn initiator_name(&self, pid: u32, itn_id: u64) -> String {
-        self.initiators
-            .get(&(pid, itn_id))
-            .cloned()
-            .unwrap_or_else(|| format!("nexus {itn_id}"))
-    }
-
-    /// Concluded TMFs are no longer open.
-    fn conclude(&mut self, from: usize) {
-        for record in &self.batch.records[from..] {
-            if let Record::Tmf(t) = record
-                && self
-                    .open_tmfs
-                    .get(&(t.pid, t.mid))
-                    .is_some_and(|o| o.requested_ns == t.requested_ns)
-            {
-                self.open_tmfs.remove(&(t.pid, t.mid));
-            }
-        }
     }
 
     /// What the events since the last batch changed, with snapshots of now.
     pub fn take_batch(&mut self) -> Batch {
-        let from = self.batch.records.len();
         self.matcher.advance(self.now_ns, &mut self.batch.records);
-        self.conclude(from);
         self.snapshot()
     }
 
     /// Ends the trace: what is still open is closed ("trace ended").
     pub fn finish(&mut self) -> Batch {
-        let from = self.batch.records.len();
         self.matcher.finish(self.now_ns, &mut self.batch.records);
-        self.conclude(from);
-        self.open_tmfs.clear();
         self.snapshot()
     }
 
     fn snapshot(&mut self) -> Batch {
         let gathered = std::mem::take(&mut self.batch);
-        let mut open_tmfs: Vec<OpenTmf> = self.open_tmfs.values().cloned().collect();
-        open_tmfs.sort_by_key(|t| t.requested_ns);
         Batch {
             events: gathered.events,
             first_ns: gathered.first_ns,
@@ -287,7 +196,7 @@ impl Feed {
             arrivals: gathered.arrivals,
             tmf_requests: gathered.tmf_requests,
             records: gathered.records,
-            open_tmfs,
+            open_tmfs: self.matcher.open_tmf_list(),
             in_flight: self.matcher.oldest_in_flight(IN_FLIGHT_SHOWN),
             in_flight_total: self.matcher.in_flight(),
             summary: self.matcher.summary(),
