@@ -138,37 +138,7 @@ enum Command {
     /// baseline trace, for CI. Exit 0 pass, 1 a budget failed or a percentile
     /// regressed, 2 inconclusive (drops, a missing probe, too few samples),
     /// 3 bad input or usage.
-    Check {
-        /// The trace, or - for standard input.
-        file: PathBuf,
-        /// A budget, e.g. 'abort.p99<=5ms', 'tmf.ABORT_TASK.p99.9<=20ms', 'orphans==0'. Repeatable.
-        #[arg(long = "budget", value_name = "EXPR")]
-        budget: Vec<String>,
-        /// A TOML file of budgets (`budgets = [...]`, `min_samples`, `tolerance`, `compare`).
-        #[arg(long = "budgets", value_name = "FILE")]
-        budgets_file: Option<PathBuf>,
-        /// An older trace: fail when a latency percentile got worse than it by more than --tolerance.
-        #[arg(long, value_name = "OLD.ndjson")]
-        baseline: Option<PathBuf>,
-        /// How much worse than the baseline a percentile may be [default: 10%].
-        #[arg(long, value_name = "PERCENT", requires = "baseline")]
-        tolerance: Option<String>,
-        /// A percentile to compare with the baseline, e.g. abort.p99 (repeatable;
-        /// default: p50 and p99 of every histogram with enough samples in both).
-        #[arg(long, value_name = "METRIC", requires = "baseline")]
-        compare: Vec<String>,
-        /// Fewest samples a percentile needs (and at least 1/(1-q)) [default: 20].
-        #[arg(long, value_name = "N")]
-        min_samples: Option<u64>,
-        /// Also write the verdicts as JUnit XML to this file.
-        #[arg(long, value_name = "FILE")]
-        junit: Option<PathBuf>,
-        /// Skip malformed lines (they are counted) instead of failing.
-        #[arg(long)]
-        lenient: bool,
-        #[command(flatten)]
-        matching: MatchArgs,
-    },
+    Check(CheckArgs),
     /// Print the JSON Schema of the trace lines (or of `report --json`).
     Schema {
         #[arg(long, value_enum, default_value = "trace-line")]
@@ -360,38 +330,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check {
-            file,
-            budget,
-            budgets_file,
-            baseline,
-            tolerance,
-            compare,
-            min_samples,
-            junit,
-            lenient,
-            matching,
-        } => {
-            let args = CheckArgs {
-                file,
-                budget,
-                budgets_file,
-                baseline,
-                tolerance,
-                compare,
-                min_samples,
-                junit,
-                lenient,
-                config: matching.config(),
-            };
-            match run_check(args) {
-                Ok(code) => Ok(ExitCode::from(code)),
-                Err(e) => {
-                    eprintln!("tgt-trace: {e:#}");
-                    Ok(ExitCode::from(exit::USAGE))
-                }
+        Command::Check(args) => match run_check(args) {
+            Ok(code) => Ok(ExitCode::from(code)),
+            Err(e) => {
+                eprintln!("tgt-trace: {e:#}");
+                Ok(ExitCode::from(exit::USAGE))
             }
-        }
+        },
         Command::Tui {
             tui,
             attach,
@@ -443,17 +388,37 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+#[derive(clap::Args)]
 struct CheckArgs {
+    /// The trace, or - for standard input.
     file: PathBuf,
+    /// A budget, e.g. 'abort.p99<=5ms', 'tmf.ABORT_TASK.p99.9<=20ms', 'orphans==0'. Repeatable.
+    #[arg(long = "budget", value_name = "EXPR")]
     budget: Vec<String>,
+    /// A TOML file of budgets (`budgets = [...]`, `min_samples`, `tolerance`, `compare`).
+    #[arg(long = "budgets", value_name = "FILE")]
     budgets_file: Option<PathBuf>,
+    /// An older trace: fail when a latency percentile got worse than it by more than --tolerance.
+    #[arg(long, value_name = "OLD.ndjson")]
     baseline: Option<PathBuf>,
+    /// How much worse than the baseline a percentile may be [default: 10%].
+    #[arg(long, value_name = "PERCENT", requires = "baseline")]
     tolerance: Option<String>,
+    /// A percentile to compare with the baseline, e.g. abort.p99 (repeatable;
+    /// default: p50 and p99 of every histogram with enough samples in both).
+    #[arg(long, value_name = "METRIC", requires = "baseline")]
     compare: Vec<String>,
+    /// Fewest samples a percentile needs (and at least 1/(1-q)) [default: 20].
+    #[arg(long, value_name = "N")]
     min_samples: Option<u64>,
+    /// Also write the verdicts as JUnit XML to this file.
+    #[arg(long, value_name = "FILE")]
     junit: Option<PathBuf>,
+    /// Skip malformed lines (they are counted) instead of failing.
+    #[arg(long)]
     lenient: bool,
-    config: Config,
+    #[command(flatten)]
+    matching: MatchArgs,
 }
 
 /// A replayed trace, as `check` weighs it.
@@ -518,7 +483,8 @@ fn run_check(args: CheckArgs) -> anyhow::Result<u8> {
         );
     }
     let min_samples = args.min_samples.or(file.min_samples).unwrap_or(20);
-    let current = Weighed::load(&args.file, args.lenient, args.config.clone())?;
+    let config = args.matching.config();
+    let current = Weighed::load(&args.file, args.lenient, config.clone())?;
     let evidence = current.evidence(min_samples);
     let results: Vec<Checked> = budgets.iter().map(|b| check(b, &evidence)).collect();
     for r in &results {
@@ -526,7 +492,7 @@ fn run_check(args: CheckArgs) -> anyhow::Result<u8> {
     }
     let mut comparisons = Vec::new();
     if let Some(path) = &args.baseline {
-        let base = Weighed::load(path, args.lenient, args.config.clone())
+        let base = Weighed::load(path, args.lenient, config.clone())
             .with_context(|| format!("reading the baseline {}", path.display()))?;
         comparisons = compare(
             &compared_metrics,
