@@ -106,6 +106,15 @@ impl Scenario {
         itt
     }
 
+    /// Waits until tgtd has returned QUEUED for the one TMF sent: it waits
+    /// for a command in the backing store.
+    fn wait_one_tmf_queued(&mut self) {
+        self.recording()
+            .wait_for_events("the TMF queued behind the held READ", |e| {
+                tmf_returned(e) == [tgt_trace_common::mgmt_ret::QUEUED]
+            });
+    }
+
     /// Waits until the trace has `n` TMF records, then stops recording.
     fn finish(&mut self, tmfs: usize) -> Trace {
         let recording = self.recording();
@@ -269,10 +278,7 @@ fn b_abort_task_of_a_command_in_the_backing_store_is_deferred_until_its_release(
     let abort = session
         .submit_tmf(Tmf::abort_task(1, slow))
         .expect("ABORT TASK");
-    s.recording()
-        .wait_for_events("the TMF queued behind the READ", |e| {
-            tmf_returned(e) == [tgt_trace_common::mgmt_ret::QUEUED]
-        });
+    s.wait_one_tmf_queued();
     assert!(
         session.poll(abort).expect("poll").is_none(),
         "answered before the READ was released"
@@ -399,9 +405,7 @@ fn e_abort_task_set_covers_every_command_and_answers_once() {
     let set = session
         .submit_tmf(Tmf::abort_task_set(1))
         .expect("ABORT TASK SET");
-    s.recording().wait_for_events("the TMF queued", |e| {
-        tmf_returned(e) == [tgt_trace_common::mgmt_ret::QUEUED]
-    });
+    s.wait_one_tmf_queued();
     assert!(session.poll(set).expect("poll").is_none(), "answered early");
     s.gate.release().expect("gate opens");
     let answer = session.wait_tmf(set, WAIT).expect("TMF response");
@@ -454,9 +458,7 @@ fn f_lun_reset_reaches_the_other_initiator() {
         .expect("submit");
     s.gate.wait_held(2, WAIT).expect("both READs held");
     let reset = resetter.submit_tmf(Tmf::lun_reset(1)).expect("LUN RESET");
-    s.recording().wait_for_events("the TMF queued", |e| {
-        tmf_returned(e) == [tgt_trace_common::mgmt_ret::QUEUED]
-    });
+    s.wait_one_tmf_queued();
     s.gate.release().expect("gate opens");
     let answer = resetter.wait_tmf(reset, WAIT).expect("TMF response");
     assert_eq!(answer.response, tmf_response::FUNCTION_COMPLETE);
@@ -512,9 +514,7 @@ fn g_a_connection_dropped_with_a_tmf_outstanding() {
     session
         .submit_tmf(Tmf::abort_task(1, slow))
         .expect("ABORT TASK");
-    s.recording().wait_for_events("the TMF queued", |e| {
-        tmf_returned(e) == [tgt_trace_common::mgmt_ret::QUEUED]
-    });
+    s.wait_one_tmf_queued();
     session.disconnect();
     s.gate.release().expect("gate opens");
     s.recording().wait_for_events("the nexus gone", |e| {
