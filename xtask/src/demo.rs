@@ -125,6 +125,9 @@ fn abort_loop(
             let held = session.submit(ScsiCommand::read10(1, HELD_LBA, 8, 512))?;
             gate.wait_held(round as usize, wait)?;
             let abort = session.submit_tmf(Tmf::abort_task(1, held))?;
+            // Pacing for the viewer, not synchronization: the READ is held a
+            // moment so the deferral shows. Should the release win the race
+            // with the TMF, the matcher reports that (no_task_race) instead.
             std::thread::sleep(Duration::from_millis(200));
             gate.release()?;
             session.wait_tmf(abort, wait)?;
