@@ -1,6 +1,6 @@
 //! Issue 5: `tgt-trace tui` attached live to a real tgtd inside tmux shows
-//! the TMF libiscsi sends, quits on `q` with status 0, restores the terminal,
-//! and leaves a complete NDJSON trace behind (`-o`).
+//! the TMF libiscsi sends, quits on `q` (or SIGTERM) with status 0, restores
+//! the terminal, and leaves a complete NDJSON trace behind (`-o`).
 
 use std::{
     process::{Command, Output},
@@ -52,8 +52,53 @@ impl Drop for Tmux {
     }
 }
 
+/// How the test ends the TUI.
+#[derive(Clone, Copy, PartialEq)]
+enum Quit {
+    Key,
+    Sigterm,
+}
+
 #[test]
 fn live_tui_shows_a_real_tmf_and_leaves_a_complete_trace() {
+    live_tui(Quit::Key);
+}
+
+#[test]
+fn live_tui_on_sigterm_restores_the_terminal_and_ends_the_trace() {
+    live_tui(Quit::Sigterm);
+}
+
+/// The tgt-trace process the pane's shell runs.
+fn tui_pid(tmux: &Tmux) -> u32 {
+    let shell = String::from_utf8_lossy(
+        &tmux
+            .run(&["list-panes", "-t", "t", "-F", "#{pane_pid}"])
+            .stdout,
+    )
+    .trim()
+    .to_owned();
+    let shell: u32 = shell.parse().expect("tmux names the pane's pid");
+    let children: Vec<u32> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            // /proc/PID/stat: "pid (comm) state ppid ...".
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(") ").is_some_and(|(head, tail)| {
+                    head.ends_with("(tgt-trace")
+                        && tail.split(' ').nth(1) == Some(shell.to_string().as_str())
+                })
+            })
+        })
+        .collect();
+    match children[..] {
+        [pid] => pid,
+        _ => panic!("one tgt-trace under the pane's shell {shell}: {children:?}"),
+    }
+}
+
+fn live_tui(quit: Quit) {
     let tgtd = Tgtd::start(&TgtdOptions::default()).expect("tgtd starts");
     tgtd.add_lun(1, 16 << 20).expect("LUN 1");
     let out = tgtd.dir.join("live.ndjson");
@@ -99,7 +144,19 @@ fn live_tui_shows_a_real_tmf_and_leaves_a_complete_trace() {
     tmux.run(&["send-keys", "-t", "t", "2"]);
     let screen = tmux.wait_for("the LUN RESET row", |s| s.contains("LUN_RESET"));
     assert!(screen.contains("drops 0"), "{screen}");
-    tmux.run(&["send-keys", "-t", "t", "q"]);
+    match quit {
+        Quit::Key => {
+            tmux.run(&["send-keys", "-t", "t", "q"]);
+        }
+        Quit::Sigterm => {
+            let pid = tui_pid(&tmux);
+            let kill = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .expect("kill runs");
+            assert!(kill.success(), "SIGTERM to {pid}");
+        }
+    }
     let start = Instant::now();
     let code = loop {
         if let Ok(text) = std::fs::read_to_string(&status)
@@ -121,6 +178,23 @@ fn live_tui_shows_a_real_tmf_and_leaves_a_complete_trace() {
     let summary: serde_json::Value = serde_json::from_str(last).expect("JSON");
     assert_eq!(summary["type"], "summary", "{last}");
     assert_eq!(summary["drops"]["ring_full"], 0);
+    // `q` stops the recording through its stop handle; a SIGTERM reaches the
+    // recording's own handler and the TUI's, and either may act first.
+    let stopped_by = summary["stopped_by"].as_str().expect("stopped_by");
+    match quit {
+        Quit::Key => assert_eq!(stopped_by, "stopped", "{last}"),
+        Quit::Sigterm => assert!(["signal", "stopped"].contains(&stopped_by), "{last}"),
+    }
+    let matched_final = text
+        .lines()
+        .rev()
+        .nth(1)
+        .expect("a line before the summary");
+    assert!(
+        matched_final.contains(r#""type":"matched_summary""#)
+            && matched_final.contains(r#""final":true"#),
+        "the matched records were drained: {matched_final}"
+    );
     assert!(
         text.lines()
             .any(|l| l.contains(r#""type":"tmf""#) && l.contains("LOGICAL_UNIT_RESET")),

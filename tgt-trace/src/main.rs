@@ -257,6 +257,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     config: matching.config(),
                     summary_every,
                 }),
+                stop: None,
+                quiet: false,
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -10,7 +10,12 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use tokio::signal::unix::{SignalKind, signal};
+use std::sync::Arc;
+
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::Notify,
+};
 
 use crate::{
     correlate::{Config, Coverage, Matcher},
@@ -37,6 +42,12 @@ pub struct RecordOptions {
     pub poll: Duration,
     /// Also write the matcher's records (`--matched`).
     pub matched: Option<Matching>,
+    /// Stops the recording, as a signal does, when notified: how an
+    /// embedding program (the TUI) ends it without signalling itself.
+    pub stop: Option<Arc<Notify>>,
+    /// Say nothing on standard error: the TUI owns the terminal and shows
+    /// the same on its screen.
+    pub quiet: bool,
 }
 
 /// The matcher run alongside the recording.
@@ -128,7 +139,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome, RecordError> {
     };
     write_line(&mut out, &Line::Header(header)).map_err(output_error)?;
     out.flush().map_err(output_error)?;
-    if pids.is_empty() {
+    if pids.is_empty() && !opts.quiet {
         eprintln!(
             "tgt-trace: no {} process is running yet; its processes are traced as they start",
             opts.trace.binary.path.display()
@@ -189,6 +200,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome, RecordError> {
             }
             _ = sigint.recv() => break "signal",
             _ = sigterm.recv() => break "signal",
+            () = notified(opts.stop.as_deref()) => break "stopped",
             () = sleep_until(deadline) => break "duration",
             status = wait_for(&mut child) => {
                 command_status = Some(status.map_err(|source| RecordError::Command {
@@ -223,6 +235,14 @@ pub async fn record(opts: RecordOptions) -> Result<RecordOutcome, RecordError> {
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Never completes without a stop handle.
+async fn notified(stop: Option<&Notify>) {
+    match stop {
+        Some(stop) => stop.notified().await,
         None => std::future::pending().await,
     }
 }

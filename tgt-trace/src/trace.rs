@@ -93,7 +93,8 @@ pub struct Summary {
     pub events: u64,
     pub drops: Drops,
     pub duration_ns: u64,
-    /// Why recording stopped: "signal", "duration", "command exited".
+    /// Why recording stopped: "signal", "duration", "command exited", or
+    /// "stopped" (the TUI was quit).
     pub stopped_by: String,
 }
 

@@ -413,6 +413,21 @@ fn a_filter_narrows_the_lists_and_a_bad_one_says_why() {
 }
 
 #[test]
+fn an_initiator_filter_says_the_histograms_are_not_narrowed() {
+    let (header, lines) = recorded();
+    let mut app = app_from(&header, lines);
+    app.on_key(key(KeyCode::Char('4')));
+    assert!(screen(&app).contains("latency"));
+    assert!(!screen(&app).contains("all initiators"));
+    app.on_key(key(KeyCode::Char('f')));
+    type_text(&mut app, "init=libiscsi");
+    app.on_key(key(KeyCode::Enter));
+    let shown = screen(&app);
+    assert!(shown.contains("all initiators"), "{shown}");
+    assert!(shown.contains("command"), "the rows stay: {shown}");
+}
+
+#[test]
 fn esc_drops_a_filter_being_typed() {
     let mut app = App::default();
     app.on_key(key(KeyCode::Char('f')));

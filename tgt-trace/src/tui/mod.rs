@@ -17,13 +17,14 @@ pub mod ui;
 use std::{
     io::{self, IsTerminal as _},
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
 use ratatui::layout::Rect;
 use tokio::{
     signal::unix::{SignalKind, signal},
-    sync::mpsc,
+    sync::{Notify, mpsc},
     task::LocalSet,
 };
 
@@ -183,6 +184,7 @@ async fn session(args: TuiArgs, config: Config, source: Source) -> Result<(), Tu
             };
             // The follower must not read an older trace's header.
             let _ = std::fs::remove_file(&path);
+            let stop = Arc::new(Notify::new());
             let opts = RecordOptions {
                 trace,
                 output: Output::File(path.clone()),
@@ -195,6 +197,8 @@ async fn session(args: TuiArgs, config: Config, source: Source) -> Result<(), Tu
                     config: config.clone(),
                     summary_every: Some(Duration::from_secs(1)),
                 }),
+                stop: Some(stop.clone()),
+                quiet: true,
             };
             let record_tx = tx.clone();
             let handle = tokio::task::spawn_local(async move {
@@ -205,7 +209,7 @@ async fn session(args: TuiArgs, config: Config, source: Source) -> Result<(), Tu
                 let _ = record_tx.send(msg).await;
             });
             tokio::task::spawn_local(source::follow(path.clone(), config, tx.clone()));
-            recording = Some((handle, path, temporary));
+            recording = Some((handle, stop, path, temporary));
         }
     }
 
@@ -213,7 +217,6 @@ async fn session(args: TuiArgs, config: Config, source: Source) -> Result<(), Tu
     let _input = event::spawn_input(tx);
     let mut redraw = tokio::time::interval(source::TICK);
     let mut dirty = true;
-    let mut signalled = false;
     let outcome = loop {
         tokio::select! {
             msg = rx.recv() => {
@@ -240,8 +243,8 @@ async fn session(args: TuiArgs, config: Config, source: Source) -> Result<(), Tu
                     Some(Msg::RecordingFailed(e)) => break Err(TuiError::Record(e)),
                 }
             }
-            _ = sigterm.recv() => { signalled = true; break Ok(()) }
-            _ = sigint.recv() => { signalled = true; break Ok(()) }
+            _ = sigterm.recv() => break Ok(()),
+            _ = sigint.recv() => break Ok(()),
             _ = redraw.tick(), if dirty => {
                 dirty = false;
                 guard
@@ -252,11 +255,11 @@ async fn session(args: TuiArgs, config: Config, source: Source) -> Result<(), Tu
         }
     };
     drop(guard);
-    if let Some((handle, path, temporary)) = recording {
+    if let Some((handle, stop, path, temporary)) = recording {
         if !handle.is_finished() {
-            if !signalled {
-                stop_recording();
-            }
+            // A signal stops the recording too (it has its own handlers);
+            // a permit left unused then does no harm.
+            stop.notify_one();
             // Give the recording the time to drain and write its summary line.
             let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
         }
@@ -267,17 +270,6 @@ async fn session(args: TuiArgs, config: Config, source: Source) -> Result<(), Tu
         }
     }
     outcome
-}
-
-/// `record` stops cleanly (drains, writes its summary line) on SIGTERM and
-/// offers no other way in: send it one. This process's own handlers (tokio
-/// installed them above) catch it, so the process is not killed.
-fn stop_recording() {
-    // SAFETY: raise(3) has no memory-safety preconditions; SIGTERM's
-    // disposition is tokio's handler, registered in `session`.
-    unsafe {
-        libc::raise(libc::SIGTERM);
-    }
 }
 
 /// Saves the screen as text and its records as NDJSON in `dir`; says where,

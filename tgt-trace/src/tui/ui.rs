@@ -678,7 +678,24 @@ fn render_histograms(app: &App, data: &Data, area: Rect, buf: &mut Buffer) {
             Constraint::Length(8),
         ],
     )
-    .header(Row::new(["latency", "count", "p50", "p90", "p99", "p99.9", "max"]).style(HEADER_STYLE))
+    .header(
+        Row::new([
+            // The matcher keeps no histogram per initiator: say that an
+            // initiator filter does not narrow these.
+            if app.filter.initiator.is_some() {
+                "all initiators"
+            } else {
+                "latency"
+            },
+            "count",
+            "p50",
+            "p90",
+            "p99",
+            "p99.9",
+            "max",
+        ])
+        .style(HEADER_STYLE),
+    )
     .row_highlight_style(SELECTED);
     let selected = app.selected_clamped();
     let mut state = TableState::default().with_selected(Some(selected));
