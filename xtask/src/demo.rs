@@ -25,7 +25,31 @@ use tgt_trace_e2e::{
 
 use crate::{cargo, root, run_step};
 
-pub fn run(seconds: u64) -> anyhow::Result<()> {
+/// How the demo shows the trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// `tgt-trace tui`, when the demo runs on a terminal without a time limit.
+    Tui,
+    /// TMF records and orphans printed as they are concluded, then a report.
+    Text,
+}
+
+impl View {
+    pub fn choose(seconds: u64, text: bool) -> View {
+        use std::io::IsTerminal as _;
+        if !text
+            && seconds == 0
+            && std::io::stdin().is_terminal()
+            && std::io::stdout().is_terminal()
+        {
+            View::Tui
+        } else {
+            View::Text
+        }
+    }
+}
+
+pub fn run(seconds: u64, view: View) -> anyhow::Result<()> {
     run_step(
         "build tgt-trace (release)",
         cargo().args(["build", "--release", "-p", "tgt-trace", "-p", "tgt-slowio"]),
@@ -58,10 +82,35 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
 
     let mut workload = start_workload(&tgtd)?;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let saved = root().join("target/demo.ndjson");
+    // The TUI owns the screen: the aborter's complaints go to a file then.
+    let complaints: Box<dyn std::io::Write + Send> = match view {
+        View::Tui => {
+            let log = root().join("target/demo-aborter.log");
+            Box::new(
+                std::fs::File::create(&log)
+                    .with_context(|| format!("creating {}", log.display()))?,
+            )
+        }
+        View::Text => Box::new(std::io::stderr()),
+    };
     let aborter = {
         let (portal, iqn, stop) = (tgtd.portal, tgtd.target_iqn.clone(), stop.clone());
-        std::thread::spawn(move || abort_loop(portal, &iqn, &gate, &stop))
+        std::thread::spawn(move || abort_loop(portal, &iqn, &gate, &stop, complaints))
     };
+    if view == View::Tui {
+        let status = Command::new(root().join("target/release/tgt-trace"))
+            .args(["tui", "--pid", &tgtd.pid().to_string(), "-o"])
+            .arg(&saved)
+            .status()
+            .context("starting tgt-trace tui");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = aborter.join();
+        stop_group(&mut workload);
+        drop(tgtd);
+        anyhow::ensure!(status?.success(), "tgt-trace tui failed");
+        return report(&saved);
+    }
     let mut tracer = Command::new(root().join("target/release/tgt-trace"));
     tracer.args([
         "record",
@@ -78,7 +127,6 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
         .stdout(Stdio::piped())
         .spawn()
         .context("starting tgt-trace")?;
-    let saved = root().join("target/demo.ndjson");
     let result = show(&mut tracer, &saved);
     let _ = tracer.wait();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -86,6 +134,10 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
     stop_group(&mut workload);
     drop(tgtd);
     result?;
+    report(&saved)
+}
+
+fn report(saved: &std::path::Path) -> anyhow::Result<()> {
     eprintln!(
         "demo: the trace is in {}; the matcher's report:",
         saved.display()
@@ -94,7 +146,7 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
         "tgt-trace report",
         Command::new(root().join("target/release/tgt-trace"))
             .arg("report")
-            .arg(&saved),
+            .arg(saved),
     )
 }
 
@@ -109,6 +161,7 @@ fn abort_loop(
     iqn: &str,
     gate: &SlowIo,
     stop: &std::sync::atomic::AtomicBool,
+    mut complaints: Box<dyn std::io::Write + Send>,
 ) {
     let wait = Duration::from_secs(5);
     let mut round: u32 = 0;
@@ -138,7 +191,7 @@ fn abort_loop(
         })();
         if let Err(e) = result {
             let _ = gate.release();
-            eprintln!("demo: aborter: {e:#}");
+            let _ = writeln!(complaints, "demo: aborter: {e:#}");
         }
         std::thread::sleep(Duration::from_millis(800));
     }

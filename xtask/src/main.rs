@@ -43,9 +43,13 @@ enum Job {
     },
     /// Start a scratch tgtd on 127.0.0.1, drive a workload that causes aborts, and trace it live.
     Demo {
-        /// Stop after this many seconds (0: until Ctrl-C).
+        /// Stop after this many seconds (0: until Ctrl-C, or q in the TUI).
         #[arg(long, default_value_t = 0)]
         seconds: u64,
+        /// Print TMF records and orphans as text instead of the TUI (the
+        /// TUI needs a terminal and no --seconds).
+        #[arg(long)]
+        text: bool,
     },
 }
 
@@ -55,7 +59,9 @@ fn main() -> ExitCode {
         Job::Setup => setup::run(),
         Job::Test { no_e2e, e2e_filter } => test(no_e2e, e2e_filter.as_deref()),
         Job::Bench { rounds, seconds } => setup::run().and_then(|()| bench::run(rounds, seconds)),
-        Job::Demo { seconds } => setup::run().and_then(|()| demo::run(seconds)),
+        Job::Demo { seconds, text } => {
+            setup::run().and_then(|()| demo::run(seconds, demo::View::choose(seconds, text)))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
