@@ -500,22 +500,30 @@ fn f_lun_reset_reaches_the_other_initiator() {
 }
 
 /// G. The initiator drops its connection while its ABORT TASK waits for a
-/// command in the backing store. tgtd keeps the session until that command
-/// is released, then answers the TMF (-EEXIST, "no task") into the closed
-/// connection and destroys the nexus. tgt-trace records exactly that; the
-/// initiator's record ends with its disconnect and has no response. (Telling
-/// that the answer went nowhere needs a probe on the connection's close,
-/// which the probe set does not have yet.)
+/// large READ in the backing store. tgtd does not read the connection while
+/// the READ is outstanding, so it learns of the disconnect only when, after
+/// the release, it writes the READ's data and the write fails: it closes the
+/// connection and frees its tasks, which releases the READ, which answers
+/// the TMF (-EEXIST) on a closed connection. `iscsi_tm_done` then frees the
+/// response unsent. tgt-trace's response probe reads the connection state,
+/// so the TMF is unanswered (response dropped, cause "connection closed")
+/// and an orphan; the initiator's record ends with its disconnect.
 #[test]
 fn g_a_connection_dropped_with_a_tmf_outstanding() {
     let mut s = Scenario::start("g", "lean");
     let mut session = s.login("g");
-    let slow = s.submit_held_read(&mut session, 0);
+    // Many Data-In PDUs: the first write draws the closed socket's reset,
+    // a later one fails.
+    s.gate.hold().expect("gate closes");
+    let slow = session
+        .submit(Command::read10(1, SLOW_LBA, 512, BLOCK))
+        .expect("submit");
+    s.gate.wait_held(1, WAIT).expect("the READ is held");
     session
         .submit_tmf(Tmf::abort_task(1, slow))
         .expect("ABORT TASK");
     s.wait_one_tmf_queued();
-    session.disconnect();
+    session.disconnect().expect("connected");
     s.gate.release().expect("gate opens");
     s.recording().wait_for_events("the nexus gone", |e| {
         e.iter().any(|e| matches!(e, Event::NexusDestroy { .. }))
@@ -536,12 +544,19 @@ fn g_a_connection_dropped_with_a_tmf_outstanding() {
             ..
         }
     )));
-    assert_eq!(
-        tmf.outcome,
-        TmfOutcome::NoTaskDeferredThenFinished,
-        "{tmf:?}"
-    );
+    assert_eq!(tmf.outcome, TmfOutcome::Unanswered, "{tmf:?}");
+    assert!(tmf.response_dropped, "{tmf:?}");
+    assert_eq!(tmf.response, Some(-17), "tgtd's answer: no task");
+    assert_eq!(tmf.latency_ns, None);
+    let cause = tmf.cause.as_deref().unwrap_or_default();
+    assert!(cause.contains("connection closed"), "{cause}");
     assert_eq!(fate_of(tmf, slow), Some(Fate::Blocked));
+    let [orphan] = orphans(&trace)[..] else {
+        panic!("one orphan: {:?}", orphans(&trace));
+    };
+    assert_eq!(orphan.kind, OrphanKind::TmfUnanswered);
+    assert_eq!(orphan.tmf_seq, Some(tmf.seq));
+    assert!(orphan.detail.contains("connection closed"), "{orphan:?}");
     let destroyed = trace
         .events
         .iter()
@@ -553,6 +568,81 @@ fn g_a_connection_dropped_with_a_tmf_outstanding() {
     assert!(
         tmf.responded_ns.is_some_and(|at| at <= destroyed),
         "tgtd answered, then tore the session down"
+    );
+}
+
+/// I. tgtd keeps one waiting TMF per command (`cmd->mreq`): a deferred
+/// ABORT TASK's busy READ is covered again by another initiator's LUN
+/// RESET, which takes it over. At the release the LUN RESET is answered and
+/// the ABORT TASK never will be. tgt-trace concludes that at the release
+/// (stranded, naming the LUN RESET), instead of at a timeout; the initiator
+/// that sent the ABORT TASK never gets a response. Found by the demo.
+#[test]
+fn i_a_tmf_whose_blocker_another_tmf_took_over_is_stranded() {
+    let mut s = Scenario::start("i", "lean");
+    let mut aborter = s.login("i-aborter");
+    let mut resetter = s.login("i-resetter");
+    let slow = s.submit_held_read(&mut aborter, 0);
+    let abort = aborter
+        .submit_tmf(Tmf::abort_task(1, slow))
+        .expect("ABORT TASK");
+    s.wait_one_tmf_queued();
+    let reset = resetter.submit_tmf(Tmf::lun_reset(1)).expect("LUN RESET");
+    s.recording()
+        .wait_for_events("both TMFs queued behind the held READ", |e| {
+            tmf_returned(e)
+                == [
+                    tgt_trace_common::mgmt_ret::QUEUED,
+                    tgt_trace_common::mgmt_ret::QUEUED,
+                ]
+        });
+    s.gate.release().expect("gate opens");
+    let answer = resetter.wait_tmf(reset, WAIT).expect("LUN RESET answered");
+    assert_eq!(answer.response, tmf_response::FUNCTION_COMPLETE);
+    aborter.wait_scsi(slow, WAIT).expect("the READ answered");
+
+    let trace = s.finish(2);
+    let records = tmfs(&trace);
+    let abort_record = records
+        .iter()
+        .find(|t| t.function == "ABORT_TASK")
+        .expect("the ABORT TASK record");
+    let reset_record = records
+        .iter()
+        .find(|t| t.function == "LOGICAL_UNIT_RESET")
+        .expect("the LUN RESET record");
+    assert_eq!(reset_record.outcome, TmfOutcome::Deferred);
+    assert_eq!(fate_of(reset_record, slow), Some(Fate::Blocked));
+    assert_eq!(abort_record.outcome, TmfOutcome::Unanswered);
+    let cause = abort_record.cause.as_deref().unwrap_or_default();
+    assert!(
+        cause.contains("stranded")
+            && cause.contains(&format!("TMF {} (LOGICAL_UNIT_RESET)", reset_record.seq)),
+        "{cause}"
+    );
+    // Concluded at the release, not when the recording stopped.
+    let released = command(&trace, slow)
+        .and_then(|c| c.released_ns)
+        .expect("the READ's release");
+    let orphan = orphans(&trace)
+        .into_iter()
+        .find(|o| o.tmf_seq == Some(abort_record.seq))
+        .expect("the stranded ABORT TASK is an orphan");
+    assert_eq!(orphan.kind, OrphanKind::TmfUnanswered);
+    assert_eq!(orphan.at_ns, released);
+    // The initiator's own record: no response to its ABORT TASK. tgtd would
+    // have queued one at the READ's release, which came before it read the
+    // logout, so it would be in the record before the logout response.
+    aborter.logout().expect("logout");
+    assert!(
+        !aborter.exchanges().iter().any(|x| matches!(
+            x,
+            Exchange::Received {
+                kind: ReceivedKind::TmfResponse { .. },
+                ..
+            }
+        )),
+        "tgtd answered the ABORT TASK {abort:?} after all"
     );
 }
 

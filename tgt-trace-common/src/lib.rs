@@ -71,7 +71,7 @@ pub mod task_attr {
 /// | CMD_RELEASE   | -   | yes    | command tag  | -   | -           | SCSI result (`cmd->result`); `aux`: TMF busy count | cmd addr | waiting TMF's mid and function |
 /// | TMF_REQUEST   | yes | yes    | referenced   | yes | -           | -                  | mid      | function           |
 /// | TMF_RETURN    | -   | -      | -            | -   | -           | mgmt_req_result    | mid      | -                  |
-/// | TMF_RESPONSE  | -   | -      | -            | -   | -           | mreq->result (errno) | mid    | function           |
+/// | TMF_RESPONSE  | -   | -      | -            | -   | -           | mreq->result (errno); `aux`: [`conn_state`] | mid | function |
 /// | NEXUS_DESTROY | yes | yes    | -            | -   | -           | -                  | -        | -                  |
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -103,6 +103,16 @@ pub struct Event {
     /// CMD_RELEASE: the waiting TMF's busy count before this release.
     pub aux: i32,
     pub _pad: u32,
+}
+
+/// TMF_RESPONSE's `aux`: whether the iSCSI connection the response is for is
+/// closed, in which case `iscsi_tm_done` frees the response instead of
+/// sending it.
+pub mod conn_state {
+    pub const OPEN: i32 = 0;
+    pub const CLOSED: i32 = 1;
+    /// Not read (an unverified build), or unreadable.
+    pub const UNKNOWN: i32 = -1;
 }
 
 /// Room for the I_T nexus session text; iSCSI's is well under this (an IQN is
@@ -167,4 +177,11 @@ pub mod layout {
     pub const DRIVER_CMD_END_NOTIFY: usize = 104;
     pub const DRIVER_MGMT_END_NOTIFY: usize = 112;
     pub const DRIVER_DEFAULT_BST: usize = 128;
+
+    /// `struct iscsi_task.conn` (`usr/iscsi/iscsid.h`): a TMF's `mid` is the
+    /// address of its iSCSI task.
+    pub const ISCSI_TASK_CONN: usize = 104;
+    /// `struct iscsi_connection.state`, and its `STATE_CLOSE` value.
+    pub const ISCSI_CONN_STATE: usize = 0;
+    pub const ISCSI_STATE_CLOSE: i32 = 10;
 }

@@ -21,7 +21,7 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RetProbeContext},
 };
-use tgt_trace_common::{Event, NexusEvent, TASK_ABORTED, counter, kind, layout};
+use tgt_trace_common::{Event, NexusEvent, TASK_ABORTED, conn_state, counter, kind, layout};
 
 /// Sized by user space (`--ring-size`) before load.
 #[map]
@@ -40,6 +40,12 @@ static TMF_IN_PROGRESS: HashMap<u64, u64> = HashMap::with_max_entries(256, 0);
 /// This is the TMF-only probe set; it still costs one uprobe hit per command.
 #[unsafe(no_mangle)]
 static RELEASES_FOR_TMF_ONLY: u8 = 0;
+
+/// Set by user space when the tgtd build's `iscsi_tm_done` was checked to
+/// read `task->conn->state` at the offsets in `layout`: only then does the
+/// response probe say whether the response was sent or dropped.
+#[unsafe(no_mangle)]
+static READ_CONN_STATE: u8 = 0;
 
 /// tgt 1.0.85 `struct scsi_cmd`, bytes `CMD_WINDOW_START..CMD_WINDOW_END`:
 /// everything the command probes need, read in one helper call.
@@ -264,10 +270,32 @@ pub fn tmf_response(ctx: ProbeContext) -> u32 {
             cookie: m.mid,
             function: m.function as u8,
             value: m.result,
+            aux: connection_state(m.mid),
             ..header(kind::TMF_RESPONSE)
         });
     }
     0
+}
+
+/// Whether `iscsi_tm_done` will drop this response: it frees it unsent when
+/// the task's connection is closed (the initiator went away mid-TMF).
+fn connection_state(task: u64) -> i32 {
+    // SAFETY: a volatile read of a global user space sets before load.
+    if unsafe { core::ptr::read_volatile(&READ_CONN_STATE) } == 0 || task == 0 {
+        return conn_state::UNKNOWN;
+    }
+    // SAFETY: bpf_probe_read_user checks the address; a bad one is an error.
+    let conn =
+        unsafe { bpf_probe_read_user((task + layout::ISCSI_TASK_CONN as u64) as *const u64) };
+    let state = conn.and_then(|conn| {
+        // SAFETY: as above.
+        unsafe { bpf_probe_read_user((conn + layout::ISCSI_CONN_STATE as u64) as *const i32) }
+    });
+    match state {
+        Ok(layout::ISCSI_STATE_CLOSE) => conn_state::CLOSED,
+        Ok(_) => conn_state::OPEN,
+        Err(_) => conn_state::UNKNOWN,
+    }
 }
 
 /// `int it_nexus_create(int tid, uint64_t itn_id, int host_no, char *info)`.

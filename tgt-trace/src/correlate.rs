@@ -20,11 +20,39 @@ use serde::{Deserialize, Serialize};
 use tgt_trace_common::{TASK_ABORTED, mgmt_ret, tmf};
 
 use crate::{
-    event::{Event, OpClass, Waiter, mgmt_ret_name, tmf_name},
+    event::{Event, OpClass, Waiter, mgmt_ret_name, response_name, tmf_name},
     stats::{Stats, StatsSummary},
 };
 
 const EEXIST: i32 = 17;
+
+/// The TMF a release names as waiting for the command (`cmd->mreq`).
+#[derive(Debug, Clone, Copy)]
+struct Taker {
+    mid: u64,
+    seq: Option<u64>,
+    function: u8,
+}
+
+/// How a TMF's response was learnt.
+#[derive(Debug, Clone, Copy)]
+struct Answer {
+    /// From a release with busy count 1, without a response probe.
+    inferred: bool,
+    /// Seen, and freed unsent: the initiator's connection was closed.
+    dropped: bool,
+}
+
+impl Answer {
+    const INFERRED: Answer = Answer {
+        inferred: true,
+        dropped: false,
+    };
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
 /// At most this many recent releases are remembered for race detection.
 const RECENT_RELEASES: usize = 1 << 16;
 const EINVAL: i32 = 22;
@@ -238,6 +266,12 @@ pub struct TmfRecord {
     pub response: Option<i32>,
     /// The response was inferred (no response probe).
     pub response_inferred: bool,
+    /// tgtd answered (`response`, `responded_ns`) but freed the response
+    /// unsent, because the initiator's connection was closed: the TMF is
+    /// unanswered.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub response_dropped: bool,
+    /// Request to response, for a response the initiator was sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_ns: Option<u64>,
     pub outcome: TmfOutcome,
@@ -368,6 +402,11 @@ struct Tmf {
     requested_ns: u64,
     ret: Option<i32>,
     response: Option<(i32, u64, bool)>,
+    /// tgtd freed the response unsent: the initiator's connection was closed.
+    response_dropped: bool,
+    /// Why it will never be answered, once that is certain: it concludes
+    /// as soon as its covered commands' fates are known.
+    stranded: Option<String>,
     /// Covered commands, by their command key.
     covered: Vec<(CmdKey, Covered)>,
     race: Option<u64>,
@@ -512,9 +551,14 @@ impl Matcher {
                 pid,
                 mid,
                 result,
+                connection_closed,
                 ..
             } => {
-                self.tmf_response((pid, mid), result, ts_ns, false, out);
+                let answer = Answer {
+                    inferred: false,
+                    dropped: connection_closed == Some(true),
+                };
+                self.tmf_response((pid, mid), result, ts_ns, answer, out);
             }
             Event::NexusCreate {
                 pid,
@@ -701,11 +745,17 @@ impl Matcher {
                 self.attribute_abort(key, &mut cmd, ts, out);
             }
         }
+        // Named before the release may conclude it.
+        let taker = waiter.map(|w| Taker {
+            mid: w.mid,
+            seq: self.tmfs.get(&(key.0, w.mid)).map(|t| t.seq),
+            function: w.function,
+        });
         if let Some(w) = waiter {
             self.waiter_released(key, w, ts, out);
         }
         if !cmd.covered_by.is_empty() {
-            self.covered_command_released(key, &cmd, ts, out);
+            self.covered_command_released(key, &cmd, taker, ts, out);
         }
         let (result, result_ns) = cmd.result.unwrap_or((result, ts));
         let outcome = match result {
@@ -769,7 +819,7 @@ impl Matcher {
             } else {
                 0
             };
-            self.tmf_response(tk, inferred, ts, true, out);
+            self.tmf_response(tk, inferred, ts, Answer::INFERRED, out);
         } else {
             self.try_finish_tmf(tk, out);
         }
@@ -840,10 +890,16 @@ impl Matcher {
     ///
     /// A command another TMF aborted was not in this TMF's reach after all
     /// (the lean set learns that only now): it leaves the covered set.
+    ///
+    /// A deferred TMF whose busy command is released to another TMF is
+    /// stranded: tgtd keeps one waiting TMF per command (`cmd->mreq`, which
+    /// a later TMF overwrites), so the first one's busy count never reaches
+    /// zero and it is never answered. It is closed at once, with that cause.
     fn covered_command_released(
         &mut self,
         key: CmdKey,
         cmd: &Command,
+        taker: Option<Taker>,
         ts: u64,
         out: &mut Vec<Record>,
     ) {
@@ -853,7 +909,11 @@ impl Matcher {
             .filter(|(_, t)| cmd.covered_by.contains(&t.seq))
             .map(|(k, _)| *k)
             .collect();
+        // Only a covered set taken from arrivals says the command was in
+        // tgtd's task list, so busy for this TMF.
+        let covered_sets_known = self.cfg.coverage.queue;
         for tk in waiting {
+            let mut stranded = None;
             if let Some(tmf) = self.tmfs.get_mut(&tk)
                 && let Some(index) = tmf.covered.iter().position(|(k, c)| {
                     *k == key
@@ -867,7 +927,27 @@ impl Matcher {
                     let c = &mut tmf.covered[index].1;
                     c.fate = Fate::Completed;
                     c.at_ns = Some(ts);
+                    stranded = taker.filter(|t| {
+                        t.mid != tk.1
+                            && covered_sets_known
+                            && !cmd.aborted
+                            && tmf.ret == Some(mgmt_ret::QUEUED)
+                            && tmf.response.is_none()
+                    });
                 }
+            }
+            if let Some(taker) = stranded
+                && let Some(tmf) = self.tmfs.get_mut(&tk)
+            {
+                let by = match taker.seq {
+                    Some(seq) => format!("TMF {seq} ({})", tmf_name(taker.function)),
+                    None => tmf_name(taker.function).to_owned(),
+                };
+                tmf.stranded = Some(format!(
+                    "stranded: tag {:#x}, which it waited for, was released to {by}; \
+                     tgtd keeps one waiting TMF per command (cmd->mreq), so this one is never answered",
+                    key.2
+                ));
             }
             self.try_finish_tmf(tk, out);
         }
@@ -930,6 +1010,8 @@ impl Matcher {
             requested_ns: ts,
             ret: None,
             response: None,
+            response_dropped: false,
+            stranded: None,
             covered: Vec::new(),
             race: None,
             linger_until: None,
@@ -1040,7 +1122,7 @@ impl Matcher {
                 (_, tmf::ABORT_TASK) => -EEXIST,
                 _ => -EINVAL,
             };
-            self.tmf_response(tk, inferred, ts, true, out);
+            self.tmf_response(tk, inferred, ts, Answer::INFERRED, out);
         } else {
             self.try_finish_tmf(tk, out);
         }
@@ -1051,15 +1133,21 @@ impl Matcher {
         tk: TmfKey,
         result: i32,
         ts: u64,
-        inferred: bool,
+        answer: Answer,
         out: &mut Vec<Record>,
     ) {
         let Some(tmf) = self.tmfs.get_mut(&tk) else {
             self.counts.unmatched_events += 1;
             return;
         };
-        if tmf.response.is_none() {
-            tmf.response = Some((result, ts, inferred));
+        if answer.dropped {
+            // The initiator never sees it: no latency to record.
+            tmf.response_dropped = true;
+            tmf.response.get_or_insert((result, ts, answer.inferred));
+        } else if tmf.response.is_none() {
+            // An answer proves it was not stranded after all.
+            tmf.stranded = None;
+            tmf.response = Some((result, ts, answer.inferred));
             let latency = ts.saturating_sub(tmf.requested_ns);
             self.stats
                 .tmf_by_function
@@ -1080,9 +1168,24 @@ impl Matcher {
         let Some(t) = self.tmfs.get_mut(&tk) else {
             return;
         };
+        let fates_known = t.covered.iter().all(|(_, c)| c.fate != Fate::Pending);
+        // A stranded TMF's other blockers are still on their way out, not
+        // never released.
+        let released = || {
+            t.covered
+                .iter()
+                .all(|(_, c)| c.fate != Fate::Blocked || c.at_ns.is_some())
+        };
+        if t.stranded.is_some() && fates_known && released() {
+            if let Some(mut tmf) = self.tmfs.remove(&tk) {
+                let cause = tmf.stranded.take();
+                self.emit_tmf(tmf, cause, out);
+            }
+            return;
+        }
         let ready = t.response.is_some()
             && (t.ret.is_some() || !self.in_request.contains_key(&t.pid))
-            && t.covered.iter().all(|(_, c)| c.fate != Fate::Pending);
+            && fates_known;
         if !ready {
             return;
         }
@@ -1108,8 +1211,14 @@ impl Matcher {
     /// Closes a TMF that will not be answered (or whose covered commands will
     /// not finish), with the cause.
     fn close_tmf(&mut self, tk: TmfKey, cause: &str, out: &mut Vec<Record>) {
-        if let Some(tmf) = self.tmfs.remove(&tk) {
-            self.emit_tmf(tmf, Some(cause.to_owned()), out);
+        if let Some(mut tmf) = self.tmfs.remove(&tk) {
+            // Why it was never answered outranks why it is closed now, but
+            // an eviction (the matcher's own limit) is always said.
+            let cause = match tmf.stranded.take() {
+                Some(stranded) if cause != EVICTED_TMF => stranded,
+                _ => cause.to_owned(),
+            };
+            self.emit_tmf(tmf, Some(cause), out);
         }
     }
 
@@ -1125,8 +1234,20 @@ impl Matcher {
             .iter()
             .filter(|(_, c)| c.fate == Fate::Aborted || (aborted_unseen && c.fate == Fate::Pending))
             .count();
+        let cause = if tmf.response_dropped {
+            Some(match tmf.response {
+                Some((result, _, _)) => format!(
+                    "connection closed: tgtd freed its response ({}) unsent",
+                    response_name(result)
+                ),
+                None => "connection closed: tgtd freed its response unsent".to_owned(),
+            })
+        } else {
+            cause
+        };
         let outcome = match tmf.response {
             None => TmfOutcome::Unanswered,
+            Some(_) if tmf.response_dropped => TmfOutcome::Unanswered,
             Some((result, _, _)) => match result.wrapping_neg() {
                 0 if blocked => TmfOutcome::Deferred,
                 0 if aborted > 0 => TmfOutcome::CompletedWithAborts,
@@ -1238,7 +1359,11 @@ impl Matcher {
             responded_ns: tmf.response.map(|r| r.1),
             response: tmf.response.map(|r| r.0),
             response_inferred: tmf.response.is_some_and(|r| r.2),
-            latency_ns: tmf.response.map(|r| r.1.saturating_sub(tmf.requested_ns)),
+            response_dropped: tmf.response_dropped,
+            latency_ns: tmf
+                .response
+                .filter(|_| !tmf.response_dropped)
+                .map(|r| r.1.saturating_sub(tmf.requested_ns)),
             outcome,
             covered: tmf.covered.into_iter().map(|(_, c)| c).collect(),
             race_gap_ns: tmf.race,

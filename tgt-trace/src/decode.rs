@@ -112,6 +112,11 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             mid: raw.cookie,
             function: raw.function,
             result: raw.value,
+            connection_closed: match raw.aux {
+                abi::conn_state::OPEN => Some(false),
+                abi::conn_state::CLOSED => Some(true),
+                _ => None,
+            },
         },
         kind::NEXUS_CREATE => {
             // SAFETY: the length was checked against size_of::<NexusEvent>()

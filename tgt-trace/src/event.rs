@@ -91,6 +91,11 @@ pub enum Event {
         function: u8,
         /// tgtd's `mreq->result`: 0, -EINVAL (not supported), -EEXIST (no task), other (rejected).
         result: i32,
+        /// The initiator's connection was closed: tgtd freed this response
+        /// instead of sending it. Absent when the build's layout for this
+        /// was not verified.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        connection_closed: Option<bool>,
     },
     /// `it_nexus_create`.
     NexusCreate {
@@ -191,6 +196,18 @@ pub fn mgmt_ret_name(ret: i32) -> &'static str {
         mgmt_ret::DONE => "DONE",
         mgmt_ret::QUEUED => "QUEUED",
         _ => "UNKNOWN",
+    }
+}
+
+/// A TMF's `mreq->result` as the iSCSI response `iscsi_tm_done` makes of it.
+pub fn response_name(result: i32) -> &'static str {
+    const EEXIST: i32 = 17;
+    const EINVAL: i32 = 22;
+    match result.wrapping_neg() {
+        0 => "FUNCTION COMPLETE",
+        EEXIST => "TASK DOES NOT EXIST",
+        EINVAL => "NOT SUPPORTED",
+        _ => "REJECTED",
     }
 }
 

@@ -25,7 +25,12 @@ pub mod tui;
 /// to recorded traces, `blocked_ns` on covered commands and
 /// `tmfs_by_function` in the counts; version 1 traces are a subset and are
 /// still read.
-pub const SCHEMA_VERSION: u32 = 2;
+///
+/// 3 added `connection_closed` on `tmf_response` events and
+/// `response_dropped` on TMF records (a response tgtd freed unsent because
+/// the initiator's connection was closed; such a TMF is unanswered and has no
+/// `latency_ns`). Versions 1 and 2 are still read.
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// The oldest trace format this version reads.
 pub const OLDEST_SCHEMA_VERSION: u32 = 1;

@@ -385,6 +385,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "iscsi_tm_done"
                 ),
             }
+            println!(
+                "  {:<22} {}",
+                "task->conn->state",
+                if binary.tmf_response_reads_connection {
+                    "verified: responses freed on a closed connection are flagged"
+                } else {
+                    "not verified: a response dropped on a closed connection looks sent"
+                }
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -232,8 +232,10 @@ impl Tracer {
             }
         }
         let tmf_only: u8 = (opts.set == ProbeSet::Tmf).into();
+        let read_conn_state: u8 = opts.binary.tmf_response_reads_connection.into();
         let mut ebpf = EbpfLoader::new()
             .override_global("RELEASES_FOR_TMF_ONLY", &tmf_only, true)
+            .override_global("READ_CONN_STATE", &read_conn_state, true)
             .map_max_entries("EVENTS", opts.ring_bytes)
             .load(PROBES)
             .map_err(ProbeError::Load)?;

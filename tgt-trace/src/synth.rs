@@ -394,6 +394,7 @@ impl Synth {
             mid,
             function,
             result,
+            connection_closed: Some(false),
         });
     }
 

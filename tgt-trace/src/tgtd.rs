@@ -108,6 +108,9 @@ pub struct TgtdBinary {
     /// File offset of the iSCSI driver's `mgmt_end_notify` (`iscsi_tm_done`),
     /// when it could be found.
     pub tmf_response_offset: Option<u64>,
+    /// `iscsi_tm_done` reads `task->conn->state` at the offsets the response
+    /// probe uses, so the probe can tell a response sent from one dropped.
+    pub tmf_response_reads_connection: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -182,8 +185,19 @@ impl TgtdBinary {
                 LayoutCheck::CodeFingerprint
             }
         };
-        let tmf_response_offset =
-            iscsi_mgmt_end_notify(&file).and_then(|address| file_offset(&file, address));
+        let tm_done = iscsi_mgmt_end_notify(&file);
+        let tmf_response_offset = tm_done.and_then(|address| file_offset(&file, address));
+        let tmf_response_reads_connection = tm_done
+            .and_then(|address| {
+                function_bytes(
+                    &file,
+                    Symbol {
+                        address,
+                        size: TM_DONE_SCAN_BYTES,
+                    },
+                )
+            })
+            .is_some_and(reads_connection_state);
         let mut symbols_by_offset = HashMap::new();
         for (name, sym) in symbols {
             if let Some(offset) = file_offset(&file, sym.address) {
@@ -202,6 +216,7 @@ impl TgtdBinary {
             layout,
             symbols: symbols_by_offset,
             tmf_response_offset,
+            tmf_response_reads_connection,
         })
     }
 
@@ -329,6 +344,27 @@ fn iscsi_mgmt_end_notify(file: &object::File<'_>) -> Option<u64> {
     found.next().is_none().then_some(first)
 }
 
+/// `iscsi_tm_done` is static, so its size is unknown: this much of it is
+/// scanned (the Debian build's is 163 bytes, the check is in its first 50).
+const TM_DONE_SCAN_BYTES: u64 = 160;
+
+/// Whether this code loads `task->conn` (`mov ISCSI_TASK_CONN(%reg),%reg`)
+/// and compares the connection's state with `STATE_CLOSE`
+/// (`cmpl $STATE_CLOSE,ISCSI_CONN_STATE(%reg)`), as tgt's `iscsi_tm_done`
+/// does before it frees a response instead of sending it.
+fn reads_connection_state(code: &[u8]) -> bool {
+    let Ok(close) = u8::try_from(layout::ISCSI_STATE_CLOSE) else {
+        return false;
+    };
+    // cmp r/m32, imm8 is 0x83 /7; with no displacement the ModRM is
+    // mod=00 reg=111 and a base register other than rsp/rbp.
+    let compares_state = layout::ISCSI_CONN_STATE == 0
+        && code.windows(3).any(|w| {
+            w[0] == 0x83 && w[1] >> 3 == 0b00_111 && !matches!(w[1] & 7, 4 | 5) && w[2] == close
+        });
+    compares_state && uses_displacement(code, layout::ISCSI_TASK_CONN as u32)
+}
+
 /// Virtual address → file offset, through the loadable segment that maps it.
 fn file_offset(file: &object::File<'_>, address: u64) -> Option<u64> {
     file.segments().find_map(|seg| {
@@ -359,6 +395,24 @@ mod tests {
         assert!(!uses_displacement(&[0x00, 0xb0, 0, 0, 0], 0xb0));
         assert!(!uses_displacement(&[0x89, 0x02, 0x78], 0x78));
         assert!(!uses_displacement(&[], 0x08));
+    }
+
+    #[test]
+    fn the_connection_state_check_is_recognised() {
+        // Debian's iscsi_tm_done: mov 0x68(%rdx),%rax; cmpl $0xa,(%rax).
+        let tm_done = [0x48, 0x8b, 0x42, 0x68, 0x83, 0x38, 0x0a];
+        assert!(reads_connection_state(&tm_done));
+        // Another task->conn offset, or another state, is not this layout.
+        assert!(!reads_connection_state(&[
+            0x48, 0x8b, 0x42, 0x70, 0x83, 0x38, 0x0a
+        ]));
+        assert!(!reads_connection_state(&[
+            0x48, 0x8b, 0x42, 0x68, 0x83, 0x38, 0x0b
+        ]));
+        // cmpl with an rbp base needs a displacement: not the same operand.
+        assert!(!reads_connection_state(&[
+            0x48, 0x8b, 0x42, 0x68, 0x83, 0x3d, 0x0a
+        ]));
     }
 
     #[test]
@@ -417,6 +471,10 @@ mod tests {
             Vec::<String>::new()
         );
         assert!(bin.tmf_response_offset.is_some(), "iscsi_tm_done not found");
+        assert!(
+            bin.tmf_response_reads_connection,
+            "iscsi_tm_done's task->conn->state check not recognised"
+        );
         assert!(bin.symbol_offset(symbol::QUEUE).is_some());
     }
 }

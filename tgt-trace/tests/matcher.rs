@@ -120,6 +120,21 @@ impl Stream {
     }
 
     fn response(&mut self, mid: u64, function: u8, result: i32) -> &mut Self {
+        self.response_on(mid, function, result, None)
+    }
+
+    /// A response tgtd frees unsent: the initiator's connection is closed.
+    fn dropped_response(&mut self, mid: u64, function: u8, result: i32) -> &mut Self {
+        self.response_on(mid, function, result, Some(true))
+    }
+
+    fn response_on(
+        &mut self,
+        mid: u64,
+        function: u8,
+        result: i32,
+        connection_closed: Option<bool>,
+    ) -> &mut Self {
         let ts = self.tick();
         self.events.push(Event::TmfResponse {
             ts_ns: ts,
@@ -127,6 +142,7 @@ impl Stream {
             mid,
             function,
             result,
+            connection_closed,
         });
         self
     }
@@ -363,6 +379,119 @@ fn a_covered_command_released_without_naming_the_tmf_resolves_it() {
     let t = tmfs(&out);
     assert_eq!(t.len(), 1, "concluded by the release, not by finish()");
     assert_eq!(t[0].covered[0].fate, Fate::Completed);
+}
+
+// tgtd 1.0.85 path (`abort_cmd` overwrites `cmd->mreq`): a busy command
+// covered by a deferred ABORT TASK and then by a LUN RESET is released to the
+// LUN RESET only; the ABORT TASK's busy count never reaches zero. Seen in the
+// demo, and in the e2e scenario that reproduces it.
+#[test]
+fn a_deferred_tmf_whose_blocker_a_later_tmf_took_is_stranded() {
+    let mut s = Stream::new();
+    s.nexus(1, "iqn.a")
+        .nexus(2, "iqn.b")
+        .queue(1, 7, 1)
+        .request(1, 900, tmf::ABORT_TASK, 7, 1)
+        .ret(900, mgmt_ret::QUEUED)
+        .request(2, 901, tmf::LOGICAL_UNIT_RESET, 0, 1)
+        .ret(901, mgmt_ret::QUEUED)
+        .release(1, 7, 0, waiter(901, tmf::LOGICAL_UNIT_RESET, 1))
+        .response(901, tmf::LOGICAL_UNIT_RESET, 0);
+    for cfg in [Config::default(), lean()] {
+        let mut m = Matcher::new(cfg);
+        let mut out = Vec::new();
+        for e in &s.events {
+            m.push(e, &mut out);
+        }
+        // Concluded at the release, not at the end of the trace.
+        let t = tmfs(&out);
+        assert_eq!(t.len(), 2, "{t:#?}");
+        let abort = t.iter().find(|t| t.mid == 900).expect("the ABORT TASK");
+        let reset = t.iter().find(|t| t.mid == 901).expect("the LUN RESET");
+        assert_eq!(abort.outcome, TmfOutcome::Unanswered);
+        let cause = abort.cause.as_deref().unwrap_or_default();
+        assert!(
+            cause.contains("stranded")
+                && cause.contains(&format!("TMF {} (LOGICAL_UNIT_RESET)", reset.seq))
+                && cause.contains("0x7"),
+            "{cause}"
+        );
+        assert_eq!(abort.covered[0].fate, Fate::Completed);
+        assert_eq!(reset.outcome, TmfOutcome::Deferred);
+        assert_eq!(reset.covered[0].fate, Fate::Blocked);
+        assert_eq!(orphans(&out), vec![OrphanKind::TmfUnanswered]);
+    }
+}
+
+// Without arrivals (the TMF-only set) nothing says the command was busy for
+// the first TMF: no stranding is claimed, and the end of the trace closes it.
+#[test]
+fn stranding_is_not_claimed_without_arrivals() {
+    let mut s = Stream::new();
+    s.request(1, 900, tmf::ABORT_TASK, 7, 1)
+        .ret(900, mgmt_ret::QUEUED)
+        .request(2, 901, tmf::LOGICAL_UNIT_RESET, 0, 1)
+        .ret(901, mgmt_ret::QUEUED)
+        .release(1, 7, 0, waiter(901, tmf::LOGICAL_UNIT_RESET, 1))
+        .response(901, tmf::LOGICAL_UNIT_RESET, 0);
+    let cfg = Config {
+        coverage: Coverage {
+            queue: false,
+            perform: false,
+            result: false,
+            ..Coverage::ALL
+        },
+        ..Config::default()
+    };
+    let (records, _) = s.run(cfg);
+    let abort = tmfs(&records)
+        .into_iter()
+        .find(|t| t.mid == 900)
+        .expect("the ABORT TASK");
+    assert_eq!(abort.outcome, TmfOutcome::Unanswered);
+    assert!(
+        !abort
+            .cause
+            .as_deref()
+            .unwrap_or_default()
+            .contains("stranded"),
+        "{:?}",
+        abort.cause
+    );
+}
+
+// iSCSI path (`iscsi_tm_done`): the initiator's connection is closed when the
+// deferred response is ready, so tgtd frees it unsent.
+#[test]
+fn a_response_freed_on_a_closed_connection_leaves_the_tmf_unanswered() {
+    let mut s = Stream::new();
+    s.queue(1, 7, 1)
+        .request(1, 900, tmf::ABORT_TASK, 7, 1)
+        .ret(900, mgmt_ret::QUEUED)
+        .release(1, 7, 0, waiter(900, tmf::ABORT_TASK, 1))
+        .dropped_response(900, tmf::ABORT_TASK, EEXIST);
+    let (records, summary) = s.run(Config::default());
+    let t = tmfs(&records);
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0].outcome, TmfOutcome::Unanswered);
+    assert!(t[0].response_dropped);
+    assert_eq!(t[0].response, Some(EEXIST), "what tgtd answered is kept");
+    assert_eq!(t[0].latency_ns, None, "the initiator never had a response");
+    let cause = t[0].cause.as_deref().unwrap_or_default();
+    assert!(
+        cause.contains("connection closed") && cause.contains("TASK DOES NOT EXIST"),
+        "{cause}"
+    );
+    assert_eq!(orphans(&records), vec![OrphanKind::TmfUnanswered]);
+    assert_eq!(
+        summary
+            .histograms
+            .tmf_by_function
+            .get("ABORT_TASK")
+            .map(|h| h.count),
+        None,
+        "no latency sample for a response never sent"
+    );
 }
 
 #[test]

@@ -131,6 +131,7 @@ fn orphan_events() -> Vec<Line> {
             mid: 0xa1,
             function: tmf::ABORT_TASK,
             result: -17,
+            connection_closed: None,
         },
         // (b) TASK_ABORTED that no TMF explains.
         Event::CmdQueue {

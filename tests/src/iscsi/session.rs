@@ -905,13 +905,15 @@ impl Session {
     }
 
     /// Drops the connection as a crashed initiator would: no logout, with
-    /// whatever is outstanding left to the target.
-    pub fn disconnect(&mut self) {
-        if let Some(stream) = self.stream.take() {
-            let _ = stream.shutdown(Shutdown::Both);
-            self.exchanges
-                .push(Exchange::Disconnected { at: Instant::now() });
-        }
+    /// whatever is outstanding left to the target. Returns the connection's
+    /// local address (None when it was not connected).
+    pub fn disconnect(&mut self) -> Option<std::net::SocketAddr> {
+        let stream = self.stream.take()?;
+        let local = stream.local_addr().ok();
+        let _ = stream.shutdown(Shutdown::Both);
+        self.exchanges
+            .push(Exchange::Disconnected { at: Instant::now() });
+        local
     }
 
     fn send_nop_out(&mut self) -> Result<Itt, Error> {
