@@ -151,12 +151,12 @@ fn report(saved: &std::path::Path) -> anyhow::Result<()> {
 }
 
 /// The READ the aborter holds in the backing store.
-const HELD_LBA: u32 = 4096;
+pub(crate) const HELD_LBA: u32 = 4096;
 
 /// Once a second: a READ held in the backing store and an ABORT TASK for it
 /// (tgtd defers the response until the READ is released), then an ABORT
 /// TASK for a tag that never existed (an orphan).
-fn abort_loop(
+pub(crate) fn abort_loop(
     portal: std::net::SocketAddrV4,
     iqn: &str,
     gate: &SlowIo,
@@ -199,7 +199,7 @@ fn abort_loop(
 
 /// A loop of libiscsi tools: throughput bursts on the null LUN, and the TMF
 /// tests (ABORT TASK, LUN RESET) on the file LUN.
-fn start_workload(tgtd: &Tgtd) -> anyhow::Result<Child> {
+pub(crate) fn start_workload(tgtd: &Tgtd) -> anyhow::Result<Child> {
     let script = format!(
         "while :; do \
            timeout -s INT 2 iscsi-perf -m 16 -b 8 {null} >/dev/null 2>&1; \
@@ -218,7 +218,7 @@ fn start_workload(tgtd: &Tgtd) -> anyhow::Result<Child> {
         .context("starting the workload")
 }
 
-fn stop_group(child: &mut Child) {
+pub(crate) fn stop_group(child: &mut Child) {
     if let Ok(pid) = i32::try_from(child.id()) {
         // SAFETY: signalling our own child's process group.
         unsafe { libc::kill(-pid, libc::SIGTERM) };

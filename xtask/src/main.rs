@@ -6,6 +6,7 @@
 mod bench;
 mod demo;
 mod setup;
+mod soak;
 
 use std::process::{Command, ExitCode};
 
@@ -41,6 +42,11 @@ enum Job {
         #[arg(long, default_value_t = 8)]
         seconds: u64,
     },
+    /// The demo's load with aborts, traced for N minutes: tgt-trace's RSS over time, drops, lag.
+    Soak {
+        #[arg(long, default_value_t = 30)]
+        minutes: u64,
+    },
     /// Start a scratch tgtd on 127.0.0.1, drive a workload that causes aborts, and trace it live.
     Demo {
         /// Stop after this many seconds (0: until Ctrl-C, or q in the TUI).
@@ -59,6 +65,7 @@ fn main() -> ExitCode {
         Job::Setup => setup::run(),
         Job::Test { no_e2e, e2e_filter } => test(no_e2e, e2e_filter.as_deref()),
         Job::Bench { rounds, seconds } => setup::run().and_then(|()| bench::run(rounds, seconds)),
+        Job::Soak { minutes } => setup::run().and_then(|()| soak::run(minutes)),
         Job::Demo { seconds, text } => {
             setup::run().and_then(|()| demo::run(seconds, demo::View::choose(seconds, text)))
         }
