@@ -13,7 +13,7 @@ use tgt_trace::{
     correlate::{Config, Record},
     probe::{ProbeSet, TraceOptions},
     reader::TraceReader,
-    record::{Matching, Output, RecordOptions, record},
+    record::{Matching, Output, RecordError, RecordOptions, record},
     report::{render_text, replay},
     tgtd::{DEFAULT_TGTD, TgtdBinary},
     trace::Line,
@@ -91,9 +91,13 @@ enum Command {
     Record {
         #[command(flatten)]
         attach: AttachArgs,
-        /// Output file, or - for standard output.
+        /// Output file, or - for standard output. Created 0644 and never
+        /// through a symbolic link.
         #[arg(short, long, value_name = "FILE", default_value = "-")]
         output: String,
+        /// Create the output file 0600 (the trace names initiators and hosts).
+        #[arg(long)]
+        private: bool,
         /// Stop after this long (e.g. 30s, 500ms, 2m).
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         duration: Option<Duration>,
@@ -231,6 +235,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Record {
             attach,
             output,
+            private,
             duration,
             matched,
             summary_every,
@@ -259,12 +264,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }),
                 stop: None,
                 quiet: false,
+                private,
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            let outcome = runtime.block_on(record(opts))?;
+            let outcome = match runtime.block_on(record(opts)) {
+                Ok(outcome) => outcome,
+                // `record ... | head`: the reader has what it wanted.
+                Err(RecordError::OutputClosed) => {
+                    eprintln!("tgt-trace: standard output was closed; recording stopped");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Err(e) => return Err(e.into()),
+            };
             let s = &outcome.summary;
             eprintln!(
                 "tgt-trace: {} events, {} dropped (ring full {}, unreadable {}, undecodable {}), {:.3}s, stopped by {}",

@@ -409,3 +409,57 @@ pub fn monotonic_ns() -> u64 {
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use object::{Object as _, ObjectSection as _, SectionKind};
+
+    use super::PROBES;
+
+    /// `bpf_probe_write_user`, the one helper that writes a traced
+    /// process's memory (include/uapi/linux/bpf.h).
+    const BPF_FUNC_PROBE_WRITE_USER: i32 = 36;
+    /// `bpf_probe_read_user`: what the probes do use.
+    const BPF_FUNC_PROBE_READ_USER: i32 = 112;
+    /// BPF_JMP | BPF_CALL.
+    const CALL: u8 = 0x85;
+
+    /// tgt-trace only reads tgtd: no program in the embedded object calls
+    /// the helper that writes user memory (the kernel would also log a
+    /// warning on load if one did).
+    #[test]
+    fn the_probes_never_write_into_tgtd() {
+        if PROBES.is_empty() {
+            assert!(
+                std::env::var("AYA_BUILD_SKIP").is_ok(),
+                "the eBPF object is empty although AYA_BUILD_SKIP is not set"
+            );
+            eprintln!("skipped: built with AYA_BUILD_SKIP, no eBPF object embedded");
+            return;
+        }
+        let file = object::File::parse(PROBES).expect("the embedded object is ELF");
+        let mut reads = 0;
+        for section in file.sections() {
+            if section.kind() != SectionKind::Text {
+                continue;
+            }
+            let code = section.data().expect("section data");
+            for (i, insn) in code.chunks_exact(8).enumerate() {
+                // A helper call: src_reg 0 (not a BPF-to-BPF call), imm = id.
+                let helper = insn[0] == CALL && insn[1] >> 4 == 0;
+                let imm = i32::from_le_bytes([insn[4], insn[5], insn[6], insn[7]]);
+                assert!(
+                    !(helper && imm == BPF_FUNC_PROBE_WRITE_USER),
+                    "{} instruction {i} calls bpf_probe_write_user",
+                    section.name().unwrap_or("?")
+                );
+                reads += usize::from(helper && imm == BPF_FUNC_PROBE_READ_USER);
+            }
+        }
+        // The scan sees helper calls at all: the reads are there.
+        assert!(
+            reads > 0,
+            "no bpf_probe_read_user call found: the scan is blind"
+        );
+    }
+}

@@ -4,8 +4,10 @@
 use std::{
     collections::BTreeSet,
     ffi::OsString,
-    io::{self, Write},
-    path::PathBuf,
+    fs::{File, OpenOptions},
+    io::{self, Read as _, Seek as _, SeekFrom, Write},
+    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
     process::ExitStatus,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -48,6 +50,8 @@ pub struct RecordOptions {
     /// Say nothing on standard error: the TUI owns the terminal and shows
     /// the same on its screen.
     pub quiet: bool,
+    /// Create the trace file 0600 instead of 0644 (`--private`).
+    pub private: bool,
 }
 
 /// The matcher run alongside the recording.
@@ -71,12 +75,23 @@ pub struct RecordOutcome {
 pub enum RecordError {
     #[error(transparent)]
     Probe(#[from] ProbeError),
-    #[error("cannot write the trace to {target}: {source}")]
+    #[error(
+        "cannot write the trace to {target}: {source}; every complete line written is kept \
+         (a partial last line is removed); free space or pass -o elsewhere"
+    )]
     Output {
         target: String,
         #[source]
         source: io::Error,
     },
+    #[error(
+        "{0} is a symbolic link, and tgt-trace does not write a trace through one \
+         (it could point anywhere); pass the path of the file itself"
+    )]
+    OutputIsSymlink(PathBuf),
+    /// The reader of standard output went away (`| head`): not a failure.
+    #[error("standard output was closed; recording stopped")]
+    OutputClosed,
     #[error("cannot run {command:?}: {source}; check the command after `--`")]
     Command {
         command: String,
@@ -91,17 +106,90 @@ pub enum RecordError {
 const LIVENESS_EVERY: u32 = 10;
 
 pub async fn record(opts: RecordOptions) -> Result<RecordOutcome, RecordError> {
+    let file = match &opts.output {
+        Output::File(path) => Some(path.clone()),
+        Output::Stdout => None,
+    };
+    let result = record_to(opts).await;
+    if let (Err(RecordError::Output { .. }), Some(path)) = (&result, file) {
+        // A full disk can cut the last line: a trace of whole lines stays
+        // readable by replay, report and check.
+        let _ = cut_partial_line(&path);
+    }
+    result
+}
+
+/// Creates (or truncates) a trace file: 0644, or 0600 when `private`; never
+/// through a symbolic link, so a link planted at the path cannot redirect
+/// a root-owned write.
+pub fn create_output(path: &Path, private: bool) -> Result<File, RecordError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(if private { 0o600 } else { 0o644 })
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|source| match source.raw_os_error() {
+            Some(libc::ELOOP) => RecordError::OutputIsSymlink(path.to_owned()),
+            _ => RecordError::Output {
+                target: path.display().to_string(),
+                source,
+            },
+        })?;
+    if private {
+        // An existing file keeps its mode through O_CREAT.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|source| RecordError::Output {
+                target: path.display().to_string(),
+                source,
+            })?;
+    }
+    Ok(file)
+}
+
+/// Truncates `path` after its last newline.
+fn cut_partial_line(path: &Path) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    let len = file.seek(SeekFrom::End(0))?;
+    let mut end = len;
+    let mut chunk = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let part = &mut chunk[..(end - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(part)?;
+        if let Some(at) = part.iter().rposition(|&b| b == b'\n') {
+            return file.set_len(start + at as u64 + 1);
+        }
+        end = start;
+    }
+    file.set_len(0)
+}
+
+async fn record_to(opts: RecordOptions) -> Result<RecordOutcome, RecordError> {
     let target_name = match &opts.output {
         Output::Stdout => "standard output".to_owned(),
         Output::File(path) => path.display().to_string(),
     };
-    let output_error = |source: io::Error| RecordError::Output {
-        target: target_name.clone(),
-        source,
+    let to_stdout = matches!(opts.output, Output::Stdout);
+    let output_error = |source: io::Error| {
+        if to_stdout && source.kind() == io::ErrorKind::BrokenPipe {
+            RecordError::OutputClosed
+        } else {
+            RecordError::Output {
+                target: target_name.clone(),
+                source,
+            }
+        }
     };
     let sink: Box<dyn Write> = match &opts.output {
         Output::Stdout => Box::new(io::stdout().lock()),
-        Output::File(path) => Box::new(std::fs::File::create(path).map_err(output_error)?),
+        Output::File(path) => Box::new(create_output(path, opts.private)?),
     };
     let mut tracer = Tracer::start(&opts.trace)?;
     let matcher = opts.matched.as_ref().map(|m| {
@@ -362,4 +450,73 @@ fn report_exits<W: Write>(
         })?;
     }
     Ok(gone.len() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tgt-trace-record-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let path = dir.join(name);
+        let _ = std::fs::remove_file(&path);
+        path
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path)
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
+    #[test]
+    fn traces_are_created_0644_or_0600_when_private() {
+        let open = scratch("open.ndjson");
+        create_output(&open, false).expect("created");
+        // 0644 less the umask: never writable by others.
+        assert_eq!(mode(&open) & 0o622, 0o600, "{:o}", mode(&open));
+        let private = scratch("private.ndjson");
+        std::fs::write(&private, "old").expect("an older file");
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        create_output(&private, true).expect("created");
+        assert_eq!(
+            mode(&private),
+            0o600,
+            "an existing file is made private too"
+        );
+        assert_eq!(std::fs::read(&private).expect("read").len(), 0, "truncated");
+    }
+
+    #[test]
+    fn a_symlink_at_the_output_path_is_refused_by_name() {
+        let target = scratch("elsewhere");
+        std::fs::write(&target, "precious").expect("target");
+        let link = scratch("link.ndjson");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        let err = create_output(&link, false).expect_err("refused");
+        assert!(matches!(err, RecordError::OutputIsSymlink(_)), "{err:?}");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(std::fs::read_to_string(&target).expect("read"), "precious");
+    }
+
+    #[test]
+    fn a_partial_last_line_is_cut_and_whole_lines_are_kept() {
+        let path = scratch("cut.ndjson");
+        std::fs::write(&path, "{\"a\":1}\n{\"b\":2}\n{\"c\":").expect("write");
+        cut_partial_line(&path).expect("cut");
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            "{\"a\":1}\n{\"b\":2}\n"
+        );
+        // Whole lines only: nothing to cut.
+        cut_partial_line(&path).expect("cut");
+        assert_eq!(std::fs::read_to_string(&path).expect("read").len(), 16);
+        // A single partial line: nothing is left.
+        std::fs::write(&path, "x".repeat(100_000)).expect("write");
+        cut_partial_line(&path).expect("cut");
+        assert_eq!(std::fs::metadata(&path).expect("meta").len(), 0);
+    }
 }

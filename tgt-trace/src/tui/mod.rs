@@ -60,6 +60,9 @@ pub struct TuiArgs {
     /// Live: also write the trace (NDJSON, with matched lines) to FILE.
     #[arg(short, long, value_name = "FILE", conflicts_with = "replay")]
     pub output: Option<PathBuf>,
+    /// Create the -o file 0600 (the trace names initiators and hosts).
+    #[arg(long, requires = "output")]
+    pub private: bool,
     /// Where `s` saves the screen and its records.
     #[arg(long, value_name = "DIR", default_value = ".")]
     pub save_dir: PathBuf,
@@ -199,6 +202,7 @@ async fn session(args: TuiArgs, config: Config, source: Source) -> Result<(), Tu
                 }),
                 stop: Some(stop.clone()),
                 quiet: true,
+                private: args.private,
             };
             let record_tx = tx.clone();
             let handle = tokio::task::spawn_local(async move {
