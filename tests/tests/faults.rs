@@ -146,7 +146,9 @@ fn drops_over_a_tiny_ring_are_counted_exactly_and_make_check_inconclusive() {
         e.iter().any(|e| matches!(e, Event::NexusDestroy { .. }))
     });
     let big = big.stop();
-    let tiny = tiny.stop();
+    // SIGTERM drains as SIGINT does.
+    let tiny = tiny.stop_with("-TERM");
+    assert_eq!(tiny.summary.stopped_by, "signal");
     assert_eq!(big.summary.drops.total(), 0, "{:?}", big.summary.drops);
     let d = tiny.summary.drops;
     assert!(

@@ -397,6 +397,51 @@ mod tests {
         assert!(!uses_displacement(&[], 0x08));
     }
 
+    /// A build whose struct layout differs: Debian's tgtd with another
+    /// build id and `target_cmd_done`'s code blanked, as if `scsi_cmd.mreq`
+    /// and `mgmt_req`'s fields had moved. It is refused, naming the fields.
+    #[test]
+    fn a_changed_layout_is_refused_by_field() {
+        let path = Path::new(DEFAULT_TGTD);
+        if !path.exists() {
+            eprintln!("skipped: {DEFAULT_TGTD} is not installed");
+            return;
+        }
+        let mut data = std::fs::read(path).expect("readable");
+        let (build_id, release) = {
+            let file = object::File::parse(&*data).expect("ELF");
+            let id = file
+                .build_id()
+                .expect("notes")
+                .expect("a build id")
+                .to_vec();
+            let release = file
+                .dynamic_symbols()
+                .find(|s| s.name() == Ok(symbol::RELEASE))
+                .map(|s| (s.address(), s.size()))
+                .expect("target_cmd_done");
+            let offset = file_offset(&file, release.0).expect("mapped");
+            (id, (offset as usize, release.1 as usize))
+        };
+        let at = data
+            .windows(build_id.len())
+            .position(|w| w == build_id)
+            .expect("the build id's bytes");
+        data[at] ^= 0xff;
+        // int3 everywhere: no field access left in the function.
+        data[release.0..release.0 + release.1].fill(0xcc);
+        let copy = std::env::temp_dir().join(format!("tgtd-changed-{}", std::process::id()));
+        std::fs::write(&copy, &data).expect("write the copy");
+        let err = TgtdBinary::inspect(&copy).expect_err("refused");
+        let _ = std::fs::remove_file(&copy);
+        let text = err.to_string();
+        assert!(matches!(err, TgtdError::UnknownLayout { .. }), "{text}");
+        for field in ["scsi_cmd.mreq", "mgmt_req.busy", "mgmt_req.function"] {
+            assert!(text.contains(field), "names {field}: {text}");
+        }
+        assert!(!text.contains("scsi_cmd.lun"), "only what differs: {text}");
+    }
+
     #[test]
     fn the_connection_state_check_is_recognised() {
         // Debian's iscsi_tm_done: mov 0x68(%rdx),%rax; cmpl $0xa,(%rax).

@@ -152,10 +152,16 @@ impl Recording {
     }
 
     /// Stops with SIGINT, as a user's Ctrl-C, and reads the trace.
-    pub fn stop(mut self) -> Trace {
+    pub fn stop(self) -> Trace {
+        self.stop_with("-INT")
+    }
+
+    /// Stops with a signal (`kill`'s spelling: -INT, -TERM) and reads the
+    /// trace, which must end with its summary line.
+    pub fn stop_with(mut self, signal: &str) -> Trace {
         let pid = i32::try_from(self.child.id()).expect("pid fits");
         let status = Command::new("kill")
-            .args(["-INT", &pid.to_string()])
+            .args([signal, &pid.to_string()])
             .status()
             .expect("kill runs");
         assert!(status.success(), "signalling tgt-trace");
