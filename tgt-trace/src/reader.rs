@@ -4,7 +4,7 @@
 
 use std::{
     fs::File,
-    io::{self, BufRead, BufReader},
+    io::{self, BufRead, BufReader, Read as _},
     path::Path,
 };
 
@@ -42,6 +42,14 @@ pub enum ReadError {
         found: u64,
         supported: u32,
     },
+    /// The first line is a header, but not one this version can use.
+    #[error(
+        "{source_name}:1: the header is damaged: {message}; record the trace again with `tgt-trace record`"
+    )]
+    BadHeader {
+        source_name: String,
+        message: String,
+    },
     /// A line that is not valid JSON or not a known line type.
     #[error("{source_name}:{line}: {message}; pass --lenient to skip bad lines (they are counted)")]
     Malformed {
@@ -59,7 +67,73 @@ pub struct TraceReader {
     lenient: bool,
     skipped: u64,
     header: Header,
-    buf: String,
+    buf: Vec<u8>,
+}
+
+/// The longest line a trace may have (the largest, a `matched_summary` with
+/// its histograms, is far shorter). A longer line is malformed, and no more
+/// than this much of it is held in memory.
+pub const MAX_LINE_BYTES: usize = 64 << 20;
+
+/// What [`read_line_bounded`] read.
+enum RawLine {
+    Eof,
+    /// A line, with its newline if it had one.
+    Line,
+    /// A line longer than [`MAX_LINE_BYTES`]: skipped to its end, not kept.
+    TooLong,
+}
+
+/// Reads one line into `buf`, keeping at most [`MAX_LINE_BYTES`] of it.
+fn read_line_bounded(input: &mut dyn BufRead, buf: &mut Vec<u8>) -> io::Result<RawLine> {
+    buf.clear();
+    let n = (&mut *input)
+        .take(MAX_LINE_BYTES as u64)
+        .read_until(b'\n', buf)?;
+    if n == 0 {
+        return Ok(RawLine::Eof);
+    }
+    if n < MAX_LINE_BYTES || buf.last() == Some(&b'\n') {
+        return Ok(RawLine::Line);
+    }
+    buf.clear();
+    loop {
+        let available = match input.fill_buf() {
+            Ok(available) => available,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if available.is_empty() {
+            return Ok(RawLine::TooLong);
+        }
+        match available.iter().position(|&b| b == b'\n') {
+            Some(end) => {
+                input.consume(end + 1);
+                return Ok(RawLine::TooLong);
+            }
+            None => {
+                let len = available.len();
+                input.consume(len);
+            }
+        }
+    }
+}
+
+/// Why a line is not a trace line, from serde's error without its position
+/// (which counts the lines of the one line serde saw).
+fn not_a_trace_line(e: &serde_json::Error) -> String {
+    let full = e.to_string();
+    let position = format!(" at line {} column {}", e.line(), e.column());
+    let what = full.strip_suffix(&position).unwrap_or(&full);
+    let column = if e.line() == 1 {
+        format!(" at column {}", e.column())
+    } else {
+        String::new()
+    };
+    match e.classify() {
+        serde_json::error::Category::Data => format!("not a trace line: {what}{column}"),
+        _ => format!("not a trace line (expected one JSON object): {what}{column}"),
+    }
 }
 
 impl TraceReader {
@@ -88,29 +162,33 @@ impl TraceReader {
         source_name: String,
         lenient: bool,
     ) -> Result<TraceReader, ReadError> {
-        let mut first = String::new();
-        let n = lines
-            .read_line(&mut first)
-            .map_err(|source| ReadError::Io {
+        let mut first = Vec::new();
+        let raw = read_line_bounded(&mut *lines, &mut first).map_err(|source| ReadError::Io {
+            source_name: source_name.clone(),
+            source,
+        })?;
+        let first = match raw {
+            RawLine::Eof => return Err(ReadError::Empty { source_name }),
+            RawLine::TooLong => return Err(ReadError::NoHeader { source_name }),
+            RawLine::Line => std::str::from_utf8(&first).map_err(|_| ReadError::NoHeader {
                 source_name: source_name.clone(),
-                source,
-            })?;
-        if n == 0 || first.trim().is_empty() {
-            return Err(ReadError::Empty { source_name });
-        }
+            })?,
+        };
         // The version is checked before the header's shape, so that a newer
         // trace says "unsupported version" rather than "unknown field".
         let value: serde_json::Value =
-            serde_json::from_str(&first).map_err(|_| ReadError::NoHeader {
+            serde_json::from_str(first).map_err(|_| ReadError::NoHeader {
                 source_name: source_name.clone(),
             })?;
         if value.get("type").and_then(|t| t.as_str()) != Some("header") {
             return Err(ReadError::NoHeader { source_name });
         }
-        let found = value
-            .get("schema_version")
-            .and_then(|v| v.as_u64())
-            .unwrap_or(0);
+        let Some(found) = value.get("schema_version").and_then(|v| v.as_u64()) else {
+            return Err(ReadError::BadHeader {
+                source_name,
+                message: "its schema_version is missing or not a version number".to_owned(),
+            });
+        };
         if !(u64::from(OLDEST_SCHEMA_VERSION)..=u64::from(SCHEMA_VERSION)).contains(&found) {
             return Err(ReadError::UnsupportedVersion {
                 source_name,
@@ -122,9 +200,8 @@ impl TraceReader {
             Ok(Line::Header(header)) => header,
             Ok(_) => return Err(ReadError::NoHeader { source_name }),
             Err(e) => {
-                return Err(ReadError::Malformed {
+                return Err(ReadError::BadHeader {
                     source_name,
-                    line: 1,
                     message: e.to_string(),
                 });
             }
@@ -136,7 +213,7 @@ impl TraceReader {
             lenient,
             skipped: 0,
             header,
-            buf: String::new(),
+            buf: Vec::new(),
         })
     }
 
@@ -157,30 +234,42 @@ impl TraceReader {
     /// line (no newline, not valid JSON) is malformed like any other.
     pub fn next_line(&mut self) -> Option<Result<Line, ReadError>> {
         loop {
-            self.buf.clear();
-            match self.lines.read_line(&mut self.buf) {
-                Ok(0) => return None,
-                Ok(_) => {}
+            let raw = match read_line_bounded(&mut *self.lines, &mut self.buf) {
+                Ok(RawLine::Eof) => return None,
+                Ok(raw) => raw,
                 Err(source) => {
                     return Some(Err(ReadError::Io {
                         source_name: self.source_name.clone(),
                         source,
                     }));
                 }
-            }
+            };
             self.line_no += 1;
-            if self.buf.trim().is_empty() {
-                continue;
-            }
-            match serde_json::from_str::<Line>(&self.buf) {
+            let parsed = match raw {
+                RawLine::TooLong => Err(format!(
+                    "not a trace line: longer than {} MiB",
+                    MAX_LINE_BYTES >> 20
+                )),
+                _ => match std::str::from_utf8(&self.buf) {
+                    Err(e) => Err(format!(
+                        "not a trace line: not UTF-8 text (byte {})",
+                        e.valid_up_to() + 1
+                    )),
+                    Ok(text) if text.trim().is_empty() => continue,
+                    Ok(text) => {
+                        serde_json::from_str::<Line>(text).map_err(|e| not_a_trace_line(&e))
+                    }
+                },
+            };
+            match parsed {
                 Ok(Line::Header(_)) => {
                     if let Some(err) = self.bad_line("a second header line".to_owned()) {
                         return Some(Err(err));
                     }
                 }
                 Ok(line) => return Some(Ok(line)),
-                Err(e) => {
-                    if let Some(err) = self.bad_line(e.to_string()) {
+                Err(message) => {
+                    if let Some(err) = self.bad_line(message) {
                         return Some(Err(err));
                     }
                 }

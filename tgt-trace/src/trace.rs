@@ -121,7 +121,10 @@ impl Drops {
         }
     }
 
+    /// Saturating: a trace's summary line is input, and can hold any counts.
     pub fn total(&self) -> u64 {
-        self.ring_full + self.read_failed + self.decode_errors
+        self.ring_full
+            .saturating_add(self.read_failed)
+            .saturating_add(self.decode_errors)
     }
 }

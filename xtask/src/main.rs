@@ -5,6 +5,7 @@
 
 mod bench;
 mod demo;
+mod fuzz;
 mod setup;
 mod soak;
 
@@ -47,6 +48,12 @@ enum Job {
         #[arg(long, default_value_t = 30)]
         minutes: u64,
     },
+    /// Fuzz the readers of untrusted input (records, traces, replay) with N cases per target, in release.
+    Fuzz {
+        /// Cases per fuzz target.
+        #[arg(long, default_value_t = 20_000)]
+        cases: u32,
+    },
     /// Start a scratch tgtd on 127.0.0.1, drive a workload that causes aborts, and trace it live.
     Demo {
         /// Stop after this many seconds (0: until Ctrl-C, or q in the TUI).
@@ -66,6 +73,7 @@ fn main() -> ExitCode {
         Job::Test { no_e2e, e2e_filter } => test(no_e2e, e2e_filter.as_deref()),
         Job::Bench { rounds, seconds } => setup::run().and_then(|()| bench::run(rounds, seconds)),
         Job::Soak { minutes } => setup::run().and_then(|()| soak::run(minutes)),
+        Job::Fuzz { cases } => fuzz::run(cases),
         Job::Demo { seconds, text } => {
             setup::run().and_then(|()| demo::run(seconds, demo::View::choose(seconds, text)))
         }
