@@ -198,11 +198,14 @@ pub(crate) fn abort_loop(
 }
 
 /// A loop of libiscsi tools: throughput bursts on the null LUN, and the TMF
-/// tests (ABORT TASK, LUN RESET) on the file LUN.
+/// tests (ABORT TASK, LUN RESET) on the file LUN. `timeout --foreground`
+/// stays in the loop's process group, so stopping the group stops it too
+/// (plain `timeout` makes a group of its own and outlives the loop), and
+/// `-k 1` kills an iscsi-perf that ignores SIGINT while it reconnects.
 pub(crate) fn start_workload(tgtd: &Tgtd) -> anyhow::Result<Child> {
     let script = format!(
         "while :; do \
-           timeout -s INT 2 iscsi-perf -m 16 -b 8 {null} >/dev/null 2>&1; \
+           timeout --foreground -k 1 -s INT 2 iscsi-perf -m 16 -b 8 {null} >/dev/null 2>&1; \
            iscsi-test-cu --dataloss -t iSCSI.iSCSITMF.AbortTaskSimpleAsync {file} >/dev/null 2>&1; \
            iscsi-test-cu --dataloss -t iSCSI.iSCSITMF.LUNResetSimpleAsync {file} >/dev/null 2>&1; \
            iscsi-inq {file} >/dev/null 2>&1; \
