@@ -34,7 +34,7 @@ enum Job {
         #[arg(long)]
         e2e_filter: Option<String>,
     },
-    /// Tracing overhead on a saturated tgtd (interleaved runs); writes BENCHMARKS.md.
+    /// Tracing overhead, CPU, aborts, drops, per-probe cost, profile, matcher and replay speed -> BENCHMARKS.md.
     Bench {
         /// Interleaved rounds per mode.
         #[arg(long, default_value_t = 5)]
@@ -42,6 +42,13 @@ enum Job {
         /// Seconds per run.
         #[arg(long, default_value_t = 8)]
         seconds: u64,
+        /// Commands per second of the cpu section's paced load.
+        #[arg(long, default_value_t = 10_000)]
+        rate: u32,
+        /// Run only these sections (default: all); their blocks of
+        /// BENCHMARKS.md are replaced, the others kept.
+        #[arg(long, value_enum, num_args = 1.., value_delimiter = ',')]
+        only: Vec<bench::Section>,
     },
     /// The demo's load with aborts, traced for N minutes: tgt-trace's RSS over time, drops, lag.
     Soak {
@@ -71,7 +78,19 @@ fn main() -> ExitCode {
     let result = match cli.job {
         Job::Setup => setup::run(),
         Job::Test { no_e2e, e2e_filter } => test(no_e2e, e2e_filter.as_deref()),
-        Job::Bench { rounds, seconds } => setup::run().and_then(|()| bench::run(rounds, seconds)),
+        Job::Bench {
+            rounds,
+            seconds,
+            rate,
+            only,
+        } => setup::run().and_then(|()| {
+            bench::run(&bench::Options {
+                rounds,
+                seconds,
+                rate,
+                only,
+            })
+        }),
         Job::Soak { minutes } => setup::run().and_then(|()| soak::run(minutes)),
         Job::Fuzz { cases } => fuzz::run(cases),
         Job::Demo { seconds, text } => {
