@@ -92,9 +92,19 @@ impl Scenario {
     /// A READ of the held blocks, submitted; returns once the backing store
     /// holds it.
     fn submit_held_read(&mut self, session: &mut Session, held_before: usize) -> Itt {
+        self.submit_held_read_of(session, held_before, SLOW_BLOCKS)
+    }
+
+    /// As [`Scenario::submit_held_read`], `blocks` long from the held ones.
+    fn submit_held_read_of(
+        &mut self,
+        session: &mut Session,
+        held_before: usize,
+        blocks: u16,
+    ) -> Itt {
         self.gate.hold().expect("gate closes");
         let itt = session
-            .submit(Command::read10(1, SLOW_LBA, SLOW_BLOCKS, BLOCK))
+            .submit(Command::read10(1, SLOW_LBA, blocks, BLOCK))
             .expect("submit");
         if let Err(e) = self.gate.wait_held(held_before + 1, WAIT) {
             panic!(
@@ -514,11 +524,7 @@ fn g_a_connection_dropped_with_a_tmf_outstanding() {
     let mut session = s.login("g");
     // Many Data-In PDUs: the first write draws the closed socket's reset,
     // a later one fails.
-    s.gate.hold().expect("gate closes");
-    let slow = session
-        .submit(Command::read10(1, SLOW_LBA, 512, BLOCK))
-        .expect("submit");
-    s.gate.wait_held(1, WAIT).expect("the READ is held");
+    let slow = s.submit_held_read_of(&mut session, 0, 512);
     session
         .submit_tmf(Tmf::abort_task(1, slow))
         .expect("ABORT TASK");

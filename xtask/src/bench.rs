@@ -28,7 +28,7 @@ mod overhead;
 mod perf;
 mod probes;
 mod profile;
-mod report;
+pub(crate) mod report;
 
 use anyhow::Context as _;
 use tgt_trace_e2e::tgtd::{Tgtd, TgtdOptions};

@@ -225,7 +225,7 @@ fn report(
             s.lag_ms
         );
     }
-    // Flat: after the first tenth (warm-up), RSS grows by less than 10%.
+    // RSS after the warm-up (the first tenth of the samples) against the end.
     let warm = samples.get(samples.len() / 10).map_or(0, |s| s.rss_kb);
     let last = samples.last().map_or(0, |s| s.rss_kb);
     let growth = if warm == 0 {
@@ -249,24 +249,5 @@ fn report(
          tgt-trace's; lag is how far the newest event read trails tgtd's clock (drain \
          interval plus pipe).\n\n{table}\n{verdict}\n"
     );
-    write_section("soak", &block)
-}
-
-/// Replaces the section between `<!-- bench:NAME -->` markers in
-/// BENCHMARKS.md, or appends it.
-fn write_section(name: &str, block: &str) -> anyhow::Result<()> {
-    let path = root().join("BENCHMARKS.md");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".to_owned());
-    let (open, close) = (
-        format!("<!-- bench:{name} -->"),
-        format!("<!-- /bench:{name} -->"),
-    );
-    let section = format!("{open}\n{block}{close}");
-    let updated = match (text.find(&open), text.find(&close)) {
-        (Some(a), Some(b)) if a < b => {
-            format!("{}{section}{}", &text[..a], &text[b + close.len()..])
-        }
-        _ => format!("{}\n{section}\n", text.trim_end()),
-    };
-    std::fs::write(&path, updated).context("writing BENCHMARKS.md")
+    crate::bench::report::write_section("soak", &block, &crate::bench::report::machine())
 }
