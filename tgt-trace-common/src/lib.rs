@@ -30,6 +30,16 @@ pub mod kind {
     pub const NEXUS_CREATE: u8 = 8;
     /// `it_nexus_destroy`.
     pub const NEXUS_DESTROY: u8 = 9;
+    /// The iSCSI layer takes a TMF request off the wire (inside the static
+    /// `iscsi_tm_execute`, where it reads the function): every TMF, including
+    /// those it answers itself without the core.
+    pub const TMF_RECEIVED: u8 = 10;
+    /// The iSCSI layer has written a TMF response to the connection (the
+    /// transmit-done path of `iscsi_tx_handler`, where it frees the task).
+    pub const TMF_SENT: u8 = 11;
+    /// `conn_close`: an iSCSI connection goes away; a TMF response still
+    /// queued on it is freed unsent.
+    pub const CONN_CLOSE: u8 = 12;
 }
 
 /// Task-management function codes, as tgt's `usr/scsi.h` numbers them.
@@ -73,6 +83,9 @@ pub mod task_attr {
 /// | TMF_RETURN    | -   | -      | -            | -   | -           | mgmt_req_result    | mid      | -                  |
 /// | TMF_RESPONSE  | -   | -      | -            | -   | -           | mreq->result (errno); `aux`: [`conn_state`] | mid | function |
 /// | NEXUS_DESTROY | yes | yes    | -            | -   | -           | -                  | -        | -                  |
+/// | TMF_RECEIVED  | yes | yes    | referenced (`rtt`) | yes | -     | `itt` (bits)       | task (= mid) | connection; iSCSI function |
+/// | TMF_SENT      | -   | -      | -            | -   | -           | iSCSI response code | task (= mid) | connection; iSCSI function; `aux`: `itt` (bits) |
+/// | CONN_CLOSE    | -   | yes (0 before login) | - | - | -           | -                  | connection | -                |
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Event {
@@ -103,6 +116,48 @@ pub struct Event {
     /// CMD_RELEASE: the waiting TMF's busy count before this release.
     pub aux: i32,
     pub _pad: u32,
+}
+
+/// iSCSI task-management function codes as on the wire (RFC 7143 11.5.1),
+/// which `iscsi_tm_execute` maps to tgt's codes or answers itself.
+pub mod iscsi_tmf {
+    pub const ABORT_TASK: u8 = 1;
+    pub const ABORT_TASK_SET: u8 = 2;
+    pub const CLEAR_ACA: u8 = 3;
+    pub const CLEAR_TASK_SET: u8 = 4;
+    pub const LOGICAL_UNIT_RESET: u8 = 5;
+    pub const TARGET_WARM_RESET: u8 = 6;
+    pub const TARGET_COLD_RESET: u8 = 7;
+    pub const TASK_REASSIGN: u8 = 8;
+}
+
+/// iSCSI TMF response codes (RFC 7143 11.6.1), as `iscsi_tm_done` and
+/// `iscsi_tm_execute` put them in `task->result`.
+pub mod iscsi_rsp {
+    pub const FUNCTION_COMPLETE: u8 = 0;
+    pub const TASK_DOES_NOT_EXIST: u8 = 1;
+    pub const LUN_DOES_NOT_EXIST: u8 = 2;
+    pub const TASK_STILL_ALLEGIANT: u8 = 3;
+    pub const REASSIGNMENT_NOT_SUPPORTED: u8 = 4;
+    pub const NOT_SUPPORTED: u8 = 5;
+    pub const AUTHORIZATION_FAILED: u8 = 6;
+    pub const REJECTED: u8 = 255;
+}
+
+/// TMF_RECEIVED's `aux` for ABORT TASK: where the referenced command was,
+/// from a walk of the session's task list (`session->cmd_list`).
+pub mod referenced {
+    /// Not in the session's tasks.
+    pub const ABSENT: i32 = 0;
+    /// Received by the iSCSI layer, not yet handed to the core
+    /// (`task->flags` without `TASK_in_scsi`).
+    pub const HELD_BY_TRANSPORT: i32 = 1;
+    /// Handed to the core.
+    pub const IN_CORE: i32 = 2;
+    /// The list was longer than the walk, or unreadable.
+    pub const UNKNOWN: i32 = -1;
+    /// Not walked: not an ABORT TASK, or the layout is unproved.
+    pub const NOT_WALKED: i32 = -2;
 }
 
 /// TMF_RESPONSE's `aux`: whether the iSCSI connection the response is for is
@@ -184,4 +239,62 @@ pub mod layout {
     /// `struct iscsi_connection.state`, and its `STATE_CLOSE` value.
     pub const ISCSI_CONN_STATE: usize = 0;
     pub const ISCSI_STATE_CLOSE: i32 = 10;
+    /// `struct iscsi_connection.closed`: set by the first `conn_close`.
+    pub const ISCSI_CONN_CLOSED: usize = 4;
+
+    /// `struct iscsi_task` (`usr/iscsi/iscsid.h`) starts with the request's
+    /// basic header segment (`struct iscsi_hdr req`, 48 bytes): opcode,
+    /// flags (for a TMF, the function in the low 7 bits), the LUN at 8, the
+    /// initiator task tag at 16 and, for a TMF, the referenced task tag at 20.
+    pub const ISCSI_TASK_OPCODE: usize = 0;
+    pub const ISCSI_TASK_FLAGS: usize = 1;
+    pub const ISCSI_TASK_LUN: usize = 8;
+    pub const ISCSI_TASK_ITT: usize = 16;
+    pub const ISCSI_TASK_RTT: usize = 20;
+    /// `struct iscsi_task.c_hlist`, linked to `session->cmd_list`;
+    /// `struct iscsi_task.flags` and its `TASK_in_scsi` bit (handed to the
+    /// core); `struct iscsi_session.cmd_list` (every SCSI task received on
+    /// the session, from its arrival until it is freed).
+    pub const ISCSI_TASK_C_HLIST: usize = 112;
+    pub const ISCSI_TASK_TASK_FLAGS: usize = 160;
+    pub const ISCSI_TASK_IN_SCSI: u64 = 1 << 1;
+    pub const ISCSI_SESSION_CMD_LIST: usize = 96;
+    /// At most this many tasks of a session are walked (tgtd's default
+    /// command window per session is 128).
+    pub const SESSION_TASK_WALK: u32 = 256;
+    /// `struct iscsi_task.result`: the iSCSI TMF response code.
+    pub const ISCSI_TASK_RESULT: usize = 168;
+    /// `struct iscsi_connection.session`, and `struct iscsi_session.tsih`
+    /// (the I_T nexus id tgtd's iSCSI layer passes to the core).
+    pub const ISCSI_CONN_SESSION: usize = 40;
+    pub const ISCSI_SESSION_TSIH: usize = 70;
+    /// `struct iscsi_session.target`, and `struct iscsi_target.tid`.
+    pub const ISCSI_SESSION_TARGET: usize = 56;
+    pub const ISCSI_TARGET_TID: usize = 224;
+    /// The iSCSI opcode of a TMF request (`ISCSI_OP_SCSI_TMFUNC`), under
+    /// `ISCSI_OPCODE_MASK` (0x3f); and the function mask of its flags.
+    pub const ISCSI_OP_TMF: u8 = 0x02;
+    pub const ISCSI_OPCODE_MASK: u8 = 0x3f;
+    pub const ISCSI_TMF_FUNCTION_MASK: u8 = 0x7f;
+}
+
+/// Which saved register holds the iSCSI task at an offset probe: an index
+/// into x86_64's `struct pt_regs` (arch/x86/include/asm/ptrace.h), set by
+/// user space from the instruction it decoded there.
+pub mod pt_regs {
+    pub const R15: u8 = 0;
+    pub const R14: u8 = 1;
+    pub const R13: u8 = 2;
+    pub const R12: u8 = 3;
+    pub const RBP: u8 = 4;
+    pub const RBX: u8 = 5;
+    pub const R11: u8 = 6;
+    pub const R10: u8 = 7;
+    pub const R9: u8 = 8;
+    pub const R8: u8 = 9;
+    pub const RAX: u8 = 10;
+    pub const RCX: u8 = 11;
+    pub const RDX: u8 = 12;
+    pub const RSI: u8 = 13;
+    pub const RDI: u8 = 14;
 }

@@ -21,7 +21,10 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RetProbeContext},
 };
-use tgt_trace_common::{Event, NexusEvent, TASK_ABORTED, conn_state, counter, kind, layout};
+use tgt_trace_common::{
+    Event, NexusEvent, TASK_ABORTED, conn_state, counter, iscsi_tmf, kind, layout, pt_regs,
+    referenced,
+};
 
 /// Sized by user space (`--ring-size`) before load.
 #[map]
@@ -46,6 +49,19 @@ static RELEASES_FOR_TMF_ONLY: u8 = 0;
 /// response probe say whether the response was sent or dropped.
 #[unsafe(no_mangle)]
 static READ_CONN_STATE: u8 = 0;
+
+/// Set by user space: the `struct pt_regs` index of the register that holds
+/// the iSCSI task at the TMF-received point (`pt_regs` in the common crate).
+/// The point is inside a static function, so the register is whatever the
+/// compiler chose; user space decoded the instruction there to learn it.
+#[unsafe(no_mangle)]
+static RECEIVED_TASK_REG: u8 = pt_regs::RDI;
+
+/// Set by user space when the build's code shows the session task list and
+/// task flags at the offsets in `layout`: only then does the received probe
+/// walk the list for ABORT TASK's referenced command.
+#[unsafe(no_mangle)]
+static WALK_SESSION_TASKS: u8 = 0;
 
 /// tgt 1.0.85 `struct scsi_cmd`, bytes `CMD_WINDOW_START..CMD_WINDOW_END`:
 /// everything the command probes need, read in one helper call.
@@ -296,6 +312,214 @@ fn connection_state(task: u64) -> i32 {
         Ok(_) => conn_state::OPEN,
         Err(_) => conn_state::UNKNOWN,
     }
+}
+
+/// The first bytes of tgt's `struct iscsi_task` (`usr/iscsi/iscsid.h`): the
+/// request's basic header segment.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TaskHeader {
+    opcode: u8,
+    flags: u8,
+    _rsvd: [u8; 6],
+    lun: [u8; 8],
+    itt: u32,
+    rtt: u32,
+}
+
+const _: () = {
+    assert!(core::mem::offset_of!(TaskHeader, flags) == layout::ISCSI_TASK_FLAGS);
+    assert!(core::mem::offset_of!(TaskHeader, lun) == layout::ISCSI_TASK_LUN);
+    assert!(core::mem::offset_of!(TaskHeader, itt) == layout::ISCSI_TASK_ITT);
+    assert!(core::mem::offset_of!(TaskHeader, rtt) == layout::ISCSI_TASK_RTT);
+};
+
+fn read_user<T>(address: u64) -> Option<T> {
+    if address == 0 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_user checks the address; a bad one is an error.
+    unsafe { bpf_probe_read_user(address as *const T) }
+        .map_err(|_| bump(counter::READ_FAILED))
+        .ok()
+}
+
+/// The saved register `index` (a `pt_regs` index) at the probed instruction.
+///
+/// The verifier accepts only context loads at constant offsets, so every
+/// register is loaded on its own (volatile, so that the compiler cannot fold
+/// the loads into one at a computed offset) and the value chosen afterwards.
+fn saved_register(ctx: &ProbeContext, index: u8) -> u64 {
+    let regs = ctx.regs;
+    // SAFETY: `regs` is the probe's own pt_regs; each read is one field.
+    let all = unsafe {
+        [
+            core::ptr::read_volatile(&(*regs).r15),
+            core::ptr::read_volatile(&(*regs).r14),
+            core::ptr::read_volatile(&(*regs).r13),
+            core::ptr::read_volatile(&(*regs).r12),
+            core::ptr::read_volatile(&(*regs).rbp),
+            core::ptr::read_volatile(&(*regs).rbx),
+            core::ptr::read_volatile(&(*regs).r11),
+            core::ptr::read_volatile(&(*regs).r10),
+            core::ptr::read_volatile(&(*regs).r9),
+            core::ptr::read_volatile(&(*regs).r8),
+            core::ptr::read_volatile(&(*regs).rax),
+            core::ptr::read_volatile(&(*regs).rcx),
+            core::ptr::read_volatile(&(*regs).rdx),
+            core::ptr::read_volatile(&(*regs).rsi),
+            core::ptr::read_volatile(&(*regs).rdi),
+        ]
+    };
+    let mut value = all[pt_regs::RDI as usize];
+    for (i, v) in all.iter().enumerate() {
+        if i == index as usize {
+            value = *v;
+        }
+    }
+    value
+}
+
+/// `conn->session->tsih` (the I_T nexus id) and `session->target->tid`;
+/// 0 and -1 before the session exists (a connection still logging in).
+fn nexus_of(conn: u64) -> (u64, i32) {
+    let Some(session) = read_user::<u64>(conn + layout::ISCSI_CONN_SESSION as u64) else {
+        return (0, -1);
+    };
+    if session == 0 {
+        return (0, -1);
+    }
+    let tsih = read_user::<u16>(session + layout::ISCSI_SESSION_TSIH as u64).unwrap_or(0);
+    let tid = read_user::<u64>(session + layout::ISCSI_SESSION_TARGET as u64)
+        .and_then(|target| read_user::<i32>(target + layout::ISCSI_TARGET_TID as u64))
+        .unwrap_or(-1);
+    (u64::from(tsih), tid)
+}
+
+/// Where ABORT TASK's referenced command is: tgt keeps every SCSI task of a
+/// session on `session->cmd_list` from its arrival (`iscsi_cmd_rx_start`)
+/// until it is freed, and sets `TASK_in_scsi` in `task->flags` when it hands
+/// it to the core (`iscsi_target_cmd_queue`). A bounded walk; per TMF only.
+fn referenced_state(conn: u64, rtt: u32) -> i32 {
+    // SAFETY: a read-only global that user space sets before load.
+    if unsafe { core::ptr::read_volatile(&WALK_SESSION_TASKS) } == 0 {
+        return referenced::NOT_WALKED;
+    }
+    let Some(session) = read_user::<u64>(conn + layout::ISCSI_CONN_SESSION as u64) else {
+        return referenced::UNKNOWN;
+    };
+    if session == 0 {
+        return referenced::UNKNOWN;
+    }
+    let head = session + layout::ISCSI_SESSION_CMD_LIST as u64;
+    let Some(mut node) = read_user::<u64>(head) else {
+        return referenced::UNKNOWN;
+    };
+    for _ in 0..layout::SESSION_TASK_WALK {
+        if node == head {
+            return referenced::ABSENT;
+        }
+        let task = node.wrapping_sub(layout::ISCSI_TASK_C_HLIST as u64);
+        let Some(itt) = read_user::<u32>(task + layout::ISCSI_TASK_ITT as u64) else {
+            return referenced::UNKNOWN;
+        };
+        if itt == rtt {
+            let flags = read_user::<u64>(task + layout::ISCSI_TASK_TASK_FLAGS as u64).unwrap_or(0);
+            return if flags & layout::ISCSI_TASK_IN_SCSI != 0 {
+                referenced::IN_CORE
+            } else {
+                referenced::HELD_BY_TRANSPORT
+            };
+        }
+        match read_user::<u64>(node) {
+            Some(next) => node = next,
+            None => return referenced::UNKNOWN,
+        }
+    }
+    referenced::UNKNOWN
+}
+
+/// Inside the static `iscsi_tm_execute(task)` (tgt `usr/iscsi/iscsid.c`), at
+/// the read of the request's function: every TMF the iSCSI layer receives,
+/// before it decides whether the core sees it. Fires once per TMF.
+#[uprobe]
+pub fn tmf_received(ctx: ProbeContext) -> u32 {
+    // SAFETY: a read-only global that user space sets before load.
+    let reg = unsafe { core::ptr::read_volatile(&RECEIVED_TASK_REG) };
+    let task = saved_register(&ctx, reg);
+    let Some(h) = read_user::<TaskHeader>(task) else {
+        return 0;
+    };
+    let conn = read_user::<u64>(task + layout::ISCSI_TASK_CONN as u64).unwrap_or(0);
+    let (itn_id, tid) = nexus_of(conn);
+    let function = h.flags & layout::ISCSI_TMF_FUNCTION_MASK;
+    let state = if function == iscsi_tmf::ABORT_TASK {
+        referenced_state(conn, h.rtt)
+    } else {
+        referenced::NOT_WALKED
+    };
+    emit(Event {
+        tid,
+        itn_id,
+        cookie: task,
+        tmf_mid: conn,
+        function,
+        aux: state,
+        lun: h.lun,
+        // tgtd passes `req->rtt` as the core's tag as loaded: host order.
+        tag: u64::from(h.rtt),
+        value: h.itt as i32,
+        ..header(kind::TMF_RECEIVED)
+    });
+    0
+}
+
+/// At the transmit-done path of `iscsi_tx_handler` where tgtd frees a task
+/// whose response PDU has been written to the socket (the NOOP-OUT, LOGOUT
+/// and TMF case of the static `iscsi_task_tx_done`): filtered here to TMFs.
+/// The task is the first argument of that `iscsi_free_task` call.
+#[uprobe]
+pub fn tmf_sent(ctx: ProbeContext) -> u32 {
+    let task = arg(&ctx, 0);
+    let Some(h) = read_user::<TaskHeader>(task) else {
+        return 0;
+    };
+    if h.opcode & layout::ISCSI_OPCODE_MASK != layout::ISCSI_OP_TMF {
+        return 0;
+    }
+    let response = read_user::<i32>(task + layout::ISCSI_TASK_RESULT as u64).unwrap_or(-1);
+    let conn = read_user::<u64>(task + layout::ISCSI_TASK_CONN as u64).unwrap_or(0);
+    let (itn_id, tid) = nexus_of(conn);
+    emit(Event {
+        tid,
+        itn_id,
+        cookie: task,
+        tmf_mid: conn,
+        function: h.flags & layout::ISCSI_TMF_FUNCTION_MASK,
+        tag: u64::from(h.rtt),
+        value: response,
+        aux: h.itt as i32,
+        ..header(kind::TMF_SENT)
+    });
+    0
+}
+
+/// `void conn_close(struct iscsi_connection *conn)`: once per connection
+/// (a second call returns at once on `conn->closed`, and is not sent).
+#[uprobe]
+pub fn conn_close(ctx: ProbeContext) -> u32 {
+    let conn = arg(&ctx, 0);
+    if read_user::<i32>(conn + layout::ISCSI_CONN_CLOSED as u64).unwrap_or(0) != 0 {
+        return 0;
+    }
+    let (itn_id, tid) = nexus_of(conn);
+    emit(Event {
+        tid,
+        itn_id,
+        cookie: conn,
+        ..header(kind::CONN_CLOSE)
+    });
+    0
 }
 
 /// `int it_nexus_create(int tid, uint64_t itn_id, int host_no, char *info)`.

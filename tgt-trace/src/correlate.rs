@@ -20,7 +20,10 @@ use serde::{Deserialize, Serialize};
 use tgt_trace_common::{TASK_ABORTED, mgmt_ret, tmf};
 
 use crate::{
-    event::{Event, OpClass, Waiter, mgmt_ret_name, response_name, tmf_name},
+    event::{
+        Event, OpClass, Waiter, core_function, iscsi_response_name, iscsi_response_of,
+        iscsi_tmf_name, mgmt_ret_name, tmf_name,
+    },
     stats::{Stats, StatsSummary},
 };
 
@@ -50,6 +53,10 @@ impl Answer {
     };
 }
 
+fn unknown_delivery() -> Delivery {
+    Delivery::Unknown
+}
+
 fn is_false(value: &bool) -> bool {
     !*value
 }
@@ -73,6 +80,13 @@ pub struct Coverage {
     pub result: bool,
     pub release: bool,
     pub tmf_response: bool,
+    /// The iSCSI layer's TMF points: every TMF as received (including those
+    /// it answers itself), each response as written to the connection, and
+    /// connection teardown. Without them whether a built response left
+    /// tgtd is unknown.
+    pub tmf_received: bool,
+    pub tmf_sent: bool,
+    pub conn_close: bool,
 }
 
 impl Coverage {
@@ -82,6 +96,9 @@ impl Coverage {
         result: true,
         release: true,
         tmf_response: true,
+        tmf_received: true,
+        tmf_sent: true,
+        conn_close: true,
     };
 
     /// The lean probe set: queue and release, result read at release.
@@ -106,6 +123,9 @@ impl Coverage {
             result: attached("kspace_exec"),
             release: attached("release"),
             tmf_response: attached("tsk_mgmt_response"),
+            tmf_received: attached("tmf_received"),
+            tmf_sent: attached("tmf_sent"),
+            conn_close: attached("conn_close"),
         }
     }
 }
@@ -239,7 +259,64 @@ pub enum TmfOutcome {
     NoTaskDeferredThenFinished,
     NotSupported,
     Rejected,
+    /// Answered FUNCTION NOT SUPPORTED by tgtd's iSCSI layer itself
+    /// (`iscsi_tm_execute`: CLEAR ACA, CLEAR TASK SET, TARGET WARM/COLD
+    /// RESET, TASK REASSIGN); the core never saw it.
+    NotSupportedByTransport,
+    /// Answered FUNCTION REJECTED by the iSCSI layer: a function code it
+    /// does not know.
+    RejectedByTransport,
+    /// ABORT TASK that the core answered TASK DOES NOT EXIST while the
+    /// referenced command was still held by the iSCSI layer (waiting for its
+    /// CmdSN or its Data-Out), not yet queued to the core: it runs anyway.
+    NoTaskNotYetQueued,
     Unanswered,
+}
+
+/// Whether the initiator was sent the TMF's response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// Written to the connection (`iscsi_task_tx_done`).
+    Sent,
+    /// Built, then freed unsent: the connection was closed first.
+    FreedUnsent,
+    /// No response was built.
+    NotSent,
+    /// A response was built; the trace cannot tell whether it left tgtd (no
+    /// transmit probe: an older trace or a build where it was not found).
+    Unknown,
+}
+
+/// Where ABORT TASK's referenced command was when the iSCSI layer received
+/// the TMF (its session's task list, walked by the received probe).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Referenced {
+    /// Not in the session's tasks: it never arrived, or is gone.
+    Absent,
+    /// Received, but not yet handed to the core (waiting for its CmdSN or
+    /// Data-Out).
+    HeldByTransport,
+    /// Handed to the core.
+    InCore,
+    /// The list was longer than the probe walks, or unreadable.
+    Unknown,
+}
+
+impl Referenced {
+    fn from_probe(state: i32) -> Referenced {
+        match state {
+            tgt_trace_common::referenced::ABSENT => Referenced::Absent,
+            tgt_trace_common::referenced::HELD_BY_TRANSPORT => Referenced::HeldByTransport,
+            tgt_trace_common::referenced::IN_CORE => Referenced::InCore,
+            _ => Referenced::Unknown,
+        }
+    }
+}
+
+fn delivery_is_unknown(d: &Delivery) -> bool {
+    *d == Delivery::Unknown
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -257,6 +334,11 @@ pub struct TmfRecord {
     pub lun: u64,
     /// The referenced tag (ABORT TASK).
     pub tag: u64,
+    /// The TMF's own initiator task tag as tgtd loads it (the wire's ITT
+    /// with its bytes swapped on x86); absent without the received probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub itt: Option<u32>,
+    /// When the iSCSI layer received it, or else when the core got it.
     pub requested_ns: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub returned: Option<String>,
@@ -271,9 +353,26 @@ pub struct TmfRecord {
     /// unanswered.
     #[serde(default, skip_serializing_if = "is_false")]
     pub response_dropped: bool,
-    /// Request to response, for a response the initiator was sent.
+    /// Request to response, for a response the initiator was sent: to its
+    /// transmission when the trace has it, else to the core's response.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_ns: Option<u64>,
+    /// The iSCSI response code the initiator got (or would have got).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iscsi_response: Option<u8>,
+    /// When the response was written to the connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_ns: Option<u64>,
+    /// Whether the response reached the connection; `unknown` (the
+    /// default) only for traces without the transmit probe.
+    #[serde(
+        default = "unknown_delivery",
+        skip_serializing_if = "delivery_is_unknown"
+    )]
+    pub delivery: Delivery,
+    /// ABORT TASK: where its referenced command was at the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub referenced: Option<Referenced>,
     pub outcome: TmfOutcome,
     pub covered: Vec<Covered>,
     /// For a race: the gap between that command's release and the request.
@@ -309,6 +408,10 @@ pub enum OrphanKind {
     TmfUnanswered,
     /// (d) A deferred TMF whose blocking command was never released.
     BlockerNeverReleased,
+    /// (e) A command that ABORT TASK was answered TASK DOES NOT EXIST for,
+    /// because the iSCSI layer still held it, reached the core afterwards
+    /// and ran: the initiator believes it was never there.
+    AbortedCommandRan,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -375,6 +478,8 @@ struct Command {
     seq: u64,
     tid: i32,
     lun: Option<u64>,
+    /// The LUN's 8 bytes, as tgtd compares them.
+    lun_raw: Option<u64>,
     opcode: Option<u8>,
     arrived_ns: Option<u64>,
     result: Option<(i32, u64)>,
@@ -398,8 +503,17 @@ struct Tmf {
     mid: u64,
     function: u8,
     lun: u64,
+    lun_raw: Option<u64>,
     tag: u64,
     requested_ns: u64,
+    /// `target_mgmt_request` was seen for it.
+    core_requested: bool,
+    /// What the iSCSI layer's received probe said.
+    iscsi: Option<IscsiSide>,
+    /// The response as written to the connection: (iSCSI code, time).
+    sent: Option<(u8, u64)>,
+    /// The connection closed with its response built but unsent.
+    freed_unsent: bool,
     ret: Option<i32>,
     response: Option<(i32, u64, bool)>,
     /// tgtd freed the response unsent: the initiator's connection was closed.
@@ -416,6 +530,44 @@ struct Tmf {
     linger_until: Option<u64>,
 }
 
+/// A TMF as the iSCSI layer received it.
+#[derive(Debug, Clone, Copy)]
+struct IscsiSide {
+    conn: u64,
+    itt: u32,
+    function: u8,
+    referenced: Option<Referenced>,
+}
+
+impl Tmf {
+    fn name(&self) -> &'static str {
+        match self.iscsi {
+            Some(i) => iscsi_tmf_name(i.function),
+            None => tmf_name(self.function),
+        }
+    }
+
+    /// Whether the matcher waits for the transmit probe before it concludes.
+    fn awaits_transmission(&self, coverage: Coverage) -> bool {
+        coverage.tmf_sent && self.iscsi.is_some()
+    }
+
+    fn delivery(&self, coverage: Coverage) -> Delivery {
+        if self.sent.is_some() {
+            Delivery::Sent
+        } else if self.freed_unsent || self.response_dropped {
+            Delivery::FreedUnsent
+        } else if self.response.is_none() {
+            Delivery::NotSent
+        } else if self.awaits_transmission(coverage) {
+            // Built and not seen leaving before the TMF was closed.
+            Delivery::NotSent
+        } else {
+            Delivery::Unknown
+        }
+    }
+}
+
 /// The matcher's state.
 pub struct Matcher {
     cfg: Config,
@@ -428,6 +580,9 @@ pub struct Matcher {
     /// Recent releases by key, for race detection, in release order.
     recent_releases: VecDeque<(u64, CmdKey)>,
     initiators: HashMap<(u32, u64), String>,
+    /// ABORT TASKs answered while the iSCSI layer held their command: the
+    /// command's key → the TMF's seq and time, until the command arrives.
+    held_aborts: FxHashMap<CmdKey, (u64, u64, u64)>,
     next_seq: u64,
     now_ns: u64,
     /// No open TMF can time out before this stream time: `advance` scans
@@ -447,6 +602,7 @@ impl Matcher {
             in_request: FxHashMap::default(),
             recent_releases: VecDeque::new(),
             initiators: HashMap::new(),
+            held_aborts: FxHashMap::default(),
             next_seq: 0,
             now_ns: 0,
             next_timeout_ns: u64::MAX,
@@ -498,10 +654,11 @@ impl Matcher {
                 itn_id,
                 tag,
                 lun,
+                lun_raw,
                 opcode,
                 ..
             } => {
-                self.queue(ts_ns, (pid, itn_id, tag), tid, lun, opcode, out);
+                self.queue(ts_ns, (pid, itn_id, tag), tid, (lun, lun_raw), opcode, out);
             }
             Event::CmdPerform {
                 pid, itn_id, tag, ..
@@ -537,8 +694,10 @@ impl Matcher {
                 function,
                 tag,
                 lun,
+                lun_raw,
             } => {
-                self.tmf_request(ts_ns, pid, tid, itn_id, mid, function, tag, lun, out);
+                let tk = (pid, mid);
+                self.tmf_request(ts_ns, tk, tid, itn_id, function, tag, (lun, lun_raw), out);
             }
             Event::TmfReturn {
                 ts_ns,
@@ -577,7 +736,47 @@ impl Matcher {
             Event::ProcessExit { pid, .. } => {
                 self.close_where("target exited", |p, _| p == pid, out);
                 self.initiators.retain(|(p, _), _| *p != pid);
+                self.held_aborts.retain(|k, _| k.0 != pid);
             }
+            Event::TmfReceived {
+                ts_ns,
+                pid,
+                tid,
+                itn_id,
+                task,
+                conn,
+                itt,
+                iscsi_function,
+                tag,
+                lun,
+                lun_raw,
+                referenced,
+            } => {
+                let side = IscsiSide {
+                    conn,
+                    itt,
+                    function: iscsi_function,
+                    referenced: referenced.map(Referenced::from_probe),
+                };
+                self.tmf_received(
+                    ts_ns,
+                    (pid, task),
+                    tid,
+                    itn_id,
+                    side,
+                    tag,
+                    (lun, lun_raw),
+                    out,
+                );
+            }
+            Event::TmfSent {
+                ts_ns,
+                pid,
+                task,
+                response,
+                ..
+            } => self.tmf_sent(ts_ns, (pid, task), response, out),
+            Event::ConnClose { pid, conn, .. } => self.conn_closed(pid, conn, out),
         }
         self.advance(self.now_ns, out);
     }
@@ -587,15 +786,36 @@ impl Matcher {
         ts: u64,
         key: CmdKey,
         tid: i32,
-        lun: u64,
+        (lun, lun_raw): (u64, Option<u64>),
         opcode: u8,
         out: &mut Vec<Record>,
     ) {
         self.counts.commands_in += 1;
+        if let Some((seq, answered_ns, lun)) = self.held_aborts.remove(&key) {
+            let detail = format!(
+                "ABORT TASK (TMF {seq}) was answered TASK DOES NOT EXIST for tag {:#x} while the iSCSI \
+                 layer held it; the command reached the core {} µs later and ran",
+                key.2,
+                ts.saturating_sub(answered_ns) / 1_000
+            );
+            self.orphan(
+                OrphanKind::AbortedCommandRan,
+                key.0,
+                key.1,
+                key.2,
+                lun,
+                ts,
+                Some(seq),
+                Some("ABORT_TASK".to_owned()),
+                detail,
+                out,
+            );
+        }
         let command = Command {
             seq: self.seq(),
             tid,
             lun: Some(lun),
+            lun_raw,
             opcode: Some(opcode),
             arrived_ns: Some(ts),
             result: None,
@@ -663,6 +883,7 @@ impl Matcher {
             seq: self.seq(),
             tid: -1,
             lun: None,
+            lun_raw: None,
             opcode: None,
             arrived_ns: None,
             result: None,
@@ -841,7 +1062,7 @@ impl Matcher {
             tmf_key = self
                 .tmfs
                 .iter()
-                .filter(|(k, t)| k.0 == key.0 && scope_matches(t, key, None))
+                .filter(|(k, t)| k.0 == key.0 && scope_matches(t, key, None, None))
                 .max_by_key(|(_, t)| t.seq)
                 .map(|(k, _)| *k);
         }
@@ -968,28 +1189,17 @@ impl Matcher {
         }
     }
 
-    #[allow(clippy::too_many_arguments, reason = "the fields of one event")]
-    fn tmf_request(
-        &mut self,
-        ts: u64,
-        pid: u32,
-        tid: i32,
-        itn_id: u64,
-        mid: u64,
-        function: u8,
-        tag: u64,
-        lun: u64,
-        out: &mut Vec<Record>,
-    ) {
-        let tk = (pid, mid);
+    /// A new TMF under `tk`, closing one that still holds the key: tgtd
+    /// reuses a mid (the iSCSI task's address) only after freeing the
+    /// previous TMF, so that one's response was lost to us.
+    fn open_tmf(&mut self, tk: TmfKey, tmf: Tmf, out: &mut Vec<Record>) {
         if self.tmfs.contains_key(&tk) {
-            // tgtd reuses a mid (the iSCSI task's address) only after freeing
-            // the previous TMF, so that one's response was lost to us.
-            self.close_tmf(
-                tk,
-                "its mid was reused by a new TMF: the response was not seen",
-                out,
-            );
+            let cause = if self.cfg.coverage.tmf_sent {
+                "its iSCSI task was freed and reused before its response was seen leaving"
+            } else {
+                "its mid was reused by a new TMF: the response was not seen"
+            };
+            self.close_tmf(tk, cause, out);
         }
         if self.tmfs.len() >= self.cfg.max_tmfs
             && let Some(oldest) = self.tmfs.iter().min_by_key(|(_, t)| t.seq).map(|(k, _)| *k)
@@ -998,16 +1208,28 @@ impl Matcher {
             self.close_tmf(oldest, EVICTED_TMF, out);
         }
         self.counts.tmfs += 1;
-        let mut tmf = Tmf {
+        self.next_timeout_ns = self
+            .next_timeout_ns
+            .min(tmf.requested_ns.saturating_add(self.cfg.tmf_timeout_ns));
+        self.tmfs.insert(tk, tmf);
+    }
+
+    fn new_tmf(&mut self, tk: TmfKey, tid: i32, itn_id: u64, ts: u64) -> Tmf {
+        Tmf {
             seq: self.seq(),
-            pid,
+            pid: tk.0,
             tid,
             itn_id,
-            mid,
-            function,
-            lun,
-            tag,
+            mid: tk.1,
+            function: 0,
+            lun: 0,
+            lun_raw: None,
+            tag: 0,
             requested_ns: ts,
+            core_requested: false,
+            iscsi: None,
+            sent: None,
+            freed_unsent: false,
             ret: None,
             response: None,
             response_dropped: false,
@@ -1015,16 +1237,117 @@ impl Matcher {
             covered: Vec::new(),
             race: None,
             linger_until: None,
+        }
+    }
+
+    /// The iSCSI layer received a TMF. Those it hands the core are followed
+    /// at once by `target_mgmt_request` (same call chain); the others it
+    /// answers itself.
+    #[allow(clippy::too_many_arguments, reason = "the fields of one event")]
+    fn tmf_received(
+        &mut self,
+        ts: u64,
+        tk: TmfKey,
+        tid: i32,
+        itn_id: u64,
+        side: IscsiSide,
+        tag: u64,
+        (lun, lun_raw): (u64, u64),
+        out: &mut Vec<Record>,
+    ) {
+        let mut tmf = self.new_tmf(tk, tid, itn_id, ts);
+        tmf.function = core_function(side.function).unwrap_or(0);
+        tmf.tag = tag;
+        tmf.lun = lun;
+        tmf.lun_raw = Some(lun_raw);
+        tmf.iscsi = Some(side);
+        self.open_tmf(tk, tmf, out);
+    }
+
+    #[allow(clippy::too_many_arguments, reason = "the fields of one event")]
+    fn tmf_request(
+        &mut self,
+        ts: u64,
+        tk: TmfKey,
+        tid: i32,
+        itn_id: u64,
+        function: u8,
+        tag: u64,
+        (lun, lun_raw): (u64, Option<u64>),
+        out: &mut Vec<Record>,
+    ) {
+        let received = self
+            .tmfs
+            .get(&tk)
+            .is_some_and(|t| t.iscsi.is_some() && !t.core_requested);
+        if !received {
+            let tmf = self.new_tmf(tk, tid, itn_id, ts);
+            self.open_tmf(tk, tmf, out);
+        }
+        let Some(mut tmf) = self.tmfs.remove(&tk) else {
+            return;
         };
+        tmf.core_requested = true;
+        tmf.tid = tid;
+        tmf.itn_id = itn_id;
+        tmf.function = function;
+        tmf.tag = tag;
+        tmf.lun = lun;
+        tmf.lun_raw = lun_raw.or(tmf.lun_raw);
         self.cover(&mut tmf);
         if function == tmf::ABORT_TASK && tmf.covered.is_empty() {
-            tmf.race = self.race_gap(pid, itn_id, tag, ts);
+            tmf.race = self.race_gap(tk.0, itn_id, tag, ts);
         }
-        self.next_timeout_ns = self
-            .next_timeout_ns
-            .min(ts.saturating_add(self.cfg.tmf_timeout_ns));
         self.tmfs.insert(tk, tmf);
-        self.in_request.insert(pid, tk);
+        self.in_request.insert(tk.0, tk);
+    }
+
+    /// The response was written to the connection: the initiator has it.
+    fn tmf_sent(&mut self, ts: u64, tk: TmfKey, response: u8, out: &mut Vec<Record>) {
+        let Some(tmf) = self.tmfs.get_mut(&tk) else {
+            self.counts.unmatched_events += 1;
+            return;
+        };
+        if tmf.sent.is_some() {
+            return;
+        }
+        tmf.sent = Some((response, ts));
+        tmf.stranded = None;
+        let latency = ts.saturating_sub(tmf.requested_ns);
+        self.stats
+            .tmf_by_function
+            .entry(tmf.name())
+            .or_default()
+            .record_ns(latency);
+        if tmf.ret == Some(mgmt_ret::QUEUED) {
+            self.stats.deferred_wait.record_ns(latency);
+        }
+        self.try_finish_tmf(tk, out);
+    }
+
+    /// `conn_close`: a response built for this connection and not yet sent
+    /// is freed unsent (tgt `usr/iscsi/conn.c`: the transmit list is
+    /// emptied). A TMF still waiting in the core is answered later into a
+    /// closed connection, which the response probe sees.
+    fn conn_closed(&mut self, pid: u32, conn: u64, out: &mut Vec<Record>) {
+        let mut affected: Vec<(u64, TmfKey)> = self
+            .tmfs
+            .iter_mut()
+            .filter(|(k, t)| {
+                k.0 == pid
+                    && t.iscsi.is_some_and(|i| i.conn == conn)
+                    && t.sent.is_none()
+                    && (t.response.is_some() || !t.core_requested)
+            })
+            .map(|(k, t)| {
+                t.freed_unsent = true;
+                (t.seq, *k)
+            })
+            .collect();
+        affected.sort_unstable();
+        for (_, tk) in affected {
+            self.try_finish_tmf(tk, out);
+        }
     }
 
     /// The commands in tgtd's task list that the TMF's scope takes in (tgt
@@ -1036,7 +1359,7 @@ impl Matcher {
             let in_scope = key.0 == tmf.pid
                 && (cmd.tid == tmf.tid || cmd.tid < 0)
                 && !cmd.aborted
-                && scope_matches(tmf, *key, cmd.lun);
+                && scope_matches(tmf, *key, cmd.lun, cmd.lun_raw);
             if !in_scope {
                 continue;
             }
@@ -1148,14 +1471,18 @@ impl Matcher {
             // An answer proves it was not stranded after all.
             tmf.stranded = None;
             tmf.response = Some((result, ts, answer.inferred));
-            let latency = ts.saturating_sub(tmf.requested_ns);
-            self.stats
-                .tmf_by_function
-                .entry(tmf_name(tmf.function))
-                .or_default()
-                .record_ns(latency);
-            if tmf.ret == Some(mgmt_ret::QUEUED) {
-                self.stats.deferred_wait.record_ns(latency);
+            // With the transmit probe the latency is taken when the
+            // response leaves (tmf_sent); this is only when tgtd built it.
+            if !tmf.awaits_transmission(self.cfg.coverage) {
+                let latency = ts.saturating_sub(tmf.requested_ns);
+                self.stats
+                    .tmf_by_function
+                    .entry(tmf.name())
+                    .or_default()
+                    .record_ns(latency);
+                if tmf.ret == Some(mgmt_ret::QUEUED) {
+                    self.stats.deferred_wait.record_ns(latency);
+                }
             }
         }
         self.try_finish_tmf(tk, out);
@@ -1183,8 +1510,15 @@ impl Matcher {
             }
             return;
         }
-        let ready = t.response.is_some()
-            && (t.ret.is_some() || !self.in_request.contains_key(&t.pid))
+        // Answered: written to the connection when the trace can see that;
+        // else built. Freed unsent is as final as sent.
+        let answered = if t.awaits_transmission(self.cfg.coverage) {
+            t.sent.is_some() || t.freed_unsent || t.response_dropped
+        } else {
+            t.response.is_some()
+        };
+        let ready = answered
+            && (t.ret.is_some() || !t.core_requested || !self.in_request.contains_key(&t.pid))
             && fates_known;
         if !ready {
             return;
@@ -1192,6 +1526,7 @@ impl Matcher {
         let coverage = self.cfg.coverage;
         let may_have_unseen_aborts = !coverage.queue
             && !coverage.result
+            && t.core_requested
             && t.response.is_some_and(|r| r.0 == 0)
             && t.ret != Some(mgmt_ret::FAILED);
         if may_have_unseen_aborts && t.linger_until.is_none() {
@@ -1234,33 +1569,64 @@ impl Matcher {
             .iter()
             .filter(|(_, c)| c.fate == Fate::Aborted || (aborted_unseen && c.fate == Fate::Pending))
             .count();
-        let cause = if tmf.response_dropped {
-            Some(match tmf.response {
-                Some((result, _, _)) => format!(
-                    "connection closed: tgtd freed its response ({}) unsent",
-                    response_name(result)
-                ),
-                None => "connection closed: tgtd freed its response unsent".to_owned(),
-            })
-        } else {
-            cause
-        };
-        let outcome = match tmf.response {
-            None => TmfOutcome::Unanswered,
-            Some(_) if tmf.response_dropped => TmfOutcome::Unanswered,
-            Some((result, _, _)) => match result.wrapping_neg() {
-                0 if blocked => TmfOutcome::Deferred,
-                0 if aborted > 0 => TmfOutcome::CompletedWithAborts,
-                0 => TmfOutcome::CompletedNothingToAbort,
-                EEXIST if blocked => TmfOutcome::NoTaskDeferredThenFinished,
-                EEXIST if tmf.race.is_some() => TmfOutcome::NoTaskRace,
-                EEXIST => TmfOutcome::NoTaskNeverExisted,
-                EINVAL => TmfOutcome::NotSupported,
-                _ => TmfOutcome::Rejected,
+        let delivery = tmf.delivery(self.cfg.coverage);
+        // The iSCSI code the initiator got or would have got: as sent, else
+        // as iscsi_tm_done maps the core's result.
+        let iscsi_response = tmf
+            .sent
+            .map(|(code, _)| code)
+            .or_else(|| tmf.response.map(|r| iscsi_response_of(r.0)));
+        let cause =
+            match delivery {
+                Delivery::FreedUnsent => Some(match iscsi_response {
+                    Some(code) => format!(
+                        "connection closed: tgtd freed its response ({}) unsent",
+                        iscsi_response_name(code)
+                    ),
+                    None => "connection closed: tgtd freed its response unsent".to_owned(),
+                }),
+                Delivery::NotSent if tmf.response.is_some() => Some(cause.unwrap_or_else(|| {
+                    "tgtd built a response that was never seen leaving".to_owned()
+                })),
+                _ => cause,
+            };
+        let transport_only = tmf.iscsi.is_some() && !tmf.core_requested;
+        let referenced_held = tmf
+            .iscsi
+            .and_then(|i| i.referenced)
+            .is_some_and(|r| r == Referenced::HeldByTransport);
+        let outcome = match (delivery, iscsi_response) {
+            (Delivery::FreedUnsent | Delivery::NotSent, _) | (_, None) => TmfOutcome::Unanswered,
+            (_, Some(code)) if transport_only => match code {
+                tgt_trace_common::iscsi_rsp::REJECTED => TmfOutcome::RejectedByTransport,
+                _ => TmfOutcome::NotSupportedByTransport,
             },
+            (_, Some(code)) => {
+                // The core's own result when seen, else the code's meaning.
+                let result = tmf.response.map_or(
+                    match code {
+                        0 => 0,
+                        1 => -EEXIST,
+                        5 => -EINVAL,
+                        _ => -1,
+                    },
+                    |r| r.0,
+                );
+                match result.wrapping_neg() {
+                    0 if blocked => TmfOutcome::Deferred,
+                    0 if aborted > 0 => TmfOutcome::CompletedWithAborts,
+                    0 => TmfOutcome::CompletedNothingToAbort,
+                    EEXIST if blocked => TmfOutcome::NoTaskDeferredThenFinished,
+                    EEXIST if referenced_held => TmfOutcome::NoTaskNotYetQueued,
+                    EEXIST if tmf.race.is_some() => TmfOutcome::NoTaskRace,
+                    EEXIST => TmfOutcome::NoTaskNeverExisted,
+                    EINVAL => TmfOutcome::NotSupported,
+                    _ => TmfOutcome::Rejected,
+                }
+            }
         };
         let initiator = self.initiator(tmf.pid, tmf.itn_id);
-        let function = tmf_name(tmf.function).to_owned();
+        let function = tmf.name().to_owned();
         *self
             .counts
             .tmfs_by_outcome
@@ -1273,8 +1639,36 @@ impl Matcher {
             .or_default()
             .entry(outcome_name(outcome).to_owned())
             .or_default() += 1;
-        let at = tmf.response.map_or(self.now_ns, |r| r.1);
+        let at = tmf
+            .sent
+            .map(|s| s.1)
+            .or(tmf.response.map(|r| r.1))
+            .unwrap_or(self.now_ns);
         match outcome {
+            TmfOutcome::NoTaskNotYetQueued => {
+                let detail = format!(
+                    "ABORT TASK found no task in the core: tag {:#x} was still held by the iSCSI \
+                     layer (waiting for its CmdSN or Data-Out); tgtd answered TASK DOES NOT EXIST \
+                     and will run the command when it arrives",
+                    tmf.tag
+                );
+                if self.held_aborts.len() < self.cfg.max_tmfs {
+                    self.held_aborts
+                        .insert((tmf.pid, tmf.itn_id, tmf.tag), (tmf.seq, at, tmf.lun));
+                }
+                self.orphan(
+                    OrphanKind::TmfFoundNoTask,
+                    tmf.pid,
+                    tmf.itn_id,
+                    tmf.tag,
+                    tmf.lun,
+                    at,
+                    Some(tmf.seq),
+                    Some(function.clone()),
+                    detail,
+                    out,
+                );
+            }
             TmfOutcome::NoTaskNeverExisted | TmfOutcome::NoTaskRace => {
                 let detail = match tmf.race {
                     Some(gap) => format!(
@@ -1354,16 +1748,22 @@ impl Matcher {
             function,
             lun: tmf.lun,
             tag: tmf.tag,
+            itt: tmf.iscsi.map(|i| i.itt),
             requested_ns: tmf.requested_ns,
             returned: tmf.ret.map(|r| mgmt_ret_name(r).to_owned()),
             responded_ns: tmf.response.map(|r| r.1),
             response: tmf.response.map(|r| r.0),
             response_inferred: tmf.response.is_some_and(|r| r.2),
             response_dropped: tmf.response_dropped,
-            latency_ns: tmf
-                .response
-                .filter(|_| !tmf.response_dropped)
-                .map(|r| r.1.saturating_sub(tmf.requested_ns)),
+            latency_ns: match delivery {
+                Delivery::Sent => tmf.sent.map(|s| s.1.saturating_sub(tmf.requested_ns)),
+                Delivery::Unknown => tmf.response.map(|r| r.1.saturating_sub(tmf.requested_ns)),
+                Delivery::FreedUnsent | Delivery::NotSent => None,
+            },
+            iscsi_response,
+            sent_ns: tmf.sent.map(|s| s.1),
+            delivery,
+            referenced: tmf.iscsi.and_then(|i| i.referenced),
             outcome,
             covered: tmf.covered.into_iter().map(|(_, c)| c).collect(),
             race_gap_ns: tmf.race,
@@ -1566,13 +1966,33 @@ fn covered_entry<'t>(
     &mut tmf.covered[index].1
 }
 
-/// Whether a TMF's scope covers a command (tgt `abort_task_set`).
-fn scope_matches(tmf: &Tmf, key: CmdKey, lun: Option<u64>) -> bool {
+/// Whether a TMF's scope covers a command, as tgt 1.0.85 `abort_task_set`
+/// decides it (`usr/target.c`):
+///
+/// ```c
+/// if ((all && itn->itn_id == itn_id) ||
+///     (cmd->tag == tag && itn->itn_id == itn_id) ||
+///     (lun && !memcmp(cmd->lun, lun, sizeof(cmd->lun))))
+/// ```
+///
+/// ABORT TASK passes its tag and no LUN; ABORT TASK SET `all`; CLEAR TASK
+/// SET and LOGICAL UNIT RESET the LUN bytes **and tag 0**, so the
+/// requester's own commands with tag 0 are covered on any LUN. LUNs are
+/// compared as their 8 bytes; where a trace lacks them (before schema 4),
+/// as the decoded numbers.
+fn scope_matches(tmf: &Tmf, key: CmdKey, lun: Option<u64>, lun_raw: Option<u64>) -> bool {
     let (_, itn, tag) = key;
+    let same_nexus = itn == tmf.itn_id;
     match tmf.function {
-        tmf::ABORT_TASK => itn == tmf.itn_id && tag == tmf.tag,
-        tmf::ABORT_TASK_SET => itn == tmf.itn_id,
-        tmf::CLEAR_TASK_SET | tmf::LOGICAL_UNIT_RESET => lun.is_none_or(|l| l == tmf.lun),
+        tmf::ABORT_TASK => same_nexus && tag == tmf.tag,
+        tmf::ABORT_TASK_SET => same_nexus,
+        tmf::CLEAR_TASK_SET | tmf::LOGICAL_UNIT_RESET => {
+            let same_lun = match (lun_raw, tmf.lun_raw) {
+                (Some(a), Some(b)) => a == b,
+                _ => lun.is_none_or(|l| l == tmf.lun),
+            };
+            same_lun || (same_nexus && tag == 0)
+        }
         _ => false,
     }
 }
@@ -1587,6 +2007,9 @@ pub fn outcome_name(outcome: TmfOutcome) -> &'static str {
         TmfOutcome::NoTaskDeferredThenFinished => "no_task_deferred_then_finished",
         TmfOutcome::NotSupported => "not_supported",
         TmfOutcome::Rejected => "rejected",
+        TmfOutcome::NotSupportedByTransport => "not_supported_by_transport",
+        TmfOutcome::RejectedByTransport => "rejected_by_transport",
+        TmfOutcome::NoTaskNotYetQueued => "no_task_not_yet_queued",
         TmfOutcome::Unanswered => "unanswered",
     }
 }
@@ -1597,6 +2020,7 @@ pub fn orphan_name(kind: OrphanKind) -> &'static str {
         OrphanKind::AbortWithoutTmf => "abort_without_tmf",
         OrphanKind::TmfUnanswered => "tmf_unanswered",
         OrphanKind::BlockerNeverReleased => "blocker_never_released",
+        OrphanKind::AbortedCommandRan => "aborted_command_ran",
     }
 }
 
@@ -1641,7 +2065,7 @@ impl Matcher {
                 mid: t.mid,
                 itn_id: t.itn_id,
                 initiator: self.initiator(t.pid, t.itn_id),
-                function: crate::event::tmf_name(t.function).to_owned(),
+                function: t.name().to_owned(),
                 lun: t.lun,
                 tag: t.tag,
                 requested_ns: t.requested_ns,

@@ -35,7 +35,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     };
     let expected = match kind {
         kind::NEXUS_CREATE => NEXUS_EVENT_SIZE,
-        kind::CMD_QUEUE..=kind::NEXUS_DESTROY => EVENT_SIZE,
+        kind::CMD_QUEUE..=kind::NEXUS_DESTROY | kind::TMF_RECEIVED..=kind::CONN_CLOSE => EVENT_SIZE,
         other => return Err(DecodeError::UnknownKind(other)),
     };
     if bytes.len() < expected {
@@ -57,6 +57,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             itn_id: raw.itn_id,
             tag: raw.tag,
             lun: lun_number(&raw.lun),
+            lun_raw: Some(u64::from_be_bytes(raw.lun)),
             opcode: raw.opcode,
             attribute: raw.attribute,
             cmd: raw.cookie,
@@ -99,6 +100,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             function: raw.function,
             tag: raw.tag,
             lun: lun_number(&raw.lun),
+            lun_raw: Some(u64::from_be_bytes(raw.lun)),
         },
         kind::TMF_RETURN => Event::TmfReturn {
             ts_ns: raw.ts_ns,
@@ -140,6 +142,40 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             pid: raw.pid,
             tid: raw.tid,
             itn_id: raw.itn_id,
+        },
+        kind::TMF_RECEIVED => Event::TmfReceived {
+            ts_ns: raw.ts_ns,
+            pid: raw.pid,
+            tid: raw.tid,
+            itn_id: raw.itn_id,
+            task: raw.cookie,
+            conn: raw.tmf_mid,
+            itt: raw.value as u32,
+            iscsi_function: raw.function,
+            tag: raw.tag,
+            lun: lun_number(&raw.lun),
+            lun_raw: u64::from_be_bytes(raw.lun),
+            referenced: (raw.aux != abi::referenced::NOT_WALKED).then_some(raw.aux),
+        },
+        kind::TMF_SENT => Event::TmfSent {
+            ts_ns: raw.ts_ns,
+            pid: raw.pid,
+            tid: raw.tid,
+            itn_id: raw.itn_id,
+            task: raw.cookie,
+            conn: raw.tmf_mid,
+            itt: raw.aux as u32,
+            iscsi_function: raw.function,
+            tag: raw.tag,
+            // task->result holds a response code (0..6 or 255).
+            response: raw.value as u8,
+        },
+        kind::CONN_CLOSE => Event::ConnClose {
+            ts_ns: raw.ts_ns,
+            pid: raw.pid,
+            tid: raw.tid,
+            itn_id: raw.itn_id,
+            conn: raw.cookie,
         },
         other => return Err(DecodeError::UnknownKind(other)),
     })
@@ -203,6 +239,7 @@ mod tests {
                 itn_id: 0x10001,
                 tag: 0x1200_0000,
                 lun: 1,
+                lun_raw: Some(0x0001_0000_0000_0000),
                 opcode: 0x28,
                 attribute: 0x22,
                 cmd: 0xdead_beef,
@@ -265,7 +302,7 @@ mod tests {
     #[test]
     fn unknown_kind_is_an_error() {
         let mut bytes = vec![0u8; NEXUS_EVENT_SIZE];
-        for k in [0u8, 10, 200, 255] {
+        for k in [0u8, 13, 200, 255] {
             bytes[0] = k;
             assert_eq!(decode(&bytes), Err(DecodeError::UnknownKind(k)));
         }

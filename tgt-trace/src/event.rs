@@ -23,6 +23,12 @@ pub enum Event {
         itn_id: u64,
         tag: u64,
         lun: u64,
+        /// The 8 LUN bytes as the transport gave them, read big-endian (LUN 1
+        /// in peripheral addressing is `0x0001000000000000`): tgtd compares
+        /// LUNs as these bytes (`memcmp` in `abort_task_set`), not as the
+        /// number in `lun`. Absent in traces before schema 4.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lun_raw: Option<u64>,
         opcode: u8,
         attribute: u8,
         cmd: u64,
@@ -74,6 +80,9 @@ pub enum Event {
         /// The referenced task tag (ABORT TASK).
         tag: u64,
         lun: u64,
+        /// As in `cmd_queue`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lun_raw: Option<u64>,
     },
     /// `target_mgmt_request` return.
     TmfReturn {
@@ -118,6 +127,59 @@ pub enum Event {
     },
     /// Seen by user space, not a probe: the tgtd process is gone.
     ProcessExit { ts_ns: u64, pid: u32 },
+    /// The iSCSI layer received a TMF request (inside `iscsi_tm_execute`):
+    /// every TMF, including those it answers itself without the core.
+    TmfReceived {
+        ts_ns: u64,
+        pid: u32,
+        /// -1 before the session has a target (never for a TMF in practice).
+        tid: i32,
+        itn_id: u64,
+        /// The iSCSI task's address: the `mid` the core's events name it by.
+        task: u64,
+        /// The connection's address (`task->conn`).
+        conn: u64,
+        /// The initiator task tag as tgtd loads it (the wire's bytes
+        /// swapped on x86, like `tag`).
+        itt: u32,
+        /// The iSCSI function code (1 ABORT TASK .. 8 TASK REASSIGN).
+        iscsi_function: u8,
+        /// The referenced task tag, as the core would get it.
+        tag: u64,
+        lun: u64,
+        lun_raw: u64,
+        /// ABORT TASK: where the referenced command was (the probe's walk of
+        /// the session's tasks: 0 absent, 1 held by the iSCSI layer, 2 in
+        /// the core, -1 unknown).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        referenced: Option<i32>,
+    },
+    /// The iSCSI layer wrote a TMF response to the connection
+    /// (`iscsi_task_tx_done`): the initiator was answered.
+    TmfSent {
+        ts_ns: u64,
+        pid: u32,
+        tid: i32,
+        itn_id: u64,
+        task: u64,
+        conn: u64,
+        itt: u32,
+        iscsi_function: u8,
+        tag: u64,
+        /// The iSCSI response code sent (0 complete, 1 no task, 5 not
+        /// supported, 255 rejected, ...).
+        response: u8,
+    },
+    /// `conn_close`: the connection goes away; a TMF response still queued
+    /// on it is freed unsent.
+    ConnClose {
+        ts_ns: u64,
+        pid: u32,
+        tid: i32,
+        /// 0 for a connection that never completed its login.
+        itn_id: u64,
+        conn: u64,
+    },
 }
 
 /// A TMF that waits for a command's release (`cmd->mreq`).
@@ -141,7 +203,10 @@ impl Event {
             | Event::TmfResponse { ts_ns, .. }
             | Event::NexusCreate { ts_ns, .. }
             | Event::NexusDestroy { ts_ns, .. }
-            | Event::ProcessExit { ts_ns, .. } => ts_ns,
+            | Event::ProcessExit { ts_ns, .. }
+            | Event::TmfReceived { ts_ns, .. }
+            | Event::TmfSent { ts_ns, .. }
+            | Event::ConnClose { ts_ns, .. } => ts_ns,
         }
     }
 
@@ -156,7 +221,10 @@ impl Event {
             | Event::TmfResponse { pid, .. }
             | Event::NexusCreate { pid, .. }
             | Event::NexusDestroy { pid, .. }
-            | Event::ProcessExit { pid, .. } => pid,
+            | Event::ProcessExit { pid, .. }
+            | Event::TmfReceived { pid, .. }
+            | Event::TmfSent { pid, .. }
+            | Event::ConnClose { pid, .. } => pid,
         }
     }
 
@@ -173,6 +241,9 @@ impl Event {
             Event::NexusCreate { .. } => "nexus_create",
             Event::NexusDestroy { .. } => "nexus_destroy",
             Event::ProcessExit { .. } => "process_exit",
+            Event::TmfReceived { .. } => "tmf_received",
+            Event::TmfSent { .. } => "tmf_sent",
+            Event::ConnClose { .. } => "conn_close",
         }
     }
 }
@@ -186,6 +257,62 @@ pub fn tmf_name(function: u8) -> &'static str {
         tmf::CLEAR_TASK_SET => "CLEAR_TASK_SET",
         tmf::LOGICAL_UNIT_RESET => "LOGICAL_UNIT_RESET",
         _ => "UNKNOWN",
+    }
+}
+
+/// An iSCSI TMF function code by name (RFC 7143 11.5.1); the ones the core
+/// also knows have tgt's names.
+pub fn iscsi_tmf_name(function: u8) -> &'static str {
+    use tgt_trace_common::iscsi_tmf as f;
+    match function {
+        f::ABORT_TASK => "ABORT_TASK",
+        f::ABORT_TASK_SET => "ABORT_TASK_SET",
+        f::CLEAR_ACA => "CLEAR_ACA",
+        f::CLEAR_TASK_SET => "CLEAR_TASK_SET",
+        f::LOGICAL_UNIT_RESET => "LOGICAL_UNIT_RESET",
+        f::TARGET_WARM_RESET => "TARGET_WARM_RESET",
+        f::TARGET_COLD_RESET => "TARGET_COLD_RESET",
+        f::TASK_REASSIGN => "TASK_REASSIGN",
+        _ => "UNKNOWN",
+    }
+}
+
+/// The tgt function code `iscsi_tm_execute` hands the core for an iSCSI
+/// function, or `None` when the iSCSI layer answers it itself.
+pub fn core_function(iscsi_function: u8) -> Option<u8> {
+    use tgt_trace_common::iscsi_tmf as f;
+    match iscsi_function {
+        f::ABORT_TASK => Some(tmf::ABORT_TASK),
+        f::ABORT_TASK_SET => Some(tmf::ABORT_TASK_SET),
+        f::LOGICAL_UNIT_RESET => Some(tmf::LOGICAL_UNIT_RESET),
+        _ => None,
+    }
+}
+
+/// An iSCSI TMF response code by name (RFC 7143 11.6.1).
+pub fn iscsi_response_name(code: u8) -> &'static str {
+    use tgt_trace_common::iscsi_rsp as r;
+    match code {
+        r::FUNCTION_COMPLETE => "FUNCTION COMPLETE",
+        r::TASK_DOES_NOT_EXIST => "TASK DOES NOT EXIST",
+        r::LUN_DOES_NOT_EXIST => "LUN DOES NOT EXIST",
+        r::TASK_STILL_ALLEGIANT => "TASK STILL ALLEGIANT",
+        r::REASSIGNMENT_NOT_SUPPORTED => "TASK ALLEGIANCE REASSIGNMENT NOT SUPPORTED",
+        r::NOT_SUPPORTED => "FUNCTION NOT SUPPORTED",
+        r::AUTHORIZATION_FAILED => "FUNCTION AUTHORIZATION FAILED",
+        r::REJECTED => "FUNCTION REJECTED",
+        _ => "UNKNOWN",
+    }
+}
+
+/// The iSCSI response `iscsi_tm_done` makes of the core's `mreq->result`.
+pub fn iscsi_response_of(result: i32) -> u8 {
+    use tgt_trace_common::iscsi_rsp as r;
+    match result.wrapping_neg() {
+        0 => r::FUNCTION_COMPLETE,
+        17 => r::TASK_DOES_NOT_EXIST,
+        22 => r::NOT_SUPPORTED,
+        _ => r::REJECTED,
     }
 }
 

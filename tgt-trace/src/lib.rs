@@ -7,6 +7,7 @@ pub mod check;
 pub mod correlate;
 pub mod decode;
 pub mod event;
+pub mod locate;
 pub mod probe;
 pub mod reader;
 pub mod record;
@@ -30,7 +31,15 @@ pub mod tui;
 /// `response_dropped` on TMF records (a response tgtd freed unsent because
 /// the initiator's connection was closed; such a TMF is unanswered and has no
 /// `latency_ns`). Versions 1 and 2 are still read.
-pub const SCHEMA_VERSION: u32 = 3;
+///
+/// 4 added the iSCSI layer's TMF events (`tmf_received`, `tmf_sent`,
+/// `conn_close`), the LUN's bytes (`lun_raw`) on `cmd_queue` and
+/// `tmf_request`, and on TMF records `itt`, `iscsi_response`, `sent_ns`,
+/// `delivery` and `referenced`, the outcomes `not_supported_by_transport`,
+/// `rejected_by_transport` and `no_task_not_yet_queued`, and the orphan
+/// `aborted_command_ran`. Versions 1 to 3 are still read; their TMFs'
+/// delivery is `unknown`.
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// The oldest trace format this version reads.
 pub const OLDEST_SCHEMA_VERSION: u32 = 1;

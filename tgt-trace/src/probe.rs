@@ -84,10 +84,13 @@ enum Hook {
     TmfResponse,
     NexusCreate,
     NexusDestroy,
+    TmfReceived,
+    TmfSent,
+    ConnClose,
 }
 
 impl Hook {
-    const ALL: [Hook; 9] = [
+    const ALL: [Hook; 12] = [
         Hook::Queue,
         Hook::Perform,
         Hook::Result,
@@ -97,6 +100,9 @@ impl Hook {
         Hook::TmfResponse,
         Hook::NexusCreate,
         Hook::NexusDestroy,
+        Hook::TmfReceived,
+        Hook::TmfSent,
+        Hook::ConnClose,
     ];
 
     /// (name in outputs, eBPF program, tgtd function)
@@ -111,6 +117,9 @@ impl Hook {
             Hook::TmfResponse => ("tsk_mgmt_response", "tmf_response", "iscsi_tm_done"),
             Hook::NexusCreate => ("nexus_create", "nexus_create", symbol::NEXUS_CREATE),
             Hook::NexusDestroy => ("nexus_destroy", "nexus_destroy", symbol::NEXUS_DESTROY),
+            Hook::TmfReceived => ("tmf_received", "tmf_received", "iscsi_tm_execute"),
+            Hook::TmfSent => ("tmf_sent", "tmf_sent", "iscsi_task_tx_done"),
+            Hook::ConnClose => ("conn_close", "conn_close", symbol::CONN_CLOSE),
         }
     }
 }
@@ -233,9 +242,20 @@ impl Tracer {
         }
         let tmf_only: u8 = (opts.set == ProbeSet::Tmf).into();
         let read_conn_state: u8 = opts.binary.tmf_response_reads_connection.into();
+        let received_reg: u8 = opts
+            .binary
+            .tmf_received
+            .as_ref()
+            .map_or(tgt_trace_common::pt_regs::RDI, |p| p.task_reg);
+        // The walk's offsets are proved by the received point (task flags)
+        // and conn_close (the session's task lists).
+        let walk_tasks: u8 =
+            (opts.binary.tmf_received.is_ok() && opts.binary.conn_close.is_ok()).into();
         let mut ebpf = EbpfLoader::new()
             .override_global("RELEASES_FOR_TMF_ONLY", &tmf_only, true)
             .override_global("READ_CONN_STATE", &read_conn_state, true)
+            .override_global("RECEIVED_TASK_REG", &received_reg, true)
+            .override_global("WALK_SESSION_TASKS", &walk_tasks, true)
             .map_max_entries("EVENTS", opts.ring_bytes)
             .load(PROBES)
             .map_err(ProbeError::Load)?;
@@ -247,10 +267,21 @@ impl Tracer {
         let mut points = Vec::new();
         for path in Hook::ALL {
             let (name, program, function) = path.describe();
-            let offset = match path {
-                Hook::TmfResponse => opts.binary.tmf_response_offset,
-                _ => opts.binary.symbol_offset(function),
+            let located = match path {
+                Hook::TmfResponse => opts.binary.tmf_response_offset.ok_or_else(|| {
+                    "iscsi_tm_done could not be located through the iSCSI driver table; \
+                     TMF responses are inferred from tgtd's return value and releases"
+                        .to_owned()
+                }),
+                Hook::TmfReceived => opts.binary.tmf_received.clone().map(|p| p.address),
+                Hook::TmfSent => opts.binary.tmf_sent.clone().map(|p| p.address),
+                Hook::ConnClose => opts.binary.conn_close.clone(),
+                _ => opts
+                    .binary
+                    .symbol_offset(function)
+                    .ok_or_else(|| format!("{function} is not exported")),
             };
+            let offset = located.as_ref().ok().copied();
             let mut point = ProbePoint {
                 name: name.to_owned(),
                 function: function.to_owned(),
@@ -263,16 +294,17 @@ impl Tracer {
                 points.push(point);
                 continue;
             }
-            let Some(offset) = offset else {
-                // Only the TMF response can be missing here: symbols were checked
-                // by TgtdBinary::inspect. The matcher then infers responses.
-                point.missing = Some(
-                    "iscsi_tm_done could not be located through the iSCSI driver table; \
-                     TMF responses are inferred from tgtd's return value and releases"
-                        .to_owned(),
-                );
-                points.push(point);
-                continue;
+            let offset = match located {
+                Ok(offset) => offset,
+                Err(reason) => {
+                    // Only points found in the machine code can be missing
+                    // here: exported symbols were checked by
+                    // TgtdBinary::inspect. The matcher says what it then
+                    // cannot know.
+                    point.missing = Some(reason);
+                    points.push(point);
+                    continue;
+                }
             };
             let prog: &mut UProbe = ebpf
                 .program_mut(program)

@@ -431,6 +431,8 @@ fn command_event(rest: &str, scratch: &mut String) -> Option<Event> {
         itn_id: u64,
         tag: u64,
         lun: u64,
+        #[serde(default)]
+        lun_raw: Option<u64>,
         opcode: u8,
         attribute: u8,
         cmd: u64,
@@ -478,6 +480,7 @@ fn command_event(rest: &str, scratch: &mut String) -> Option<Event> {
             itn_id: q.itn_id,
             tag: q.tag,
             lun: q.lun,
+            lun_raw: q.lun_raw,
             opcode: q.opcode,
             attribute: q.attribute,
             cmd: q.cmd,

@@ -21,6 +21,7 @@ use crate::{
 };
 
 const EEXIST: i32 = 17;
+const EINVAL: i32 = 22;
 /// SAM CHECK CONDITION, the error status the generator uses.
 const CHECK_CONDITION: i32 = 0x02;
 const TID: i32 = 1;
@@ -45,6 +46,18 @@ pub struct SynthConfig {
     pub abort_task_ppm: u32,
     pub abort_task_set_ppm: u32,
     pub lun_reset_ppm: u32,
+    /// TMFs tgtd's iSCSI layer answers itself (`iscsi_tm_execute`): CLEAR
+    /// TASK SET and the target resets (FUNCTION NOT SUPPORTED) and an
+    /// unknown function (FUNCTION REJECTED); the core never sees them.
+    pub transport_tmf_ppm: u32,
+    /// Commands given tag 0 (when their nexus has none in flight): tgtd's
+    /// LUN-wide TMFs pass tag 0 to `abort_task_set`, so they also cover the
+    /// requester's tag-0 commands on other LUNs.
+    pub tag_zero_ppm: u32,
+    /// Commands whose LUN is written in flat addressing (`0x40 | hi, lo`)
+    /// instead of peripheral (`0, lun`): the same LUN number, other bytes,
+    /// and tgtd compares the bytes (`memcmp`).
+    pub lun_alias_ppm: u32,
     /// Which events the stream contains. Without `release` nothing ever
     /// ends; the TMF probe set is `Coverage::TMF_ONLY`, whose releases are
     /// filtered as the kernel filters them (aborted or blocking a TMF).
@@ -68,6 +81,9 @@ impl Default for SynthConfig {
             abort_task_ppm: 1_000,
             abort_task_set_ppm: 50,
             lun_reset_ppm: 20,
+            transport_tmf_ppm: 20,
+            tag_zero_ppm: 2_000,
+            lun_alias_ppm: 5_000,
             probes: Coverage::ALL,
             mean_gap_ns: 250,
         }
@@ -112,6 +128,8 @@ enum State {
 struct Cmd {
     tag: u64,
     lun: u64,
+    /// The LUN's 8 bytes as the initiator wrote them.
+    lun_bytes: [u8; 8],
     state: State,
     /// `cmd->mreq`: the TMF waiting for this command.
     mreq: Option<u64>,
@@ -140,7 +158,10 @@ pub struct Synth {
     ts: u64,
     nexuses: Vec<Nexus>,
     mreqs: FxHashMap<(u32, u64), Mreq>,
+    /// TMF tasks by (pid, mid): their connection and nexus.
+    tasks: FxHashMap<(u32, u64), (u64, u64)>,
     next_mid: u64,
+    next_itt: u32,
     started: bool,
     truth: Truth,
 }
@@ -165,7 +186,9 @@ impl Synth {
             ts: 1_000_000_000,
             nexuses,
             mreqs: FxHashMap::default(),
+            tasks: FxHashMap::default(),
             next_mid: 0x7f00_0000,
+            next_itt: 0x10,
             started: false,
             truth: Truth::default(),
         }
@@ -267,12 +290,25 @@ impl Synth {
             _ => 0x00,
         };
         let held = self.chance(self.cfg.held_ppm);
+        let lun_bytes = if self.chance(self.cfg.lun_alias_ppm) {
+            flat_lun(lun)
+        } else {
+            peripheral_lun(lun)
+        };
+        let tag_zero =
+            self.chance(self.cfg.tag_zero_ppm) && !self.nexuses[n].cmds.iter().any(|c| c.tag == 0);
         let nexus = &mut self.nexuses[n];
-        let (pid, itn_id, tag) = (nexus.pid, nexus.itn_id, nexus.next_tag);
-        nexus.next_tag += 1;
+        let (pid, itn_id) = (nexus.pid, nexus.itn_id);
+        let tag = if tag_zero {
+            0
+        } else {
+            nexus.next_tag += 1;
+            nexus.next_tag - 1
+        };
         nexus.cmds.push(Cmd {
             tag,
             lun,
+            lun_bytes,
             state: State::Held,
             mreq: None,
         });
@@ -285,6 +321,7 @@ impl Synth {
             itn_id,
             tag,
             lun,
+            lun_raw: Some(u64::from_be_bytes(lun_bytes)),
             opcode,
             attribute: tgt_trace_common::task_attr::SIMPLE,
             cmd: cmd_addr(pid, itn_id, tag),
@@ -396,6 +433,106 @@ impl Synth {
             result,
             connection_closed: Some(false),
         });
+        // iscsi_tm_done (usr/iscsi/iscsid.c): 0 -> FUNCTION COMPLETE,
+        // -EINVAL -> NOT SUPPORTED, -EEXIST -> TASK DOES NOT EXIST, else
+        // REJECTED; the connection is open, so it is queued and sent.
+        let response = match result {
+            0 => 0,
+            r if r == -EINVAL => 5,
+            r if r == -EEXIST => 1,
+            _ => 255,
+        };
+        let function = match function {
+            tmf::ABORT_TASK => 1,
+            tmf::ABORT_TASK_SET => 2,
+            _ => 5,
+        };
+        self.send(pid, mid, function, response, out);
+    }
+
+    /// The iSCSI layer writes a TMF response to the connection.
+    fn send(
+        &mut self,
+        pid: u32,
+        task: u64,
+        iscsi_function: u8,
+        response: u8,
+        out: &mut Vec<Event>,
+    ) {
+        let wanted = self.cfg.probes.tmf_sent;
+        let (conn, itn_id) = self.iscsi_of(pid, task);
+        self.emit(wanted, out, |ts_ns| Event::TmfSent {
+            ts_ns,
+            pid,
+            tid: TID,
+            itn_id,
+            task,
+            conn,
+            itt: (task & 0xffff_ffff) as u32,
+            iscsi_function,
+            tag: 0,
+            response,
+        });
+    }
+
+    /// The connection and nexus a TMF task was received on (kept by mid).
+    fn iscsi_of(&self, pid: u32, task: u64) -> (u64, u64) {
+        self.tasks.get(&(pid, task)).copied().unwrap_or((0, 0))
+    }
+
+    /// The iSCSI layer receives a TMF (`iscsi_tm_execute`).
+    fn receive(
+        &mut self,
+        n: usize,
+        task: u64,
+        iscsi_function: u8,
+        tag: u64,
+        lun: u64,
+        out: &mut Vec<Event>,
+    ) {
+        let (pid, itn_id) = (self.nexuses[n].pid, self.nexuses[n].itn_id);
+        let conn = 0x5500_0000_0000 ^ (u64::from(pid) << 32) ^ (itn_id << 16);
+        self.tasks.insert((pid, task), (conn, itn_id));
+        self.next_itt = self.next_itt.wrapping_add(1);
+        let itt = self.next_itt;
+        let wanted = self.cfg.probes.tmf_received;
+        self.emit(wanted, out, |ts_ns| Event::TmfReceived {
+            ts_ns,
+            pid,
+            tid: TID,
+            itn_id,
+            task,
+            conn,
+            itt,
+            iscsi_function,
+            tag,
+            lun,
+            lun_raw: u64::from_be_bytes(peripheral_lun(lun)),
+            referenced: None,
+        });
+    }
+
+    /// A TMF the iSCSI layer answers itself: CLEAR TASK SET, the target
+    /// resets (NOT SUPPORTED) or a function it does not know (REJECTED).
+    fn transport_tmf(&mut self, n: usize, out: &mut Vec<Event>) {
+        self.next_mid += 0x40;
+        let task = self.next_mid;
+        let pid = self.nexuses[n].pid;
+        let (function, response, outcome) = match self.below(3) {
+            0 => (4, 5, TmfOutcome::NotSupportedByTransport),
+            1 => (6, 5, TmfOutcome::NotSupportedByTransport),
+            _ => (14, 255, TmfOutcome::RejectedByTransport),
+        };
+        self.truth.tmfs += 1;
+        self.receive(n, task, function, u64::from(u32::MAX), 0, out);
+        if !self.cfg.probes.tmf_received {
+            // Without the received probe the trace cannot know of it.
+            self.truth.tmfs -= 1;
+            return;
+        }
+        self.truth.tmfs_answered += 1;
+        self.send(pid, task, function, response, out);
+        self.conclude(outcome);
     }
 
     fn conclude(&mut self, outcome: TmfOutcome) {
@@ -412,6 +549,7 @@ impl Synth {
         let abort_task = u64::from(c.abort_task_ppm);
         let abort_task_set = abort_task + u64::from(c.abort_task_set_ppm);
         let lun_reset = abort_task_set + u64::from(c.lun_reset_ppm);
+        let transport = lun_reset + u64::from(c.transport_tmf_ppm);
         if roll < abort_task {
             self.abort_task(n, out);
         } else if roll < abort_task_set {
@@ -419,6 +557,8 @@ impl Synth {
         } else if roll < lun_reset {
             let lun = self.below(u64::from(self.cfg.luns.max(1)));
             self.tmf(n, tmf::LOGICAL_UNIT_RESET, u64::MAX, lun, false, out);
+        } else if roll < transport {
+            self.transport_tmf(n, out);
         }
     }
 
@@ -458,6 +598,13 @@ impl Synth {
         let mid = self.next_mid;
         let (pid, itn_id) = (self.nexuses[n].pid, self.nexuses[n].itn_id);
         self.truth.tmfs += 1;
+        let iscsi_function = match function {
+            tmf::ABORT_TASK => 1,
+            tmf::ABORT_TASK_SET => 2,
+            _ => 5,
+        };
+        self.receive(n, mid, iscsi_function, tag, lun, out);
+        let lun_bytes = peripheral_lun(lun);
         self.emit(true, out, |ts_ns| Event::TmfRequest {
             ts_ns,
             pid,
@@ -467,7 +614,17 @@ impl Synth {
             function,
             tag,
             lun,
+            lun_raw: Some(u64::from_be_bytes(lun_bytes)),
         });
+        // target_mgmt_request's calls of abort_task_set(mreq, target,
+        // itn_id, tag, lun, all) (tgt usr/target.c): ABORT TASK passes its
+        // tag and no LUN; ABORT TASK SET tag 0 and all; CLEAR TASK SET and
+        // LOGICAL UNIT RESET tag 0 and the LUN bytes.
+        let (tag_arg, lun_arg, all) = match function {
+            tmf::ABORT_TASK => (tag, None, false),
+            tmf::ABORT_TASK_SET => (0, None, true),
+            _ => (0, Some(lun_bytes), false),
+        };
         let (mut count, mut busy, mut aborted) = (0, 0, 0);
         for k in 0..self.nexuses.len() {
             if self.nexuses[k].pid != pid {
@@ -476,12 +633,13 @@ impl Synth {
             let same_nexus = self.nexuses[k].itn_id == itn_id;
             for i in 0..self.nexuses[k].cmds.len() {
                 let cmd = &self.nexuses[k].cmds[i];
+                // abort_task_set's condition, term by term; an aborted
+                // command has left the nexus's list.
+                #[expect(clippy::nonminimal_bool, reason = "tgtd's condition, term by term")]
                 let covered = cmd.state != State::Aborted
-                    && match function {
-                        tmf::ABORT_TASK => same_nexus && cmd.tag == tag,
-                        tmf::ABORT_TASK_SET => same_nexus,
-                        _ => cmd.lun == lun,
-                    };
+                    && ((all && same_nexus)
+                        || (cmd.tag == tag_arg && same_nexus)
+                        || lun_arg.is_some_and(|l| l == cmd.lun_bytes));
                 if !covered {
                     continue;
                 }
@@ -548,6 +706,25 @@ impl Synth {
             ret,
         });
     }
+}
+
+/// An 8-byte SAM LUN in peripheral device addressing (SAM-5 4.7.7.2).
+fn peripheral_lun(lun: u64) -> [u8; 8] {
+    [0, (lun & 0xff) as u8, 0, 0, 0, 0, 0, 0]
+}
+
+/// The same LUN in flat space addressing (SAM-5 4.7.7.4): method 01b.
+fn flat_lun(lun: u64) -> [u8; 8] {
+    [
+        0x40 | ((lun >> 8) & 0x3f) as u8,
+        (lun & 0xff) as u8,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ]
 }
 
 /// A plausible `struct scsi_cmd *`, unique per command.

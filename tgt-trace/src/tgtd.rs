@@ -13,6 +13,8 @@ use std::{
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, RelocationFlags, elf};
 use tgt_trace_common::layout;
 
+use crate::locate::TaskPoint;
+
 /// The path Debian installs tgtd at.
 pub const DEFAULT_TGTD: &str = "/usr/sbin/tgtd";
 
@@ -32,6 +34,9 @@ pub mod symbol {
     pub const TMF_REQUEST: &str = "target_mgmt_request";
     pub const NEXUS_CREATE: &str = "it_nexus_create";
     pub const NEXUS_DESTROY: &str = "it_nexus_destroy";
+    /// The iSCSI layer's connection teardown: a TMF response still queued on
+    /// the connection is freed unsent there.
+    pub const CONN_CLOSE: &str = "conn_close";
     /// Used only to check the struct layout (it reads `scsi_cmd.attribute`).
     pub const CMD_PERFORM_CORE: &str = "target_cmd_perform";
 }
@@ -111,6 +116,11 @@ pub struct TgtdBinary {
     /// `iscsi_tm_done` reads `task->conn->state` at the offsets the response
     /// probe uses, so the probe can tell a response sent from one dropped.
     pub tmf_response_reads_connection: bool,
+    /// The iSCSI layer's TMF points (`crate::locate`), as file offsets, or
+    /// why each is missing.
+    pub tmf_received: Result<TaskPoint, String>,
+    pub tmf_sent: Result<TaskPoint, String>,
+    pub conn_close: Result<u64, String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -198,6 +208,26 @@ impl TgtdBinary {
                 )
             })
             .is_some_and(reads_connection_state);
+        let exported: HashMap<String, (u64, u64)> = symbols
+            .iter()
+            .map(|(name, s)| (name.clone(), (s.address, s.size)))
+            .collect();
+        let points = crate::locate::iscsi_points(&file, &exported);
+        let to_file = |p: Result<TaskPoint, String>| {
+            p.and_then(|p| {
+                file_offset(&file, p.address)
+                    .map(|address| TaskPoint { address, ..p })
+                    .ok_or_else(|| format!("{:#x} is not in a loadable segment", p.address))
+            })
+        };
+        let tmf_received = to_file(points.received);
+        let tmf_sent = to_file(points.sent);
+        let conn_close = points.conn_close.and_then(|()| {
+            symbols
+                .get(symbol::CONN_CLOSE)
+                .and_then(|s| file_offset(&file, s.address))
+                .ok_or_else(|| "conn_close is not exported".to_owned())
+        });
         let mut symbols_by_offset = HashMap::new();
         for (name, sym) in symbols {
             if let Some(offset) = file_offset(&file, sym.address) {
@@ -217,6 +247,9 @@ impl TgtdBinary {
             symbols: symbols_by_offset,
             tmf_response_offset,
             tmf_response_reads_connection,
+            tmf_received,
+            tmf_sent,
+            conn_close,
         })
     }
 
@@ -521,5 +554,18 @@ mod tests {
             "iscsi_tm_done's task->conn->state check not recognised"
         );
         assert!(bin.symbol_offset(symbol::QUEUE).is_some());
+        // The iSCSI layer's TMF points, as objdump shows them in this build:
+        // the function read of the inlined iscsi_tm_execute at 0x17a00 (task
+        // in rdi), iscsi_task_tx_done's free at 0x19703.
+        let received = bin.tmf_received.clone().expect("TMF-received point");
+        assert_eq!(
+            (received.address, received.task_reg),
+            (0x17a00, tgt_trace_common::pt_regs::RDI)
+        );
+        assert_eq!(
+            bin.tmf_sent.clone().expect("TMF-sent point").address,
+            0x19703
+        );
+        assert!(bin.conn_close.is_ok(), "{:?}", bin.conn_close);
     }
 }

@@ -119,7 +119,7 @@ fn model(bytes: &[u8]) -> Result<Event, DecodeError> {
     };
     let expected = match k {
         kind::NEXUS_CREATE => NEXUS_EVENT_SIZE,
-        kind::CMD_QUEUE..=kind::NEXUS_DESTROY => EVENT_SIZE,
+        kind::CMD_QUEUE..=kind::NEXUS_DESTROY | kind::TMF_RECEIVED..=kind::CONN_CLOSE => EVENT_SIZE,
         _ => return Err(DecodeError::UnknownKind(k)),
     };
     if bytes.len() < expected {
@@ -139,6 +139,8 @@ fn model(bytes: &[u8]) -> Result<Event, DecodeError> {
             itn_id: raw.itn_id,
             tag: raw.tag,
             lun: decode::lun_number(&raw.lun),
+            // The LUN bytes in their wire order, as one big-endian number.
+            lun_raw: Some(u64::from_be_bytes(raw.lun)),
             opcode: raw.opcode,
             attribute: raw.attribute,
             cmd: raw.cookie,
@@ -181,6 +183,7 @@ fn model(bytes: &[u8]) -> Result<Event, DecodeError> {
             function: raw.function,
             tag: raw.tag,
             lun: decode::lun_number(&raw.lun),
+            lun_raw: Some(u64::from_be_bytes(raw.lun)),
         },
         kind::TMF_RETURN => Event::TmfReturn {
             ts_ns: raw.ts_ns,
@@ -220,6 +223,39 @@ fn model(bytes: &[u8]) -> Result<Event, DecodeError> {
                 info,
             }
         }
+        kind::TMF_RECEIVED => Event::TmfReceived {
+            ts_ns: raw.ts_ns,
+            pid: raw.pid,
+            tid: raw.tid,
+            itn_id: raw.itn_id,
+            task: raw.cookie,
+            conn: raw.tmf_mid,
+            itt: u32::from_ne_bytes(raw.value.to_ne_bytes()),
+            iscsi_function: raw.function,
+            tag: raw.tag,
+            lun: decode::lun_number(&raw.lun),
+            lun_raw: u64::from_be_bytes(raw.lun),
+            referenced: (raw.aux != abi::referenced::NOT_WALKED).then_some(raw.aux),
+        },
+        kind::TMF_SENT => Event::TmfSent {
+            ts_ns: raw.ts_ns,
+            pid: raw.pid,
+            tid: raw.tid,
+            itn_id: raw.itn_id,
+            task: raw.cookie,
+            conn: raw.tmf_mid,
+            itt: u32::from_ne_bytes(raw.aux.to_ne_bytes()),
+            iscsi_function: raw.function,
+            tag: raw.tag,
+            response: raw.value.to_le_bytes()[0],
+        },
+        kind::CONN_CLOSE => Event::ConnClose {
+            ts_ns: raw.ts_ns,
+            pid: raw.pid,
+            tid: raw.tid,
+            itn_id: raw.itn_id,
+            conn: raw.cookie,
+        },
         _ => Event::NexusDestroy {
             ts_ns: raw.ts_ns,
             pid: raw.pid,
@@ -303,7 +339,10 @@ fn i32_edge() -> impl Strategy<Value = i32> {
 fn raw_event() -> impl Strategy<Value = abi::Event> {
     (
         (
-            kind::CMD_QUEUE..=kind::NEXUS_DESTROY,
+            prop_oneof![
+                kind::CMD_QUEUE..=kind::NEXUS_DESTROY,
+                kind::TMF_RECEIVED..=kind::CONN_CLOSE
+            ],
             any::<u8>(),
             any::<u8>(),
             prop_oneof![
@@ -448,7 +487,7 @@ proptest! {
 
     #[test]
     fn arbitrary_bytes_of_a_known_kind_decode_as_the_abi_says(
-        k in kind::CMD_QUEUE..=kind::NEXUS_DESTROY,
+        k in prop_oneof![kind::CMD_QUEUE..=kind::NEXUS_DESTROY, kind::TMF_RECEIVED..=kind::CONN_CLOSE],
         mut bytes in proptest::collection::vec(any::<u8>(), EVENT_SIZE..NEXUS_EVENT_SIZE + 16),
     ) {
         bytes[0] = k;
@@ -619,6 +658,7 @@ fn event() -> BoxedStrategy<Event> {
                     itn_id,
                     tag,
                     lun,
+                    lun_raw: None,
                     opcode,
                     attribute,
                     cmd,
@@ -683,6 +723,7 @@ fn event() -> BoxedStrategy<Event> {
                     function,
                     tag,
                     lun,
+                    lun_raw: None,
                 }
             )
             .boxed(),
@@ -738,7 +779,69 @@ fn event() -> BoxedStrategy<Event> {
                 }
             })
             .boxed(),
-        ids.prop_map(|(ts_ns, pid, ..)| Event::ProcessExit { ts_ns, pid })
+        ids.clone()
+            .prop_map(|(ts_ns, pid, ..)| Event::ProcessExit { ts_ns, pid })
+            .boxed(),
+        (
+            ids.clone(),
+            (i32_edge(), pooled_u64(&POOLS.cookies), any::<u32>()),
+            (0u8..16, any::<u64>(), proptest::option::of(-2i32..3))
+        )
+            .prop_map(
+                |(
+                    (ts_ns, pid, itn_id, tag, task),
+                    (tid, conn, itt),
+                    (iscsi_function, lun_raw, referenced),
+                )| Event::TmfReceived {
+                    ts_ns,
+                    pid,
+                    tid,
+                    itn_id,
+                    task,
+                    conn,
+                    itt,
+                    iscsi_function,
+                    tag,
+                    lun: decode::lun_number(&lun_raw.to_be_bytes()),
+                    lun_raw,
+                    referenced,
+                }
+            )
+            .boxed(),
+        (
+            ids.clone(),
+            (i32_edge(), pooled_u64(&POOLS.cookies), any::<u32>()),
+            (0u8..16, any::<u8>())
+        )
+            .prop_map(
+                |(
+                    (ts_ns, pid, itn_id, tag, task),
+                    (tid, conn, itt),
+                    (iscsi_function, response),
+                )| {
+                    Event::TmfSent {
+                        ts_ns,
+                        pid,
+                        tid,
+                        itn_id,
+                        task,
+                        conn,
+                        itt,
+                        iscsi_function,
+                        tag,
+                        response,
+                    }
+                }
+            )
+            .boxed(),
+        (ids, i32_edge())
+            .prop_map(|((ts_ns, pid, itn_id, _, conn), tid)| Event::ConnClose {
+                ts_ns,
+                pid,
+                tid,
+                itn_id,
+                conn,
+            })
             .boxed(),
     ]
     .boxed()
@@ -1449,6 +1552,7 @@ fn header_mutation() -> impl Strategy<Value = HeaderMutation> {
                 "2",
                 "3",
                 "4",
+                "5",
                 "-1",
                 "1.0",
                 "\"3\"",
@@ -1509,7 +1613,7 @@ proptest! {
                     .expect("serializes")
                     .replace("\"@@V@@\"", v)
                     .into_bytes();
-                Some(matches!(v, "1" | "2" | "3"))
+                Some(matches!(v, "1" | "2" | "3" | "4"))
             }
             HeaderMutation::Field(k, v) => {
                 let key = map.keys().nth(k % map.len()).expect("in range").clone();

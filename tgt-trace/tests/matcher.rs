@@ -58,6 +58,7 @@ impl Stream {
             itn_id,
             tag,
             lun,
+            lun_raw: None,
             opcode: 0x28,
             attribute: 0x20,
             cmd: tag,
@@ -104,6 +105,7 @@ impl Stream {
             function,
             tag,
             lun,
+            lun_raw: None,
         });
         self
     }
@@ -1123,9 +1125,12 @@ proptest! {
 #[test]
 fn a_realistic_synthetic_stream_matches_its_truth_exactly() {
     for coverage in WITH_QUEUE {
+        // Commands held in tgtd's queue are what a TMF aborts at once;
+        // 5% of them makes sure this stream has some.
         let cfg = SynthConfig {
             pids: 2,
             probes: coverage,
+            held_ppm: 50_000,
             ..SynthConfig::default()
         };
         let (events, truth, end) = generate(cfg, 400_000);
@@ -1277,6 +1282,7 @@ fn clear_task_set_covers_the_lun_of_its_own_target() {
         itn_id: 3,
         tag: 3,
         lun: 3,
+        lun_raw: None,
         opcode: 0x2a,
         attribute: 0x20,
         cmd: 3,

@@ -118,6 +118,7 @@ fn orphan_events() -> Vec<Line> {
             function: tmf::ABORT_TASK,
             tag: 0x99,
             lun: 2,
+            lun_raw: None,
         },
         Event::TmfReturn {
             ts_ns: next(),
@@ -141,6 +142,7 @@ fn orphan_events() -> Vec<Line> {
             itn_id: 7,
             tag: 0x10,
             lun: 2,
+            lun_raw: None,
             opcode: 0x28,
             attribute: 0x20,
             cmd: 0x10,
@@ -164,6 +166,7 @@ fn orphan_events() -> Vec<Line> {
             itn_id: 7,
             tag: 0x20,
             lun: 3,
+            lun_raw: None,
             opcode: 0x2a,
             attribute: 0x20,
             cmd: 0x20,
@@ -177,6 +180,7 @@ fn orphan_events() -> Vec<Line> {
             function: tmf::LOGICAL_UNIT_RESET,
             tag: u64::from(u32::MAX),
             lun: 3,
+            lun_raw: None,
         },
         Event::TmfReturn {
             ts_ns: next(),
@@ -191,6 +195,7 @@ fn orphan_events() -> Vec<Line> {
             itn_id: 7,
             tag: 0x30,
             lun: 2,
+            lun_raw: None,
             opcode: 0x28,
             attribute: 0x20,
             cmd: 0x30,
@@ -205,6 +210,7 @@ fn orphan_events() -> Vec<Line> {
             function: tmf::ABORT_TASK_SET,
             tag: 0,
             lun: 4,
+            lun_raw: None,
         },
     ];
     events.sort_by_key(Event::ts_ns);

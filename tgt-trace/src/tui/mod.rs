@@ -102,7 +102,7 @@ enum Source {
         lenient: bool,
         pace: Pace,
     },
-    Live(TraceOptions, Duration),
+    Live(Box<TraceOptions>, Duration),
 }
 
 /// Runs the screen until q, Ctrl-C, SIGINT or SIGTERM. `poll` is the live
@@ -138,7 +138,7 @@ pub fn run(
                 pace,
             }
         }
-        (None, Some(trace)) => Source::Live(trace, poll),
+        (None, Some(trace)) => Source::Live(Box::new(trace), poll),
         (None, None) => return Err(TuiError::NoSource),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -189,7 +189,7 @@ async fn session(args: TuiArgs, config: Config, source: Source) -> Result<(), Tu
             let _ = std::fs::remove_file(&path);
             let stop = Arc::new(Notify::new());
             let opts = RecordOptions {
-                trace,
+                trace: *trace,
                 output: Output::File(path.clone()),
                 duration: None,
                 command: Vec::new(),

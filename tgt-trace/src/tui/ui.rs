@@ -367,10 +367,15 @@ fn tmf_outcome(row: &TmfRow<'_>) -> (String, Style) {
                 TmfOutcome::NoTaskDeferredThenFinished => "no task: done",
                 TmfOutcome::NotSupported => "not supported",
                 TmfOutcome::Rejected => "rejected",
+                TmfOutcome::NotSupportedByTransport => "not supported (iSCSI)",
+                TmfOutcome::RejectedByTransport => "rejected (iSCSI)",
+                TmfOutcome::NoTaskNotYetQueued => "no task: not queued",
                 TmfOutcome::Unanswered => "UNANSWERED",
             };
             let style = match t.outcome {
-                TmfOutcome::Unanswered | TmfOutcome::Rejected => ALERT,
+                TmfOutcome::Unanswered | TmfOutcome::Rejected | TmfOutcome::NoTaskNotYetQueued => {
+                    ALERT
+                }
                 TmfOutcome::NoTaskNeverExisted | TmfOutcome::NoTaskRace => {
                     Style::new().fg(Color::Yellow)
                 }
@@ -861,6 +866,7 @@ fn short_orphan(kind: OrphanKind) -> &'static str {
         OrphanKind::AbortWithoutTmf => "abort, no TMF",
         OrphanKind::TmfUnanswered => "TMF unanswered",
         OrphanKind::BlockerNeverReleased => "blocker stuck",
+        OrphanKind::AbortedCommandRan => "aborted, ran",
     }
 }
 
