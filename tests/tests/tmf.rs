@@ -7,7 +7,7 @@ use tgt_trace_common::{TASK_ABORTED, mgmt_ret, tmf};
 use tgt_trace_e2e::tgtd::{Tgtd, TgtdOptions};
 
 use tgt_trace::{
-    correlate::{Config, Record, TmfOutcome, TmfRecord},
+    correlate::{Config, Delivery, Record, TmfOutcome, TmfRecord},
     reader::TraceReader,
     report::replay,
 };
@@ -48,7 +48,9 @@ fn libiscsi_tmfs_are_traced_request_to_response(probe_set: &str) {
     }
     // A TMF deferred behind a command in the backing store is answered when
     // that command is released, which can be after the initiator has gone.
-    recording.wait_for_events("a response for every TMF", |events| {
+    // Its fate on the wire is known when the response was written to the
+    // connection, or the connection closed first.
+    recording.wait_for_events("a response for every TMF, sent or freed", |events| {
         let requests = events
             .iter()
             .filter(|e| matches!(e, Event::TmfRequest { .. }))
@@ -57,7 +59,25 @@ fn libiscsi_tmfs_are_traced_request_to_response(probe_set: &str) {
             .iter()
             .filter(|e| matches!(e, Event::TmfResponse { .. }))
             .count();
-        requests == 2 && responses == 2
+        let settled = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::TmfReceived { task, conn, .. } => Some((*task, *conn)),
+                _ => None,
+            })
+            .all(|(task, conn)| {
+                events.iter().any(|e| match e {
+                    Event::TmfSent { task: t, .. } => *t == task,
+                    Event::ConnClose { conn: c, .. } => *c == conn,
+                    Event::TmfResponse {
+                        mid,
+                        connection_closed: Some(true),
+                        ..
+                    } => *mid == task,
+                    _ => false,
+                })
+            });
+        requests == 2 && responses == 2 && settled
     });
     let trace = recording.stop();
     assert_eq!(
@@ -266,14 +286,18 @@ fn libiscsi_tmfs_are_traced_request_to_response(probe_set: &str) {
             !t.covered.is_empty() || t.outcome == TmfOutcome::CompletedNothingToAbort,
             "{t:?}"
         );
+        // Issue 13: answered means written to the connection; a response
+        // built and then freed with its connection is unanswered.
         if t.outcome == TmfOutcome::Unanswered {
             assert!(
-                t.response_dropped
+                t.delivery == Delivery::FreedUnsent
                     && t.cause
                         .as_deref()
                         .is_some_and(|c| c.contains("connection closed")),
                 "unanswered only because the connection was closed: {t:?}"
             );
+        } else {
+            assert_eq!(t.delivery, Delivery::Sent, "{t:?}");
         }
         eprintln!(
             "{} returned {:?}: {:?}, {} covered",
@@ -284,7 +308,10 @@ fn libiscsi_tmfs_are_traced_request_to_response(probe_set: &str) {
         );
     }
     let summary = replayed.summary.expect("summary");
-    let dropped = tmfs.iter().filter(|t| t.response_dropped).count() as u64;
+    let dropped = tmfs
+        .iter()
+        .filter(|t| t.delivery == Delivery::FreedUnsent)
+        .count() as u64;
     assert_eq!(
         summary.counts.orphans(),
         dropped,

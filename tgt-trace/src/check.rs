@@ -373,6 +373,14 @@ impl Evidence<'_> {
         match metric {
             Metric::Count(name) => {
                 let c = &self.summary.counts;
+                let about_tmfs = name == "orphans" || name.contains('.');
+                if about_tmfs && c.tmfs_delivery_unknown > 0 {
+                    return Err(format!(
+                        "{} TMF responses were built but the trace cannot tell whether they \
+                         reached the initiator (recorded without the tmf_sent probe)",
+                        c.tmfs_delivery_unknown
+                    ));
+                }
                 Ok(match name.split_once('.') {
                     None if name == "orphans" => c.orphans() as f64,
                     None => self.drops.total() as f64,
