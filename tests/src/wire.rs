@@ -58,10 +58,27 @@
 //!
 //! The global `net.ipv4.tcp_autocorking` is left alone: the machine is
 //! shared, and the parser copes with either setting.
+//!
+//! tshark 4.0 does not take a TMF request with a function other than 1-8
+//! for iSCSI at all; such a request, alone in its segment, is read from the
+//! segment's bytes by [`decode_undissected`] (and marked `undissected`).
+//!
+//! # Completeness
+//!
+//! dumpcap (libpcap's TPACKET_V3 ring) hands packets over in blocks, and on
+//! SIGINT it drops the block not yet handed over without counting it: a
+//! plain stop loses the last half second or so, silently. So the capture
+//! also takes UDP datagrams to a port of its own, and both [`Capture::start`]
+//! and [`Capture::stop`] send one with a fresh marker and wait until it is
+//! in the file: at start that proves the capture is running, at stop that
+//! everything before it is written. [`Wire::complete`] then refuses a
+//! capture with kernel drops (which dumpcap counts), packets received but
+//! not written, sequence gaps, or payload nothing could read.
 
 use std::{
     collections::HashMap,
     io,
+    net::UdpSocket,
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -80,6 +97,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 const BUFFER_MIB: &str = "64";
 
 static NEXT_CAPTURE: AtomicU32 = AtomicU32::new(0);
+static NEXT_MARKER: AtomicU32 = AtomicU32::new(0);
 
 /// iSCSI opcodes (RFC 7143 §11.1.1) the facts are built from.
 pub mod opcode {
@@ -136,13 +154,18 @@ pub struct Capture {
     /// when dumpcap exits.
     stderr: mpsc::Receiver<String>,
     said: Vec<String>,
+    /// Receives the marker datagrams (so that they cause no ICMP), and
+    /// holds their port.
+    marker: UdpSocket,
 }
 
 impl Capture {
     /// Starts dumpcap on `lo` for `tcp port PORT` and returns once it is
-    /// capturing (it has opened its interface, set its filter and created
-    /// its file, and said so), never after a guessed delay.
+    /// capturing: it has said so ("File: ..."), and a marker datagram sent
+    /// after that is in its file.
     pub fn start(port: u16) -> io::Result<Capture> {
+        let marker = UdpSocket::bind("127.0.0.1:0")?;
+        let marker_port = marker.local_addr()?.port();
         let dir = std::env::temp_dir().join(format!(
             "tgt-trace-wire-{}-{}",
             std::process::id(),
@@ -151,7 +174,10 @@ impl Capture {
         std::fs::create_dir_all(&dir)?;
         let file = dir.join("capture.pcapng");
         let spawned = Command::new("dumpcap")
-            .args(["-i", "lo", "-f", &format!("tcp port {port}"), "-q"])
+            .args(["-i", "lo", "-f"])
+            .arg(format!(
+                "tcp port {port} or (udp and dst host 127.0.0.1 and dst port {marker_port})"
+            ))
             .args(["-B", BUFFER_MIB, "-w"])
             .arg(&file)
             .stdin(Stdio::null())
@@ -189,6 +215,7 @@ impl Capture {
             file,
             stderr: rx,
             said: Vec::new(),
+            marker,
         };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -198,6 +225,7 @@ impl Capture {
                     let started = line.starts_with("File:");
                     capture.said.push(line);
                     if started {
+                        capture.barrier("start capturing")?;
                         return Ok(capture);
                     }
                 }
@@ -281,7 +309,63 @@ impl Capture {
         Wire::from_frames(self.port, stats, &frames).map_err(io::Error::other)
     }
 
+    /// Sends a marker datagram and waits until dumpcap has written it to
+    /// its file. Every packet that went over `lo` before it is then in the
+    /// file too: the kernel queues them to dumpcap in order.
+    ///
+    /// Needed at both ends: dumpcap (libpcap's TPACKET_V3 ring) hands
+    /// packets over in blocks, and on SIGINT it drops a block not yet handed
+    /// over without counting it anywhere; so the last half second before a
+    /// plain SIGINT is silently missing from the capture.
+    fn barrier(&mut self, what: &str) -> io::Result<()> {
+        let nonce = format!(
+            "tgt-trace-wire-marker {} {} {:?}",
+            std::process::id(),
+            NEXT_MARKER.fetch_add(1, Ordering::Relaxed),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+        );
+        let to = self.marker.local_addr()?;
+        self.marker.send_to(nonce.as_bytes(), to)?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            // dumpcap flushes its file as it reports its packet count
+            // ("Packets: N"), about twice a second; a short wait between
+            // looks keeps this from depending on that.
+            match self.stderr.recv_timeout(Duration::from_millis(50)) {
+                Ok(line) => self.said.push(line),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(io::Error::other(format!(
+                        "dumpcap exited while waiting for it to {what}; it said:\n{}",
+                        self.said.join("\n")
+                    )));
+                }
+            }
+            let written = std::fs::read(&self.file)?;
+            if written.windows(nonce.len()).any(|w| w == nonce.as_bytes()) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "dumpcap did not {what} within {START_TIMEOUT:?}: a marker datagram to \
+                         {to} never reached {}; it said:\n{}",
+                        self.file.display(),
+                        self.said.join("\n")
+                    ),
+                ));
+            }
+        }
+    }
+
     fn stop_dumpcap(&mut self) -> io::Result<CaptureStats> {
+        if self.child.is_none() {
+            return Err(io::Error::other("dumpcap is not running"));
+        }
+        self.barrier("write out the packets so far")?;
         let Some(mut child) = self.child.take() else {
             return Err(io::Error::other("dumpcap is not running"));
         };
@@ -429,6 +513,7 @@ pub const FIELDS: &[&str] = &[
     "iscsi.taskmanfun.response",
     "iscsi.tsih",
     "scsi.lun",
+    "data.data",
     // Last: login text values are free text.
     "iscsi.keyvalue",
 ];
@@ -443,7 +528,11 @@ pub fn tshark_args(port: u16) -> Vec<String> {
         "-o",
         "tcp.desegment_tcp_streams:TRUE",
         "-Y",
-        "iscsi || tcp.flags.fin == 1 || tcp.flags.reset == 1 || tcp.analysis.lost_segment || tcp.analysis.ack_lost_segment",
+        // The capture's marker datagrams (UDP) are left out.
+        &format!(
+            "tcp.port == {port} && (iscsi || data || tcp.flags.fin == 1 || tcp.flags.reset == 1 \
+             || tcp.analysis.lost_segment || tcp.analysis.ack_lost_segment)"
+        ),
         "-T",
         "fields",
         "-E",
@@ -479,6 +568,9 @@ pub struct PduFields {
     pub tsih: Option<u16>,
     /// TMF requests only, and only where attributable (module docs).
     pub lun: Option<u16>,
+    /// tshark did not recognise this PDU, and [`decode_undissected`] read
+    /// it from the segment's bytes.
+    pub undissected: bool,
 }
 
 /// One line of tshark's output: a frame and the iSCSI PDUs that end in it.
@@ -497,6 +589,9 @@ pub struct Frame {
     pub pdus: Vec<PduFields>,
     /// Login text (`key=value`), split at commas.
     pub keyvalues: Vec<String>,
+    /// Payload tshark did not dissect as iSCSI and [`decode_undissected`]
+    /// could not read either (bytes).
+    pub undissected_bytes: usize,
 }
 
 /// Parses one line of tshark's output for [`FIELDS`].
@@ -612,7 +707,23 @@ pub fn parse_frame_line(line: &str) -> Result<Frame, String> {
             tmf_response: responses[i].map(|v| narrow(v, "response")).transpose()?,
             tsih: tsihs[i].map(|v| narrow(v, "TSIH")).transpose()?,
             lun: luns[i],
+            undissected: false,
         });
+    }
+    // In a frame with iSCSI PDUs, `data` is their data segments (SCSI
+    // data tshark does not dissect further); only a frame without any is
+    // payload tshark did not take for iSCSI at all.
+    let mut undissected_bytes = 0;
+    let undissected = if pdus.is_empty() {
+        values("data.data")
+    } else {
+        Vec::new()
+    };
+    for hex in undissected {
+        let bytes = parse_hex_bytes(hex).map_err(|e| format!("frame {number}: data.data: {e}"))?;
+        let (decoded, left) = decode_undissected(&bytes);
+        pdus.extend(decoded);
+        undissected_bytes += left;
     }
     let keyvalues = values("iscsi.keyvalue")
         .into_iter()
@@ -629,7 +740,65 @@ pub fn parse_frame_line(line: &str) -> Result<Frame, String> {
         gap,
         pdus,
         keyvalues,
+        undissected_bytes,
     })
+}
+
+/// Reads TMF request headers from payload tshark left undissected: tshark
+/// 4.0 takes a TMF request whose function is not 1-8 for something other
+/// than iSCSI (its PDU check knows no other function), so an unassigned
+/// function code would otherwise vanish from the facts. Only whole 48-byte
+/// headers at the start of the payload with opcode 0x02, the F bit and no
+/// data segment are read (RFC 7143 §11.5); returns them and the count of
+/// bytes left unread. It is applied to frames in which tshark found no
+/// iSCSI PDU at all: such a request sharing a segment with PDUs tshark
+/// knows would be missed (the initiator sends a TMF whose answer it waits
+/// for alone, so the tests do not meet that case).
+pub fn decode_undissected(payload: &[u8]) -> (Vec<PduFields>, usize) {
+    let mut pdus = Vec::new();
+    let mut rest = payload;
+    while let Some(bhs) = rest.get(..48) {
+        let is_tmf = bhs[0] & 0x3f == opcode::TASK_MANAGEMENT
+            && bhs[1] & 0x80 != 0
+            && bhs[2..8].iter().all(|b| *b == 0);
+        if !is_tmf {
+            break;
+        }
+        let word = |at: usize| u32::from_be_bytes([bhs[at], bhs[at + 1], bhs[at + 2], bhs[at + 3]]);
+        let lun = match bhs[8] >> 6 {
+            0b00 if bhs[8] == 0 => Some(u16::from(bhs[9])),
+            0b01 => Some(u16::from(bhs[8] & 0x3f) << 8 | u16::from(bhs[9])),
+            _ => None,
+        };
+        pdus.push(PduFields {
+            opcode: opcode::TASK_MANAGEMENT,
+            itt: word(16),
+            function: Some(bhs[1] & 0x7f),
+            referenced_itt: Some(word(20)),
+            tmf_response: None,
+            tsih: None,
+            lun,
+            undissected: true,
+        });
+        rest = &rest[48..];
+    }
+    (pdus, rest.len())
+}
+
+fn parse_hex_bytes(text: &str) -> Result<Vec<u8>, String> {
+    let digits: Vec<u8> = text.bytes().filter(|b| *b != b':').collect();
+    if !digits.len().is_multiple_of(2) {
+        return Err(format!("odd number of hex digits in {text:?}"));
+    }
+    digits
+        .chunks(2)
+        .map(|pair| {
+            std::str::from_utf8(pair)
+                .ok()
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+                .ok_or_else(|| format!("not hex: {text:?}"))
+        })
+        .collect()
 }
 
 /// The LUN of each TMF request in a frame, where it can be told (module
@@ -775,6 +944,8 @@ pub struct WireTmf {
     pub referenced_itt: u32,
     /// `None` where it could not be attributed (module docs).
     pub lun: Option<u16>,
+    /// Read from the segment's bytes, not by tshark ([`decode_undissected`]).
+    pub undissected: bool,
     pub requested_at: SystemTime,
     /// `None`: no response with this ITT on this connection in the capture.
     pub response: Option<u8>,
@@ -792,6 +963,9 @@ pub struct Wire {
     pub stats: CaptureStats,
     /// Frames where tshark saw missing segments.
     pub gaps: Vec<u64>,
+    /// Frames with payload neither tshark nor [`decode_undissected`] could
+    /// read, and how many bytes.
+    pub undissected: Vec<(u64, usize)>,
     /// By `tcp.stream`.
     pub streams: Vec<WireStream>,
     /// In request order.
@@ -808,6 +982,7 @@ impl Wire {
         let mut tmfs: Vec<WireTmf> = Vec::new();
         let mut unmatched_responses = Vec::new();
         let mut gaps = Vec::new();
+        let mut undissected = Vec::new();
         for frame in frames {
             let at = UNIX_EPOCH + frame.time;
             let side = if frame.src_port == port {
@@ -832,6 +1007,9 @@ impl Wire {
             }
             if frame.gap {
                 gaps.push(frame.number);
+            }
+            if frame.undissected_bytes > 0 {
+                undissected.push((frame.number, frame.undissected_bytes));
             }
             if side == Side::Initiator && stream.initiator_name.is_none() {
                 stream.initiator_name = frame
@@ -859,6 +1037,7 @@ impl Wire {
                             format!("frame {}: a TMF request without RefTT", frame.number)
                         })?,
                         lun: pdu.lun,
+                        undissected: pdu.undissected,
                         requested_at: at,
                         response: None,
                         responded_at: None,
@@ -907,27 +1086,31 @@ impl Wire {
             port,
             stats,
             gaps,
+            undissected,
             streams,
             tmfs,
             unmatched_responses,
         })
     }
 
-    /// Fails unless the capture holds every packet: none dropped by the
-    /// kernel, none left unread by dumpcap, no sequence gap seen by tshark.
-    /// A comparison must not conclude anything from an incomplete capture.
+    /// Fails unless the capture holds every packet and all of it was read:
+    /// none dropped by the kernel, none left unwritten by dumpcap, no
+    /// sequence gap seen by tshark, no payload left undissected. A
+    /// comparison must not conclude anything from an incomplete capture.
     pub fn complete(&self) -> io::Result<()> {
         let s = &self.stats;
-        if s.is_complete() && self.gaps.is_empty() {
+        if s.is_complete() && self.gaps.is_empty() && self.undissected.is_empty() {
             return Ok(());
         }
         Err(io::Error::other(format!(
             "the capture is incomplete: {} packets dropped by the kernel, {} received but not written, \
-             sequence gaps before frames {:?}; no conclusion can be drawn from it \
-             (rerun with less load on the machine)",
+             sequence gaps before frames {:?}, (frame, bytes) not dissected {:?}; no conclusion can be \
+             drawn from it (drops: rerun with less load on the machine; undissected bytes: a PDU \
+             tshark does not know, see TGT_TRACE_KEEP_PCAP)",
             s.dropped,
             s.received.saturating_sub(s.captured),
-            self.gaps
+            self.gaps,
+            self.undissected
         )))
     }
 
@@ -950,8 +1133,15 @@ impl Wire {
 mod tests {
     use super::*;
 
-    /// A line as tshark prints it for [`FIELDS`].
+    /// A line as tshark prints it for [`FIELDS`], from every column but
+    /// `data.data` (empty).
     fn line(columns: &[&str]) -> String {
+        let mut columns = columns.to_vec();
+        let data = FIELDS
+            .iter()
+            .position(|f| *f == "data.data")
+            .expect("data.data is asked for");
+        columns.insert(data, "");
         assert_eq!(columns.len(), FIELDS.len());
         columns.join("\t")
     }
@@ -991,6 +1181,7 @@ mod tests {
                 tmf_response: None,
                 tsih: None,
                 lun: Some(1),
+                undissected: false,
             }]
         );
     }
@@ -1125,6 +1316,43 @@ mod tests {
     }
 
     #[test]
+    fn a_tmf_tshark_does_not_know_is_read_from_its_bytes() {
+        // Function 14, as tshark 4.0 leaves it: no iSCSI, the segment as data.
+        let bhs = "428e000000000000000100000000000000000013ffffffff0000000d\
+                   0000001400000000000000000000000000000000";
+        let mut columns: Vec<&str> = vec![
+            "93", "4.0", "0", "40000", "0", "0", "", "", "", "", "", "", "", "", "", "", "",
+        ];
+        let data = FIELDS
+            .iter()
+            .position(|f| *f == "data.data")
+            .expect("data.data");
+        columns[data] = bhs;
+        let frame = parse_frame_line(&columns.join("\t")).expect("parses");
+        assert_eq!(frame.undissected_bytes, 0);
+        assert_eq!(
+            frame.pdus,
+            vec![PduFields {
+                opcode: 0x02,
+                itt: 0x13,
+                function: Some(14),
+                referenced_itt: Some(0xffff_ffff),
+                tmf_response: None,
+                tsih: None,
+                lun: Some(1),
+                undissected: true,
+            }]
+        );
+        // Anything else stays unread, and is counted.
+        let (pdus, left) = decode_undissected(&[0x01; 60]);
+        assert!(pdus.is_empty());
+        assert_eq!(left, 60);
+        let tmf = parse_hex_bytes(bhs).expect("hex");
+        let (pdus, left) = decode_undissected(&[&tmf[..], &tmf[..], &[0u8; 4][..]].concat());
+        assert_eq!((pdus.len(), left), (2, 4));
+    }
+
+    #[test]
     fn tcp_only_frames_and_newer_flag_spelling() {
         let frame = parse_frame_line(&line(&[
             "77", "3", "2", "3260", "True", "False", "1", "", "", "", "", "", "", "", "", "",
@@ -1145,6 +1373,7 @@ mod tests {
             gap: false,
             pdus,
             keyvalues: Vec::new(),
+            undissected_bytes: 0,
         }
     }
 
@@ -1157,6 +1386,7 @@ mod tests {
             tmf_response: None,
             tsih: None,
             lun: None,
+            undissected: false,
         }
     }
 
