@@ -3,3 +3,4 @@
 pub mod iscsi;
 pub mod slowio;
 pub mod tgtd;
+pub mod wire;

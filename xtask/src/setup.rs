@@ -9,8 +9,14 @@ use anyhow::{Context as _, bail};
 
 use crate::run_step;
 
-/// Debian packages: the target, the initiators, and tmux for terminal tests.
-const PACKAGES: &[&str] = &["tgt", "libiscsi-bin", "tmux"];
+/// Debian packages: the target, the initiators, tmux for terminal tests, and
+/// tshark (with dumpcap) for the end-to-end tests' independent view of the
+/// wire.
+const PACKAGES: &[&str] = &["tgt", "libiscsi-bin", "tmux", "tshark"];
+/// Answers for package questions that would otherwise stop a
+/// non-interactive install: dumpcap stays root-only (no setuid helper, no
+/// `wireshark` group), which is all the tests, run as root, need.
+const DEBCONF_PRESEED: &str = "wireshark-common wireshark-common/install-setuid boolean false\n";
 /// bpf-linker release known to build against the nightly toolchain's LLVM.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -181,21 +187,45 @@ pub fn debian_packages(packages: &[&str]) -> anyhow::Result<()> {
         std::fs::write(policy, "#!/bin/sh\nexit 101\n").context("writing /usr/sbin/policy-rc.d")?;
         std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     }
-    let result = run_step(
-        "apt-get update",
-        Command::new("apt-get").args(["update", "-qq"]),
-    )
-    .and_then(|()| {
+    let result = preseed(DEBCONF_PRESEED).and_then(|()| {
         run_step(
-            &format!("apt-get install {list}"),
-            Command::new("apt-get")
-                .args(["install", "-y", "-qq", "--no-install-recommends"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
+            "apt-get update",
+            Command::new("apt-get").args(["update", "-qq"]),
         )
+        .and_then(|()| {
+            run_step(
+                &format!("apt-get install {list}"),
+                Command::new("apt-get")
+                    .args(["install", "-y", "-qq", "--no-install-recommends"])
+                    .args(&missing)
+                    .env("DEBIAN_FRONTEND", "noninteractive"),
+            )
+        })
     });
     if added_policy {
         let _ = std::fs::remove_file(policy);
     }
     result
+}
+
+/// Feeds `selections` to `debconf-set-selections`, so that apt-get asks
+/// nothing.
+fn preseed(selections: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    eprintln!("xtask: debconf-set-selections (package questions answered ahead)");
+    let mut child = Command::new("debconf-set-selections")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot run debconf-set-selections (package debconf): is this Debian?")?;
+    let written = child
+        .stdin
+        .take()
+        .context("debconf-set-selections has no standard input")?
+        .write_all(selections.as_bytes());
+    let status = child.wait().context("waiting for debconf-set-selections")?;
+    written.context("writing to debconf-set-selections")?;
+    if !status.success() {
+        bail!("debconf-set-selections failed ({status}) on: {selections}");
+    }
+    Ok(())
 }

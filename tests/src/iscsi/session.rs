@@ -169,6 +169,29 @@ pub enum TmfFunction {
     TargetWarmReset = 6,
     TargetColdReset = 7,
     TaskReassign = 8,
+    /// 14 (0x0e): a code that neither RFC 7143 nor RFC 7144 (which adds
+    /// 9-12) assigns, to see how a target treats an unknown function.
+    Unassigned = 14,
+}
+
+impl TmfFunction {
+    /// Every function this initiator can send, in code order.
+    pub const ALL: [TmfFunction; 9] = [
+        TmfFunction::AbortTask,
+        TmfFunction::AbortTaskSet,
+        TmfFunction::ClearAca,
+        TmfFunction::ClearTaskSet,
+        TmfFunction::LogicalUnitReset,
+        TmfFunction::TargetWarmReset,
+        TmfFunction::TargetColdReset,
+        TmfFunction::TaskReassign,
+        TmfFunction::Unassigned,
+    ];
+
+    /// The code in the Function field of the request.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -1371,5 +1394,7 @@ mod tests {
         assert_eq!(TaskAttr::HeadOfQueue as u8, 3);
         assert_eq!(TmfFunction::ClearTaskSet as u8, 4);
         assert_eq!(TmfFunction::LogicalUnitReset as u8, 5);
+        let codes: Vec<u8> = TmfFunction::ALL.iter().map(|f| f.code()).collect();
+        assert_eq!(codes, [1, 2, 3, 4, 5, 6, 7, 8, 14]);
     }
 }
