@@ -147,6 +147,21 @@ impl Tgtd {
         Ok(())
     }
 
+    /// Opens a second portal on 127.0.0.1 and returns it: load sent there
+    /// stays out of a capture of `portal`.
+    pub fn add_portal(&self) -> io::Result<SocketAddrV4> {
+        let portal = free_loopback_port()?;
+        self.tgtadm(&[
+            "--op",
+            "new",
+            "--mode",
+            "portal",
+            "--param",
+            &format!("portal={portal}"),
+        ])?;
+        Ok(portal)
+    }
+
     /// libiscsi's URL for a LUN of this target.
     pub fn url(&self, lun: u32) -> String {
         format!("iscsi://{}/{}/{lun}", self.portal, self.target_iqn)

@@ -40,6 +40,10 @@ pub mod kind {
     /// `conn_close`: an iSCSI connection goes away; a TMF response still
     /// queued on it is freed unsent.
     pub const CONN_CLOSE: u8 = 12;
+    /// The iSCSI layer starts writing a TMF response to its connection (the
+    /// static `iscsi_tm_tx_start`, where it fills in the response header):
+    /// the time the response was handed to the connection.
+    pub const TMF_TX_START: u8 = 13;
 }
 
 /// Task-management function codes, as tgt's `usr/scsi.h` numbers them.
@@ -85,6 +89,7 @@ pub mod task_attr {
 /// | NEXUS_DESTROY | yes | yes    | -            | -   | -           | -                  | -        | -                  |
 /// | TMF_RECEIVED  | yes | yes    | referenced (`rtt`) | yes | -     | `itt` (bits)       | task (= mid) | connection; iSCSI function |
 /// | TMF_SENT      | -   | -      | -            | -   | -           | iSCSI response code | task (= mid) | connection; iSCSI function; `aux`: `itt` (bits) |
+/// | TMF_TX_START  | yes | yes    | -            | -   | -           | -                  | connection | -              |
 /// | CONN_CLOSE    | -   | yes (0 before login) | - | - | -           | -                  | connection | -                |
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -239,6 +244,10 @@ pub mod layout {
     /// `struct iscsi_connection.state`, and its `STATE_CLOSE` value.
     pub const ISCSI_CONN_STATE: usize = 0;
     pub const ISCSI_STATE_CLOSE: i32 = 10;
+    /// `struct iscsi_connection.rsp.bhs`: the header of the PDU being sent;
+    /// a TMF response's first two bytes are its opcode (0x22) and the F bit.
+    pub const ISCSI_CONN_RSP_BHS: usize = 392;
+    pub const ISCSI_TMF_RSP_OPCODE_FLAGS: u16 = 0x8022;
     /// `struct iscsi_connection.closed`: set by the first `conn_close`.
     pub const ISCSI_CONN_CLOSED: usize = 4;
 

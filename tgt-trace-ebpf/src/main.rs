@@ -57,6 +57,12 @@ static READ_CONN_STATE: u8 = 0;
 #[unsafe(no_mangle)]
 static RECEIVED_TASK_REG: u8 = pt_regs::RDI;
 
+/// Set by user space: the `pt_regs` index of the register that holds the
+/// connection at the TMF-transmit-start point (the base register of the
+/// store of the response's opcode into `conn->rsp.bhs`).
+#[unsafe(no_mangle)]
+static TX_CONN_REG: u8 = pt_regs::RAX;
+
 /// Set by user space when the build's code shows the session task list and
 /// task flags at the offsets in `layout`: only then does the received probe
 /// walk the list for ABORT TASK's referenced command.
@@ -500,6 +506,25 @@ pub fn tmf_sent(ctx: ProbeContext) -> u32 {
         value: response,
         aux: h.itt as i32,
         ..header(kind::TMF_SENT)
+    });
+    0
+}
+
+/// Inside the static `iscsi_tm_tx_start` (inlined in `iscsi_tx_handler`),
+/// at the store of the TMF response's opcode into the connection's response
+/// header: tgtd is about to write the response to the socket. Fires once
+/// per TMF response sent.
+#[uprobe]
+pub fn tmf_tx_start(ctx: ProbeContext) -> u32 {
+    // SAFETY: a read-only global that user space sets before load.
+    let reg = unsafe { core::ptr::read_volatile(&TX_CONN_REG) };
+    let conn = saved_register(&ctx, reg);
+    let (itn_id, tid) = nexus_of(conn);
+    emit(Event {
+        tid,
+        itn_id,
+        cookie: conn,
+        ..header(kind::TMF_TX_START)
     });
     0
 }

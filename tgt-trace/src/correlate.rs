@@ -593,6 +593,10 @@ pub struct Matcher {
     /// ABORT TASKs answered while the iSCSI layer held their command: the
     /// command's key → the TMF's seq and time, until the command arrives.
     held_aborts: FxHashMap<CmdKey, (u64, u64, u64)>,
+    /// When each connection last started writing a TMF response, by (pid,
+    /// connection): the time the response was handed to the socket, which
+    /// the transmit-done event that follows refers to.
+    tx_started: FxHashMap<(u32, u64), u64>,
     next_seq: u64,
     now_ns: u64,
     /// No open TMF can time out before this stream time: `advance` scans
@@ -613,6 +617,7 @@ impl Matcher {
             recent_releases: VecDeque::new(),
             initiators: HashMap::new(),
             held_aborts: FxHashMap::default(),
+            tx_started: FxHashMap::default(),
             next_seq: 0,
             now_ns: 0,
             next_timeout_ns: u64::MAX,
@@ -747,6 +752,7 @@ impl Matcher {
                 self.close_where("target exited", |p, _| p == pid, out);
                 self.initiators.retain(|(p, _), _| *p != pid);
                 self.held_aborts.retain(|k, _| k.0 != pid);
+                self.tx_started.retain(|k, _| k.0 != pid);
             }
             Event::TmfReceived {
                 ts_ns,
@@ -783,10 +789,24 @@ impl Matcher {
                 ts_ns,
                 pid,
                 task,
+                conn,
                 response,
                 ..
-            } => self.tmf_sent(ts_ns, (pid, task), response, out),
-            Event::ConnClose { pid, conn, .. } => self.conn_closed(pid, conn, out),
+            } => {
+                // Handed to the socket when its transmission started (the
+                // write follows at once; the done event comes after it).
+                let started = self.tx_started.remove(&(pid, conn)).unwrap_or(ts_ns);
+                self.tmf_sent(started, (pid, task), response, out);
+            }
+            Event::TmfTxStart {
+                ts_ns, pid, conn, ..
+            } => {
+                self.tx_started.insert((pid, conn), ts_ns);
+            }
+            Event::ConnClose { pid, conn, .. } => {
+                self.tx_started.remove(&(pid, conn));
+                self.conn_closed(pid, conn, out);
+            }
         }
         self.advance(self.now_ns, out);
     }

@@ -35,7 +35,9 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     };
     let expected = match kind {
         kind::NEXUS_CREATE => NEXUS_EVENT_SIZE,
-        kind::CMD_QUEUE..=kind::NEXUS_DESTROY | kind::TMF_RECEIVED..=kind::CONN_CLOSE => EVENT_SIZE,
+        kind::CMD_QUEUE..=kind::NEXUS_DESTROY | kind::TMF_RECEIVED..=kind::TMF_TX_START => {
+            EVENT_SIZE
+        }
         other => return Err(DecodeError::UnknownKind(other)),
     };
     if bytes.len() < expected {
@@ -170,6 +172,13 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             // task->result holds a response code (0..6 or 255).
             response: raw.value as u8,
         },
+        kind::TMF_TX_START => Event::TmfTxStart {
+            ts_ns: raw.ts_ns,
+            pid: raw.pid,
+            tid: raw.tid,
+            itn_id: raw.itn_id,
+            conn: raw.cookie,
+        },
         kind::CONN_CLOSE => Event::ConnClose {
             ts_ns: raw.ts_ns,
             pid: raw.pid,
@@ -302,7 +311,7 @@ mod tests {
     #[test]
     fn unknown_kind_is_an_error() {
         let mut bytes = vec![0u8; NEXUS_EVENT_SIZE];
-        for k in [0u8, 13, 200, 255] {
+        for k in [0u8, 14, 200, 255] {
             bytes[0] = k;
             assert_eq!(decode(&bytes), Err(DecodeError::UnknownKind(k)));
         }

@@ -170,6 +170,16 @@ pub enum Event {
         /// supported, 255 rejected, ...).
         response: u8,
     },
+    /// The iSCSI layer starts writing a TMF response to the connection
+    /// (`iscsi_tm_tx_start`): the moment it is handed to the socket, before
+    /// the write; `tmf_sent` follows once the write is done.
+    TmfTxStart {
+        ts_ns: u64,
+        pid: u32,
+        tid: i32,
+        itn_id: u64,
+        conn: u64,
+    },
     /// `conn_close`: the connection goes away; a TMF response still queued
     /// on it is freed unsent.
     ConnClose {
@@ -206,6 +216,7 @@ impl Event {
             | Event::ProcessExit { ts_ns, .. }
             | Event::TmfReceived { ts_ns, .. }
             | Event::TmfSent { ts_ns, .. }
+            | Event::TmfTxStart { ts_ns, .. }
             | Event::ConnClose { ts_ns, .. } => ts_ns,
         }
     }
@@ -224,6 +235,7 @@ impl Event {
             | Event::ProcessExit { pid, .. }
             | Event::TmfReceived { pid, .. }
             | Event::TmfSent { pid, .. }
+            | Event::TmfTxStart { pid, .. }
             | Event::ConnClose { pid, .. } => pid,
         }
     }
@@ -243,6 +255,7 @@ impl Event {
             Event::ProcessExit { .. } => "process_exit",
             Event::TmfReceived { .. } => "tmf_received",
             Event::TmfSent { .. } => "tmf_sent",
+            Event::TmfTxStart { .. } => "tmf_tx_start",
             Event::ConnClose { .. } => "conn_close",
         }
     }

@@ -47,6 +47,9 @@ pub struct TaskPoint {
 pub struct IscsiPoints {
     pub received: Result<TaskPoint, String>,
     pub sent: Result<TaskPoint, String>,
+    /// The start of a TMF response's transmission; `task_reg` holds the
+    /// connection there.
+    pub tx_start: Result<TaskPoint, String>,
     /// `conn_close` reads `conn->closed` at 4 and `conn->session` at 40.
     pub conn_close: Result<(), String>,
 }
@@ -66,6 +69,7 @@ pub fn iscsi_points(
         return IscsiPoints {
             received: Err(reason.clone()),
             sent: Err(reason.clone()),
+            tx_start: Err(reason.clone()),
             conn_close: Err(reason),
         };
     };
@@ -81,6 +85,7 @@ pub fn iscsi_points(
             Some(target) => sent_point(&insns, target),
             None => Err("iscsi_free_task is not exported".to_owned()),
         },
+        tx_start: tx_start_point(&insns, |address| read_u16(file, address)),
         conn_close: match exported.get("conn_close") {
             Some(&(a, size)) => conn_close_reads(&insns, a, size),
             None => Err("conn_close is not exported".to_owned()),
@@ -309,6 +314,77 @@ fn sent_point(insns: &[Instruction], free_task: u64) -> Result<TaskPoint, String
         })
         .collect();
     unique(found, "iscsi_task_tx_done's iscsi_free_task call")
+}
+
+fn read_u16(file: &object::File<'_>, address: u64) -> Option<u16> {
+    file.sections().find_map(|s| {
+        let offset = address.checked_sub(s.address())?;
+        if offset >= s.size() {
+            return None;
+        }
+        let data = s.data().ok()?;
+        let at = usize::try_from(offset).ok()?;
+        Some(u16::from_le_bytes(data.get(at..at + 2)?.try_into().ok()?))
+    })
+}
+
+/// `iscsi_tm_tx_start` (tgt `usr/iscsi/iscsid.c`) fills in the response
+/// header in `conn->rsp.bhs`: `rsp->opcode = ISCSI_OP_SCSI_TMFUNC_RSP;
+/// rsp->flags = ISCSI_FLAG_CMD_FINAL;` (one 16-bit store of 0x8022, its value
+/// loaded from read-only data or immediate) and, a few instructions on,
+/// `rsp->response = task->result;` (a byte store at offset 2 of the header).
+/// The probe goes on the 16-bit store; its base register is the connection.
+fn tx_start_point(
+    insns: &[Instruction],
+    word_at: impl Fn(u64) -> Option<u16>,
+) -> Result<TaskPoint, String> {
+    let bhs = layout::ISCSI_CONN_RSP_BHS as u64;
+    let mut found = Vec::new();
+    for (i, insn) in insns.iter().enumerate() {
+        let Some((base, disp)) = memory_disp(insn) else {
+            continue;
+        };
+        let header_store = insn.mnemonic() == Mnemonic::Mov
+            && insn.op0_kind() == OpKind::Memory
+            && insn.memory_size() == iced_x86::MemorySize::UInt16
+            && disp == bhs
+            && base.is_gpr64();
+        if !header_store {
+            continue;
+        }
+        let value = match insn.op1_kind() {
+            OpKind::Register => {
+                let source = insn.op1_register().full_register();
+                insns[i.saturating_sub(6)..i].iter().rev().find_map(|n| {
+                    (n.mnemonic() == Mnemonic::Movzx
+                        && n.op0_register().full_register() == source
+                        && n.is_ip_rel_memory_operand())
+                    .then(|| word_at(n.ip_rel_memory_address()))
+                    .flatten()
+                })
+            }
+            _ => imm(insn, 1).and_then(|v| u16::try_from(v).ok()),
+        };
+        if value != Some(layout::ISCSI_TMF_RSP_OPCODE_FLAGS) {
+            continue;
+        }
+        let response_store = insns[i + 1..insns.len().min(i + 8)].iter().any(|n| {
+            n.mnemonic() == Mnemonic::Mov
+                && n.op0_kind() == OpKind::Memory
+                && n.memory_size() == iced_x86::MemorySize::UInt8
+                && memory_disp(n).is_some_and(|(b, d)| b == base && d == bhs + 2)
+        });
+        if !response_store {
+            continue;
+        }
+        if let Some(task_reg) = pt_regs_index(base) {
+            found.push(TaskPoint {
+                address: insn.ip(),
+                task_reg,
+            });
+        }
+    }
+    unique(found, "iscsi_tm_tx_start's store of the response header")
 }
 
 fn conn_close_reads(insns: &[Instruction], address: u64, size: u64) -> Result<(), String> {

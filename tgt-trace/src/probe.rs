@@ -86,11 +86,12 @@ enum Hook {
     NexusDestroy,
     TmfReceived,
     TmfSent,
+    TmfTxStart,
     ConnClose,
 }
 
 impl Hook {
-    const ALL: [Hook; 12] = [
+    const ALL: [Hook; 13] = [
         Hook::Queue,
         Hook::Perform,
         Hook::Result,
@@ -102,6 +103,7 @@ impl Hook {
         Hook::NexusDestroy,
         Hook::TmfReceived,
         Hook::TmfSent,
+        Hook::TmfTxStart,
         Hook::ConnClose,
     ];
 
@@ -119,6 +121,7 @@ impl Hook {
             Hook::NexusDestroy => ("nexus_destroy", "nexus_destroy", symbol::NEXUS_DESTROY),
             Hook::TmfReceived => ("tmf_received", "tmf_received", "iscsi_tm_execute"),
             Hook::TmfSent => ("tmf_sent", "tmf_sent", "iscsi_task_tx_done"),
+            Hook::TmfTxStart => ("tmf_tx_start", "tmf_tx_start", "iscsi_tm_tx_start"),
             Hook::ConnClose => ("conn_close", "conn_close", symbol::CONN_CLOSE),
         }
     }
@@ -247,6 +250,11 @@ impl Tracer {
             .tmf_received
             .as_ref()
             .map_or(tgt_trace_common::pt_regs::RDI, |p| p.task_reg);
+        let tx_conn_reg: u8 = opts
+            .binary
+            .tmf_tx_start
+            .as_ref()
+            .map_or(tgt_trace_common::pt_regs::RAX, |p| p.task_reg);
         // The walk's offsets are proved by the received point (task flags)
         // and conn_close (the session's task lists).
         let walk_tasks: u8 =
@@ -256,6 +264,7 @@ impl Tracer {
             .override_global("READ_CONN_STATE", &read_conn_state, true)
             .override_global("RECEIVED_TASK_REG", &received_reg, true)
             .override_global("WALK_SESSION_TASKS", &walk_tasks, true)
+            .override_global("TX_CONN_REG", &tx_conn_reg, true)
             .map_max_entries("EVENTS", opts.ring_bytes)
             .load(PROBES)
             .map_err(ProbeError::Load)?;
@@ -275,6 +284,7 @@ impl Tracer {
                 }),
                 Hook::TmfReceived => opts.binary.tmf_received.clone().map(|p| p.address),
                 Hook::TmfSent => opts.binary.tmf_sent.clone().map(|p| p.address),
+                Hook::TmfTxStart => opts.binary.tmf_tx_start.clone().map(|p| p.address),
                 Hook::ConnClose => opts.binary.conn_close.clone(),
                 _ => opts
                     .binary

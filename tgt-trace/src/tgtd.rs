@@ -120,6 +120,7 @@ pub struct TgtdBinary {
     /// why each is missing.
     pub tmf_received: Result<TaskPoint, String>,
     pub tmf_sent: Result<TaskPoint, String>,
+    pub tmf_tx_start: Result<TaskPoint, String>,
     pub conn_close: Result<u64, String>,
 }
 
@@ -222,6 +223,7 @@ impl TgtdBinary {
         };
         let tmf_received = to_file(points.received);
         let tmf_sent = to_file(points.sent);
+        let tmf_tx_start = to_file(points.tx_start);
         let conn_close = points.conn_close.and_then(|()| {
             symbols
                 .get(symbol::CONN_CLOSE)
@@ -249,6 +251,7 @@ impl TgtdBinary {
             tmf_response_reads_connection,
             tmf_received,
             tmf_sent,
+            tmf_tx_start,
             conn_close,
         })
     }
@@ -567,5 +570,12 @@ mod tests {
             0x19703
         );
         assert!(bin.conn_close.is_ok(), "{:?}", bin.conn_close);
+        // The TMF response header's store in the inlined iscsi_tm_tx_start,
+        // with the connection in rax.
+        let tx = bin.tmf_tx_start.clone().expect("TMF transmit-start point");
+        assert_eq!(
+            (tx.address, tx.task_reg),
+            (0x198f6, tgt_trace_common::pt_regs::RAX)
+        );
     }
 }

@@ -119,7 +119,9 @@ fn model(bytes: &[u8]) -> Result<Event, DecodeError> {
     };
     let expected = match k {
         kind::NEXUS_CREATE => NEXUS_EVENT_SIZE,
-        kind::CMD_QUEUE..=kind::NEXUS_DESTROY | kind::TMF_RECEIVED..=kind::CONN_CLOSE => EVENT_SIZE,
+        kind::CMD_QUEUE..=kind::NEXUS_DESTROY | kind::TMF_RECEIVED..=kind::TMF_TX_START => {
+            EVENT_SIZE
+        }
         _ => return Err(DecodeError::UnknownKind(k)),
     };
     if bytes.len() < expected {
@@ -249,6 +251,13 @@ fn model(bytes: &[u8]) -> Result<Event, DecodeError> {
             tag: raw.tag,
             response: raw.value.to_le_bytes()[0],
         },
+        kind::TMF_TX_START => Event::TmfTxStart {
+            ts_ns: raw.ts_ns,
+            pid: raw.pid,
+            tid: raw.tid,
+            itn_id: raw.itn_id,
+            conn: raw.cookie,
+        },
         kind::CONN_CLOSE => Event::ConnClose {
             ts_ns: raw.ts_ns,
             pid: raw.pid,
@@ -341,7 +350,7 @@ fn raw_event() -> impl Strategy<Value = abi::Event> {
         (
             prop_oneof![
                 kind::CMD_QUEUE..=kind::NEXUS_DESTROY,
-                kind::TMF_RECEIVED..=kind::CONN_CLOSE
+                kind::TMF_RECEIVED..=kind::TMF_TX_START
             ],
             any::<u8>(),
             any::<u8>(),
@@ -487,7 +496,7 @@ proptest! {
 
     #[test]
     fn arbitrary_bytes_of_a_known_kind_decode_as_the_abi_says(
-        k in prop_oneof![kind::CMD_QUEUE..=kind::NEXUS_DESTROY, kind::TMF_RECEIVED..=kind::CONN_CLOSE],
+        k in prop_oneof![kind::CMD_QUEUE..=kind::NEXUS_DESTROY, kind::TMF_RECEIVED..=kind::TMF_TX_START],
         mut bytes in proptest::collection::vec(any::<u8>(), EVENT_SIZE..NEXUS_EVENT_SIZE + 16),
     ) {
         bytes[0] = k;
@@ -833,6 +842,15 @@ fn event() -> BoxedStrategy<Event> {
                     }
                 }
             )
+            .boxed(),
+        (ids.clone(), i32_edge())
+            .prop_map(|((ts_ns, pid, itn_id, _, conn), tid)| Event::TmfTxStart {
+                ts_ns,
+                pid,
+                tid,
+                itn_id,
+                conn,
+            })
             .boxed(),
         (ids, i32_edge())
             .prop_map(|((ts_ns, pid, itn_id, _, conn), tid)| Event::ConnClose {

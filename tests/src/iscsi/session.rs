@@ -397,6 +397,9 @@ pub struct Session {
     cmd_sns: HashMap<Itt, u32>,
     exchanges: Vec<Exchange>,
     timeout: Duration,
+    /// Commands whose R2Ts are answered only on `release_data_out`: the
+    /// R2Ts received meanwhile (target transfer tag, offset, end).
+    withheld: HashMap<Itt, Vec<(u32, u32, u32)>>,
 }
 
 const CID: u16 = 0;
@@ -453,6 +456,7 @@ impl Session {
             outstanding: HashMap::new(),
             finished: HashMap::new(),
             cmd_sns: HashMap::new(),
+            withheld: HashMap::new(),
             exchanges: Vec::new(),
             timeout: options.timeout,
         };
@@ -672,6 +676,28 @@ impl Session {
     /// The timeout of the blocking helpers ([`Session::execute`], ...).
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
+    }
+
+    /// Holds back the Data-Out that R2Ts ask for `itt` (a WRITE), so that
+    /// the target keeps the command waiting for its data: tgtd's iSCSI layer
+    /// then holds it outside the core. Call right after `submit`.
+    pub fn withhold_data_out(&mut self, itt: Itt) {
+        self.withheld.entry(itt).or_default();
+    }
+
+    /// Sends the Data-Out held back for `itt` and answers its R2Ts from now
+    /// on as usual. Returns how many R2Ts were answered.
+    pub fn release_data_out(&mut self, itt: Itt) -> Result<usize, Error> {
+        let r2ts = self.withheld.remove(&itt).unwrap_or_default();
+        for &(ttt, from, to) in &r2ts {
+            self.send_data_out(itt, ttt, from, to)?;
+        }
+        Ok(r2ts.len())
+    }
+
+    /// R2Ts received and not answered for a command whose data is withheld.
+    pub fn withheld_r2ts(&self, itt: Itt) -> usize {
+        self.withheld.get(&itt).map_or(0, Vec::len)
     }
 
     /// Tags sent and not yet answered.
@@ -1212,7 +1238,10 @@ impl Session {
                 let end = buffer_offset.checked_add(desired_length).ok_or_else(|| {
                     Error::Protocol(format!("R2T for ITT {itt} overflows the buffer offset"))
                 })?;
-                self.send_data_out(itt, ttt, buffer_offset, end)?;
+                match self.withheld.get_mut(&itt) {
+                    Some(held) => held.push((ttt, buffer_offset, end)),
+                    None => self.send_data_out(itt, ttt, buffer_offset, end)?,
+                }
             }
             TargetPdu::TaskManagementResponse { response } => {
                 self.finish(itt, "task management response", |kind| {

@@ -13,6 +13,8 @@ use tgt_trace::{
 
 use tgt_trace_e2e::tgtd::{Tgtd, tgt_trace_bin};
 
+pub mod crosscheck;
+
 /// A parsed NDJSON trace.
 #[derive(Debug)]
 pub struct Trace {
