@@ -113,13 +113,11 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         tgtd.target_iqn
     ));
 
-    // The TUI follows the events in its -o file, so that one holds them all
-    // and lives in tgtd's scratch directory; what is saved is taken from it
-    // at the end. The text view has tgt-trace write the saved file itself.
-    let written = match opts.view {
-        View::Tui => tgtd.dir.join("live.ndjson"),
-        View::Text => opts.save.clone(),
-    };
+    // tgt-trace writes the trace into tgtd's scratch directory (removed with
+    // it); what is saved is taken from it at the end. The TUI follows the
+    // events in its file, so that one holds them all; the text view's holds
+    // only the matched lines and summaries unless --keep-events.
+    let written = tgtd.dir.join("live.ndjson");
     // A complete first line in this file is the header of this run.
     let _ = std::fs::remove_file(&written);
     let mut tracer = Command::new(root().join("target/release/tgt-trace"));
@@ -180,9 +178,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let _ = gate.release();
     let _ = aborter.join();
     workload.stop();
-    if opts.view == View::Tui {
-        save_from(&written, &opts.save, opts.keep_events)?;
-    }
+    save_from(&written, &opts.save, opts.keep_events)?;
     drop(scratch);
     let status = status?;
     if owned::stopping().is_none() {
@@ -215,7 +211,8 @@ fn wait_for_header(path: &Path, tracer: &mut owned::Tracer) -> anyhow::Result<bo
     }
 }
 
-/// The saved trace from the TUI's file: every line, or all but the events.
+/// The saved trace: every line, or (by default) all but the events and the
+/// periodic summary snapshots, which the final `matched_summary` sums up.
 fn save_from(live: &Path, saved: &Path, keep_events: bool) -> anyhow::Result<()> {
     let mut input =
         BufReader::new(File::open(live).with_context(|| format!("{}", live.display()))?);
@@ -225,10 +222,14 @@ fn save_from(live: &Path, saved: &Path, keep_events: bool) -> anyhow::Result<()>
     let mut line = Vec::new();
     loop {
         line.clear();
-        if input.read_until(b'\n', &mut line)? == 0 {
+        // A line cut by a tgt-trace that was killed is left out.
+        if input.read_until(b'\n', &mut line)? == 0 || !line.ends_with(b"\n") {
             break;
         }
-        if keep_events || !line.starts_with(EVENT_PREFIX.as_bytes()) {
+        if keep_events
+            || !(line.starts_with(EVENT_PREFIX.as_bytes())
+                || line.starts_with(SNAPSHOT_PREFIX.as_bytes()))
+        {
             output.write_all(&line)?;
         }
     }
@@ -238,6 +239,8 @@ fn save_from(live: &Path, saved: &Path, keep_events: bool) -> anyhow::Result<()>
 
 /// How `record` begins an event line (the field order of its writer).
 const EVENT_PREFIX: &str = r#"{"type":"event""#;
+/// How it begins a periodic (not final) summary snapshot.
+const SNAPSHOT_PREFIX: &str = r#"{"type":"matched_summary","final":false"#;
 
 fn report(saved: &Path, keep_events: bool) -> anyhow::Result<()> {
     let size = std::fs::metadata(saved).map_or(0, |m| m.len());

@@ -77,7 +77,7 @@ enum Job {
         /// Where to save the trace [default: target/demo.ndjson].
         #[arg(long, value_name = "FILE")]
         save: Option<std::path::PathBuf>,
-        /// Save every event too (about 10 MB/s of load), not only the
+        /// Save every event too (about 16 MB/s at the demo's load), not only the
         /// matched records and summaries.
         #[arg(long)]
         keep_events: bool,

@@ -32,8 +32,12 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 /// How long a cooperative job may take to clean up after a signal.
 pub const GRACE: Duration = Duration::from_secs(30);
 
-/// How long a process group has to leave after SIGTERM before SIGKILL.
+/// How long a process (tgtd, tgt-trace) has to leave after SIGTERM before
+/// SIGKILL.
 const TERM_WAIT: Duration = Duration::from_secs(3);
+/// The same for a workload: load generators with nothing to save (iscsi-perf
+/// takes seconds to log out, and would hold up every stop).
+const WORKLOAD_TERM_WAIT: Duration = Duration::from_millis(300);
 
 struct State {
     /// The first signal taken, if any.
@@ -151,7 +155,7 @@ pub fn exit_status() -> u8 {
 fn emergency(sig: i32) -> ! {
     let groups = std::mem::take(&mut state().groups);
     let pgids: Vec<i32> = groups.iter().map(|(p, _)| *p).collect();
-    stop_groups(&pgids);
+    stop_groups(&pgids, TERM_WAIT);
     for dir in groups.iter().filter_map(|(_, d)| d.as_ref()) {
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -174,14 +178,13 @@ fn group_alive(pgid: i32) -> bool {
     unsafe { libc::kill(-pgid, 0) == 0 }
 }
 
-/// SIGTERM to each group, then SIGKILL to those still there after
-/// [`TERM_WAIT`].
-fn stop_groups(pgids: &[i32]) {
+/// SIGTERM to each group, then SIGKILL to those still there after `wait`.
+fn stop_groups(pgids: &[i32], wait: Duration) {
     for &pgid in pgids {
         // SAFETY: signalling a process group this job created.
         unsafe { libc::kill(-pgid, libc::SIGTERM) };
     }
-    let deadline = Instant::now() + TERM_WAIT;
+    let deadline = Instant::now() + wait;
     while pgids.iter().any(|&p| group_alive(p)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -237,8 +240,9 @@ impl Drop for Forward {
     }
 }
 
-/// A child in a process group of its own (`process_group(0)` when spawned),
-/// with everything it starts: stopped as a group when dropped.
+/// A workload: a child in a process group of its own (`process_group(0)`
+/// when spawned), with everything it starts: stopped as a group when
+/// dropped.
 pub struct Group {
     child: Child,
     _registration: Registration,
@@ -255,7 +259,7 @@ impl Group {
 
     pub fn stop(&mut self) {
         if let Ok(pgid) = i32::try_from(self.child.id()) {
-            stop_groups(&[pgid]);
+            stop_groups(&[pgid], WORKLOAD_TERM_WAIT);
         }
         let _ = self.child.wait();
     }
