@@ -108,6 +108,11 @@ enum Command {
         /// With --matched: a matched_summary snapshot this often (e.g. 10s).
         #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "matched")]
         summary_every: Option<Duration>,
+        /// With --matched: write only the header, the matched lines and the
+        /// summaries, not the events (a small trace that report and check
+        /// read; replay and the TUI need the events).
+        #[arg(long, requires = "matched")]
+        no_events: bool,
         #[command(flatten)]
         matching: MatchArgs,
         /// Run this command once the probes are attached; stop when it exits,
@@ -239,6 +244,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             duration,
             matched,
             summary_every,
+            no_events,
             matching,
             command,
         } => {
@@ -261,6 +267,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 matched: matched.then(|| Matching {
                     config: matching.config(),
                     summary_every,
+                    events: !no_events,
                 }),
                 stop: None,
                 quiet: false,

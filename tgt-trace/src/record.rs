@@ -61,6 +61,11 @@ pub struct Matching {
     pub config: Config,
     /// A `matched_summary` snapshot this often, if at all.
     pub summary_every: Option<Duration>,
+    /// Write the event lines too; without them (`--no-events`) the trace
+    /// is the header, the matched lines and the summaries: a few lines a
+    /// second where the events are tens of thousands, for a long run or a
+    /// slow reader. The matcher sees every event either way.
+    pub events: bool,
 }
 
 /// How a recording ended.
@@ -200,6 +205,7 @@ async fn record_to(opts: RecordOptions) -> Result<RecordOutcome, RecordError> {
     });
     let mut out = Writer {
         out: io::BufWriter::with_capacity(1 << 16, sink),
+        events: opts.matched.as_ref().is_none_or(|m| m.events),
         matcher,
         records: Vec::new(),
         last_ts_ns: 0,
@@ -352,6 +358,8 @@ fn write_line(out: &mut impl Write, line: &Line) -> io::Result<()> {
 /// matcher concludes from it, right after it.
 struct Writer<W: Write> {
     out: io::BufWriter<W>,
+    /// Whether event lines are written (see [`Matching::events`]).
+    events: bool,
     matcher: Option<Matcher>,
     records: Vec<crate::correlate::Record>,
     last_ts_ns: u64,
@@ -364,7 +372,9 @@ impl<W: Write> Writer<W> {
         if let Some(matcher) = &mut self.matcher {
             matcher.push(&event, &mut self.records);
         }
-        write_line(&mut self.out, &Line::Event(event))?;
+        if self.events {
+            write_line(&mut self.out, &Line::Event(event))?;
+        }
         self.write_records()
     }
 

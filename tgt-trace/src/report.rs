@@ -25,6 +25,10 @@ pub struct Replayed {
 
 /// Runs every event of `reader` through a matcher configured from the
 /// trace's header, handing each record to `sink` as it is concluded.
+///
+/// A trace recorded with `record --matched --no-events` has no events to
+/// match: its matched lines and its final `matched_summary` are taken as
+/// recorded (with the recording's limits, not `cfg`'s).
 pub fn replay(
     reader: &mut TraceReader,
     mut cfg: Config,
@@ -35,9 +39,12 @@ pub fn replay(
     let mut out = Vec::new();
     let mut replayed = Replayed::default();
     let mut last_ts = 0;
+    let mut events_seen = false;
+    let mut recorded: Option<MatchedSummary> = None;
     for line in reader.by_ref() {
         match line? {
             Line::Event(event) => {
+                events_seen = true;
                 last_ts = last_ts.max(event.ts_ns());
                 matcher.push(&event, &mut out);
                 out.drain(..).for_each(|r| sink(&r));
@@ -47,7 +54,13 @@ pub fn replay(
                 replayed.complete = true;
             }
             // What `record --matched` concluded live is concluded again here,
-            // from the events, with this run's limits.
+            // from the events, with this run's limits; matched lines come
+            // after the events that concluded them, so before any event they
+            // are a trace without events.
+            Line::Command(c) if !events_seen => sink(&Record::Command(c)),
+            Line::Tmf(t) if !events_seen => sink(&Record::Tmf(t)),
+            Line::Orphan(o) if !events_seen => sink(&Record::Orphan(o)),
+            Line::MatchedSummary(m) if m.is_final && !events_seen => recorded = Some(*m),
             Line::Header(_)
             | Line::Command(_)
             | Line::Tmf(_)
@@ -55,10 +68,18 @@ pub fn replay(
             | Line::MatchedSummary(_) => {}
         }
     }
-    let summary = matcher.finish(last_ts, &mut out);
-    out.drain(..).for_each(|r| sink(&r));
-    replayed.summary = Some(summary);
-    replayed.last_ts_ns = last_ts;
+    match recorded {
+        Some(m) if !events_seen => {
+            replayed.summary = Some(m.summary);
+            replayed.last_ts_ns = m.at_ns;
+        }
+        _ => {
+            let summary = matcher.finish(last_ts, &mut out);
+            out.drain(..).for_each(|r| sink(&r));
+            replayed.summary = Some(summary);
+            replayed.last_ts_ns = last_ts;
+        }
+    }
     replayed.skipped = reader.skipped();
     Ok(replayed)
 }

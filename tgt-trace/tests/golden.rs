@@ -50,3 +50,42 @@ fn replays_to_reviewed(name: &str) {
     );
     assert!(replayed.complete && replayed.drops.total() == 0);
 }
+
+/// `record --matched --no-events` keeps the header, the matched lines and
+/// the summaries: such a trace replays to the records and summary it holds,
+/// which are those the events give.
+#[test]
+fn a_trace_without_events_replays_to_its_recorded_records() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let full = std::fs::read_to_string(dir.join("libiscsi-tmf.ndjson")).expect("trace");
+    let expected_text = std::fs::read_to_string(dir.join("libiscsi-tmf.expected.ndjson"))
+        .expect("expected records");
+    let lines: Vec<&str> = full.lines().collect();
+    let (header, summary_line) = (lines[0], lines[lines.len() - 1]);
+    assert!(summary_line.starts_with(r#"{"type":"summary""#));
+    let no_events = format!("{header}\n{expected_text}{summary_line}\n");
+    assert!(!no_events.contains(r#""type":"event""#));
+    let mut reader = TraceReader::new(
+        Box::new(std::io::Cursor::new(no_events.into_bytes())),
+        "no-events".to_owned(),
+        false,
+    )
+    .expect("trace opens");
+    let mut got = Vec::new();
+    let replayed = replay(&mut reader, Config::default(), |r| {
+        got.push(serde_json::to_value(r).expect("serializes"))
+    })
+    .expect("replays");
+    let mut expected: Vec<serde_json::Value> = expected_text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("expected line is JSON"))
+        .collect();
+    let summary = expected.pop().expect("a matched_summary line");
+    assert!(!got.is_empty());
+    assert_eq!(got, expected);
+    assert_eq!(
+        serde_json::to_value(&replayed.summary).expect("serializes"),
+        summary["summary"]
+    );
+    assert!(replayed.complete && replayed.drops.total() == 0);
+}

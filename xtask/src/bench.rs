@@ -31,9 +31,6 @@ mod profile;
 pub(crate) mod report;
 
 use anyhow::Context as _;
-use tgt_trace_e2e::tgtd::{Tgtd, TgtdOptions};
-
-use crate::{cargo, run_step};
 
 /// A part of the benchmark, runnable alone with `--only`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -115,18 +112,17 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     if live {
         crate::setup::debian_packages(&["bpftrace"])?;
     }
-    run_step(
-        "build tgt-trace (release)",
-        cargo().args(["build", "--release", "-p", "tgt-trace"]),
-    )?;
+    crate::build_release(&["tgt-trace"])?;
     let tgtd = if live {
         crate::setup::require_root("the benchmark starts tgtd and loads eBPF probes")?;
-        let tgtd = Tgtd::start(&TgtdOptions::default()).context("starting tgtd")?;
+        // Registered: a signal stops it (and bench's tracers die with xtask).
+        let scratch = crate::demo::scratch_tgtd(Vec::new())?;
+        let tgtd = &scratch.tgtd;
         tgtd.add_null_lun(live::LUN.into())
             .context("adding a null LUN")?;
         // tgtd's first sessions and buffers are not part of any mode's numbers.
-        live::iscsi_perf(&tgtd, 2).context("warming up")?;
-        Some(tgtd)
+        live::iscsi_perf(tgtd, 2).context("warming up")?;
+        Some(scratch)
     } else {
         None
     };
@@ -134,7 +130,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     report::write_intro(&machine)?;
     for section in sections {
         eprintln!("bench: section {}", section.name());
-        let body = match (section, &tgtd) {
+        let body = match (section, tgtd.as_ref().map(|s| &s.tgtd)) {
             (Section::Matcher, _) => offline::matcher(opts)?,
             (Section::Replay, _) => offline::replay(opts)?,
             (_, None) => unreachable!("live sections start tgtd"),

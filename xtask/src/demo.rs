@@ -7,14 +7,17 @@
 //! (an orphan), once a second.
 
 use std::{
-    collections::BTreeMap,
-    io::{BufRead as _, BufReader},
+    fs::File,
+    io::{BufRead as _, BufReader, Write as _},
     os::unix::process::CommandExt as _,
-    process::{Child, Command, Stdio},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
-
-use std::io::Write as _;
 
 use anyhow::Context as _;
 use tgt_trace_e2e::{
@@ -23,7 +26,10 @@ use tgt_trace_e2e::{
     tgtd::{Tgtd, TgtdOptions},
 };
 
-use crate::{cargo, root, run_step};
+use crate::{
+    owned::{self, Registration, note},
+    root, run_step,
+};
 
 /// How the demo shows the trace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,99 +55,205 @@ impl View {
     }
 }
 
-pub fn run(seconds: u64, view: View) -> anyhow::Result<()> {
-    run_step(
-        "build tgt-trace (release)",
-        cargo().args(["build", "--release", "-p", "tgt-trace", "-p", "tgt-slowio"]),
-    )?;
-    crate::setup::require_root("the demo starts tgtd and loads eBPF probes")?;
-    let gate = SlowIo::new("demo").context("the slow-I/O gate")?;
-    let env = gate
-        .env("lun1.img", u64::from(HELD_LBA) * 512, 4096)
-        .context("the slow-I/O library")?;
+pub struct Options {
+    /// Stop after this long (0: when stopped).
+    pub seconds: u64,
+    pub view: View,
+    /// Where the trace is saved.
+    pub save: PathBuf,
+    /// Save every event too, not only the matched lines and summaries.
+    pub keep_events: bool,
+}
+
+/// The default place of the saved trace.
+pub fn default_save() -> PathBuf {
+    root().join("target/demo.ndjson")
+}
+
+/// A scratch tgtd, registered so that a signal's last resort stops it too.
+/// Fields drop in order: tgtd is stopped before it is unregistered.
+pub(crate) struct Scratch {
+    pub tgtd: Tgtd,
+    _registration: Registration,
+}
+
+pub(crate) fn scratch_tgtd(env: Vec<(String, String)>) -> anyhow::Result<Scratch> {
     let tgtd = Tgtd::start(&TgtdOptions {
         env,
         ..TgtdOptions::default()
     })
     .context("starting a scratch tgtd")?;
+    let registration = Registration::group(tgtd.pid(), Some(tgtd.dir.clone()));
+    Ok(Scratch {
+        tgtd,
+        _registration: registration,
+    })
+}
+
+pub fn run(opts: &Options) -> anyhow::Result<()> {
+    crate::build_release(&["tgt-trace", "tgt-slowio"])?;
+    crate::setup::require_root("the demo starts tgtd and loads eBPF probes")?;
+    if owned::stopping().is_some() {
+        return Ok(());
+    }
+    let gate = Arc::new(SlowIo::new("demo").context("the slow-I/O gate")?);
+    let env = gate
+        .env("lun1.img", u64::from(HELD_LBA) * 512, 4096)
+        .context("the slow-I/O library")?;
+    let scratch = scratch_tgtd(env)?;
+    let tgtd = &scratch.tgtd;
     tgtd.add_lun(1, 64 << 20)
         .context("adding a file-backed LUN")?;
     tgtd.add_null_lun(2).context("adding a null LUN")?;
-    eprintln!(
-        "demo: tgtd pid {} on {} (control {}), target {}; Ctrl-C to stop",
+    note(&format!(
+        "demo: tgtd pid {} on {} (control {}), target {}",
         tgtd.pid(),
         tgtd.portal,
         tgtd.control,
         tgtd.target_iqn
-    );
+    ));
 
-    // Ctrl-C is for tgt-trace, which then drains and exits; the demo cleans
-    // up after it. The workload and tgtd run in their own process groups.
-    // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
-    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    // tgt-trace writes the trace into tgtd's scratch directory (removed with
+    // it); what is saved is taken from it at the end. The TUI follows the
+    // events in its file, so that one holds them all; the text view's holds
+    // only the matched lines and summaries unless --keep-events.
+    let written = tgtd.dir.join("live.ndjson");
+    // A complete first line in this file is the header of this run.
+    let _ = std::fs::remove_file(&written);
+    let mut tracer = Command::new(root().join("target/release/tgt-trace"));
+    match opts.view {
+        View::Tui => tracer.arg("tui"),
+        View::Text => tracer.args(["record", "--matched", "--summary-every", "1s"]),
+    };
+    tracer
+        .args(["--pid", &tgtd.pid().to_string(), "-o"])
+        .arg(&written);
+    if opts.view == View::Text {
+        if !opts.keep_events {
+            tracer.arg("--no-events");
+        }
+        if opts.seconds > 0 {
+            tracer.args(["--duration", &format!("{}s", opts.seconds)]);
+        }
+        tracer.stdin(Stdio::null());
+    }
+    let mut tracer = owned::Tracer::new(tracer.spawn().context("starting tgt-trace")?);
 
-    let mut workload = start_workload(&tgtd)?;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let saved = root().join("target/demo.ndjson");
+    // The load starts once the probes are attached (tgt-trace writes the
+    // header then), so that the trace has the first TMFs.
+    if !wait_for_header(&written, &mut tracer)? {
+        return Ok(());
+    }
+    let mut workload = owned::Group::new(start_workload(tgtd)?);
+    let stop = Arc::new(AtomicBool::new(false));
     // The TUI owns the screen: the aborter's complaints go to a file then.
-    let complaints: Box<dyn std::io::Write + Send> = match view {
+    let complaints: Box<dyn std::io::Write + Send> = match opts.view {
         View::Tui => {
             let log = root().join("target/demo-aborter.log");
-            Box::new(
-                std::fs::File::create(&log)
-                    .with_context(|| format!("creating {}", log.display()))?,
-            )
+            Box::new(File::create(&log).with_context(|| format!("creating {}", log.display()))?)
         }
         View::Text => Box::new(std::io::stderr()),
     };
     let aborter = {
-        let (portal, iqn, stop) = (tgtd.portal, tgtd.target_iqn.clone(), stop.clone());
+        let (portal, iqn) = (tgtd.portal, tgtd.target_iqn.clone());
+        let (gate, stop) = (gate.clone(), stop.clone());
         std::thread::spawn(move || abort_loop(portal, &iqn, &gate, &stop, complaints))
     };
-    if view == View::Tui {
-        let status = Command::new(root().join("target/release/tgt-trace"))
-            .args(["tui", "--pid", &tgtd.pid().to_string(), "-o"])
-            .arg(&saved)
-            .status()
-            .context("starting tgt-trace tui");
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let _ = aborter.join();
-        stop_group(&mut workload);
-        drop(tgtd);
-        anyhow::ensure!(status?.success(), "tgt-trace tui failed");
-        return report(&saved);
-    }
-    let mut tracer = Command::new(root().join("target/release/tgt-trace"));
-    tracer.args([
-        "record",
-        "--pid",
-        &tgtd.pid().to_string(),
-        "--matched",
-        "-o",
-        "-",
-    ]);
-    if seconds > 0 {
-        tracer.args(["--duration", &format!("{seconds}s")]);
-    }
-    let mut tracer = tracer
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting tgt-trace")?;
-    let result = show(&mut tracer, &saved);
-    let _ = tracer.wait();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let status = match opts.view {
+        View::Tui => tracer.wait().context("waiting for tgt-trace tui"),
+        View::Text => {
+            note(&format!(
+                "demo: probes attached, load started{}; Ctrl-C to stop",
+                match opts.seconds {
+                    0 => String::new(),
+                    n => format!(" for {n} s"),
+                }
+            ));
+            show(&written, &mut tracer)
+        }
+    };
+    note("demo: stopping the load and tgtd");
+    stop.store(true, Ordering::Relaxed);
+    // The aborter's READ may be held: let it finish so the round ends now.
+    let _ = gate.release();
     let _ = aborter.join();
-    stop_group(&mut workload);
-    drop(tgtd);
-    result?;
-    report(&saved)
+    workload.stop();
+    save_from(&written, &opts.save, opts.keep_events)?;
+    drop(scratch);
+    let status = status?;
+    if owned::stopping().is_none() {
+        anyhow::ensure!(status.success(), "tgt-trace {status}");
+    }
+    report(&opts.save, opts.keep_events)
 }
 
-fn report(saved: &std::path::Path) -> anyhow::Result<()> {
-    eprintln!(
-        "demo: the trace is in {}; the matcher's report:",
-        saved.display()
+/// Waits until `path` has its first whole line (the header: the probes are
+/// attached). False when the demo was stopped first; an error when
+/// tgt-trace exited first (it said why on stderr) or took over 30 s.
+fn wait_for_header(path: &Path, tracer: &mut owned::Tracer) -> anyhow::Result<bool> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if std::fs::read(path).is_ok_and(|b| b.contains(&b'\n')) {
+            return Ok(true);
+        }
+        if owned::stopping().is_some() {
+            return Ok(false);
+        }
+        if let Some(status) = tracer.try_wait()? {
+            anyhow::bail!("tgt-trace exited before attaching its probes ({status})");
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "tgt-trace did not attach its probes within 30 s"
+        );
+        // Polling a file another process writes; bounded above.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The saved trace: every line, or (by default) all but the events and the
+/// periodic summary snapshots, which the final `matched_summary` sums up.
+fn save_from(live: &Path, saved: &Path, keep_events: bool) -> anyhow::Result<()> {
+    let mut input =
+        BufReader::new(File::open(live).with_context(|| format!("{}", live.display()))?);
+    let mut output = std::io::BufWriter::new(
+        File::create(saved).with_context(|| format!("creating {}", saved.display()))?,
     );
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        // A line cut by a tgt-trace that was killed is left out.
+        if input.read_until(b'\n', &mut line)? == 0 || !line.ends_with(b"\n") {
+            break;
+        }
+        if keep_events
+            || !(line.starts_with(EVENT_PREFIX.as_bytes())
+                || line.starts_with(SNAPSHOT_PREFIX.as_bytes()))
+        {
+            output.write_all(&line)?;
+        }
+    }
+    output.flush()?;
+    Ok(())
+}
+
+/// How `record` begins an event line (the field order of its writer).
+const EVENT_PREFIX: &str = r#"{"type":"event""#;
+/// How it begins a periodic (not final) summary snapshot.
+const SNAPSHOT_PREFIX: &str = r#"{"type":"matched_summary","final":false"#;
+
+fn report(saved: &Path, keep_events: bool) -> anyhow::Result<()> {
+    let size = std::fs::metadata(saved).map_or(0, |m| m.len());
+    note(&format!(
+        "demo: the trace is in {} ({:.1} MB: {}); the matcher's report:",
+        saved.display(),
+        size as f64 / 1e6,
+        if keep_events {
+            "every event and the matched lines"
+        } else {
+            "the matched lines and summaries; --keep-events keeps the events too"
+        }
+    ));
     run_step(
         "tgt-trace report",
         Command::new(root().join("target/release/tgt-trace"))
@@ -160,12 +272,12 @@ pub(crate) fn abort_loop(
     portal: std::net::SocketAddrV4,
     iqn: &str,
     gate: &SlowIo,
-    stop: &std::sync::atomic::AtomicBool,
+    stop: &AtomicBool,
     mut complaints: Box<dyn std::io::Write + Send>,
 ) {
     let wait = Duration::from_secs(5);
     let mut round: u32 = 0;
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+    while !stop.load(Ordering::Relaxed) {
         round += 1;
         let result = (|| -> anyhow::Result<()> {
             let mut session = Session::login(
@@ -193,7 +305,11 @@ pub(crate) fn abort_loop(
             let _ = gate.release();
             let _ = writeln!(complaints, "demo: aborter: {e:#}");
         }
-        std::thread::sleep(Duration::from_millis(800));
+        // Pacing, cut short when the demo stops.
+        let pause = Instant::now() + Duration::from_millis(800);
+        while Instant::now() < pause && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
@@ -221,69 +337,94 @@ pub(crate) fn start_workload(tgtd: &Tgtd) -> anyhow::Result<Child> {
         .context("starting the workload")
 }
 
-pub(crate) fn stop_group(child: &mut Child) {
-    if let Ok(pid) = i32::try_from(child.id()) {
-        // SAFETY: signalling our own child's process group.
-        unsafe { libc::kill(-pid, libc::SIGTERM) };
+/// Shows the matcher's records as tgt-trace writes them to `path`: each
+/// TMF and orphan as it is concluded, and a status line from each summary
+/// snapshot, until tgt-trace exits. The file is read as it grows, so
+/// tgt-trace never waits for this reader; without --keep-events it holds a
+/// few lines a second, and event lines are skipped unparsed in any case.
+fn show(path: &Path, tracer: &mut owned::Tracer) -> anyhow::Result<ExitStatus> {
+    let mut reader =
+        BufReader::new(File::open(path).with_context(|| format!("{}", path.display()))?);
+    let started = Instant::now();
+    let mut line = String::new();
+    loop {
+        // Whether it exited is asked before reading, so that nothing it
+        // wrote before exiting is left unread.
+        let exited = tracer.try_wait()?;
+        loop {
+            let n = reader.read_line(&mut line).context("reading the trace")?;
+            if n == 0 || !line.ends_with('\n') {
+                // At the end of what is written (a partial line waits).
+                break;
+            }
+            print_line(&line, started);
+            line.clear();
+        }
+        if let Some(status) = exited {
+            return Ok(status);
+        }
+        // Polling a file another process writes.
+        std::thread::sleep(Duration::from_millis(100));
     }
-    let _ = child.wait();
 }
 
-/// Prints TMF events as they come and a status line every second.
-fn show(tracer: &mut Child, saved: &std::path::Path) -> anyhow::Result<()> {
-    let stdout = tracer.stdout.take().context("tgt-trace's output")?;
-    let mut copy = std::io::BufWriter::new(
-        std::fs::File::create(saved).with_context(|| format!("creating {}", saved.display()))?,
-    );
-    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-    let mut last = Instant::now();
-    for line in BufReader::new(stdout).lines() {
-        let line = line.context("reading tgt-trace's output")?;
-        writeln!(copy, "{line}").context("saving the trace")?;
-        let value: serde_json::Value =
-            serde_json::from_str(&line).with_context(|| format!("bad line: {line}"))?;
-        let kind = match value["type"].as_str() {
-            Some("event") => value["kind"].as_str(),
-            other => other,
-        }
-        .unwrap_or("?")
-        .to_owned();
-        match kind.as_str() {
-            "tmf" => println!(
-                "TMF  {} tag {:#010x} nexus {} ({}) -> {} in {} µs, covered {}",
-                value["function"].as_str().unwrap_or("?"),
-                value["tag"].as_u64().unwrap_or(0),
-                value["itn_id"],
-                value["initiator"].as_str().unwrap_or("?"),
-                value["outcome"].as_str().unwrap_or("?"),
-                value["latency_ns"].as_u64().unwrap_or(0) / 1_000,
-                value["covered"]
-                    .as_array()
-                    .map(|c| c
-                        .iter()
-                        .map(|c| format!(
-                            "{:#x}:{}",
-                            c["tag"].as_u64().unwrap_or(0),
-                            c["fate"].as_str().unwrap_or("?")
-                        ))
-                        .collect::<Vec<_>>()
-                        .join(" "))
-                    .unwrap_or_default()
-            ),
-            "orphan" => println!(
-                "ORPHAN {}: {}",
-                value["kind"].as_str().unwrap_or("?"),
-                value["detail"].as_str().unwrap_or("?")
-            ),
-            "summary" => println!("{line}"),
-            _ => {}
-        }
-        *counts.entry(kind).or_default() += 1;
-        if last.elapsed() >= Duration::from_secs(1) {
-            last = Instant::now();
-            let text: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
-            eprintln!("demo: {}", text.join(", "));
-        }
+/// Prints one trace line for people, ignoring a closed standard output (the
+/// demo still has to clean up).
+fn print_line(line: &str, started: Instant) {
+    if line.starts_with(EVENT_PREFIX) {
+        return;
     }
-    Ok(())
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
+        return;
+    };
+    let text = match value["type"].as_str() {
+        Some("tmf") => format!(
+            "TMF  {} tag {:#010x} nexus {} ({}) -> {} in {} µs, covered {}",
+            value["function"].as_str().unwrap_or("?"),
+            value["tag"].as_u64().unwrap_or(0),
+            value["itn_id"],
+            value["initiator"].as_str().unwrap_or("?"),
+            value["outcome"].as_str().unwrap_or("?"),
+            value["latency_ns"].as_u64().unwrap_or(0) / 1_000,
+            value["covered"]
+                .as_array()
+                .map(|c| c
+                    .iter()
+                    .map(|c| format!(
+                        "{:#x}:{}",
+                        c["tag"].as_u64().unwrap_or(0),
+                        c["fate"].as_str().unwrap_or("?")
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(" "))
+                .unwrap_or_default()
+        ),
+        Some("orphan") => format!(
+            "ORPHAN {}: {}",
+            value["kind"].as_str().unwrap_or("?"),
+            value["detail"].as_str().unwrap_or("?")
+        ),
+        Some("matched_summary") => {
+            let counts = &value["summary"]["counts"];
+            let orphans: u64 = counts["orphans_by_kind"]
+                .as_object()
+                .map_or(0, |o| o.values().filter_map(|v| v.as_u64()).sum());
+            let drops: u64 = value["drops"]
+                .as_object()
+                .map_or(0, |o| o.values().filter_map(|v| v.as_u64()).sum());
+            note(&format!(
+                "demo: {:>4.0} s: {} events, {} commands, {} TMFs, {} orphans, {} drops",
+                started.elapsed().as_secs_f64(),
+                counts["events"],
+                counts["commands_in"],
+                counts["tmfs"],
+                orphans,
+                drops
+            ));
+            return;
+        }
+        Some("summary") => line.trim_end().to_owned(),
+        _ => return,
+    };
+    let _ = writeln!(std::io::stdout(), "{text}");
 }

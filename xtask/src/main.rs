@@ -6,6 +6,7 @@
 mod bench;
 mod demo;
 mod fuzz;
+mod owned;
 mod setup;
 mod soak;
 
@@ -17,6 +18,9 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "xtask")]
 struct Cli {
+    /// Show the builds' own output (cargo -vv: also the eBPF build's).
+    #[arg(short, long, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     job: Job,
 }
@@ -70,11 +74,33 @@ enum Job {
         /// TUI needs a terminal and no --seconds).
         #[arg(long)]
         text: bool,
+        /// Where to save the trace [default: target/demo.ndjson].
+        #[arg(long, value_name = "FILE")]
+        save: Option<std::path::PathBuf>,
+        /// Save every event too (about 16 MB/s at the demo's load), not only the
+        /// matched records and summaries.
+        #[arg(long)]
+        keep_events: bool,
     },
 }
 
+static VERBOSE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    VERBOSE.store(cli.verbose, std::sync::atomic::Ordering::Relaxed);
+    // The jobs that start tgtd or a workload stop them on every signal.
+    let signals = match &cli.job {
+        Job::Demo { .. } | Job::Soak { .. } => Some(owned::Mode::Cooperative),
+        Job::Bench { .. } => Some(owned::Mode::Immediate),
+        Job::Setup | Job::Test { .. } | Job::Fuzz { .. } => None,
+    };
+    if let Some(mode) = signals
+        && let Err(err) = owned::install(mode)
+    {
+        eprintln!("xtask: {err:#}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.job {
         Job::Setup => setup::run(),
         Job::Test { no_e2e, e2e_filter } => test(no_e2e, e2e_filter.as_deref()),
@@ -93,14 +119,24 @@ fn main() -> ExitCode {
         }),
         Job::Soak { minutes } => setup::run().and_then(|()| soak::run(minutes)),
         Job::Fuzz { cases } => fuzz::run(cases),
-        Job::Demo { seconds, text } => {
-            setup::run().and_then(|()| demo::run(seconds, demo::View::choose(seconds, text)))
-        }
+        Job::Demo {
+            seconds,
+            text,
+            save,
+            keep_events,
+        } => setup::run().and_then(|()| {
+            demo::run(&demo::Options {
+                seconds,
+                view: demo::View::choose(seconds, text),
+                save: save.unwrap_or_else(demo::default_save),
+                keep_events,
+            })
+        }),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::from(owned::exit_status()),
         Err(err) => {
-            eprintln!("xtask: {err:#}");
+            owned::note(&format!("xtask: {err:#}"));
             ExitCode::FAILURE
         }
     }
@@ -116,6 +152,20 @@ pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(root());
     cmd
+}
+
+/// `cargo build --release --locked` of these packages; the builds' own
+/// output only with `-v`.
+pub fn build_release(packages: &[&str]) -> anyhow::Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--release", "--locked"]);
+    if VERBOSE.load(std::sync::atomic::Ordering::Relaxed) {
+        cmd.arg("-vv");
+    }
+    for package in packages {
+        cmd.args(["-p", package]);
+    }
+    run_step("build tgt-trace (release)", &mut cmd)
 }
 
 /// Runs a command, failing with its command line when it fails.
@@ -191,18 +241,7 @@ fn test(no_e2e: bool, e2e_filter: Option<&str>) -> anyhow::Result<()> {
         return Ok(());
     }
     setup::require_root("the end-to-end tests start tgtd and load eBPF probes")?;
-    run_step(
-        "build tgt-trace (release)",
-        cargo().args([
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "tgt-trace",
-            "-p",
-            "tgt-slowio",
-        ]),
-    )?;
+    build_release(&["tgt-trace", "tgt-slowio"])?;
     let mut e2e = cargo();
     e2e.args([
         "test",
@@ -214,7 +253,12 @@ fn test(no_e2e: bool, e2e_filter: Option<&str>) -> anyhow::Result<()> {
         "--",
     ])
     .args(["--test-threads=1"])
-    .env("TGT_TRACE_BIN", root().join("target/release/tgt-trace"));
+    .env("TGT_TRACE_BIN", root().join("target/release/tgt-trace"))
+    // The demo's end-to-end test runs this very xtask.
+    .env(
+        "XTASK_BIN",
+        std::env::current_exe().context("finding xtask's own path")?,
+    );
     if let Some(filter) = e2e_filter {
         e2e.arg(filter);
     }

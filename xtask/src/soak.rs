@@ -16,12 +16,9 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tgt_trace_e2e::{
-    slowio::SlowIo,
-    tgtd::{Tgtd, TgtdOptions},
-};
+use tgt_trace_e2e::slowio::SlowIo;
 
-use crate::{cargo, demo, root, run_step};
+use crate::{demo, owned, root};
 
 /// What the reader thread knows of the stream so far.
 #[derive(Default, Clone)]
@@ -44,30 +41,27 @@ struct Sample {
 }
 
 pub fn run(minutes: u64) -> anyhow::Result<()> {
-    run_step(
-        "build tgt-trace (release)",
-        cargo().args(["build", "--release", "-p", "tgt-trace", "-p", "tgt-slowio"]),
-    )?;
+    crate::build_release(&["tgt-trace", "tgt-slowio"])?;
     crate::setup::require_root("the soak starts tgtd and loads eBPF probes")?;
     let gate = SlowIo::new("soak").context("the slow-I/O gate")?;
     let env = gate
         .env("lun1.img", u64::from(demo::HELD_LBA) * 512, 4096)
         .context("the slow-I/O library")?;
-    let tgtd = Tgtd::start(&TgtdOptions {
-        env,
-        ..TgtdOptions::default()
-    })
-    .context("starting a scratch tgtd")?;
+    let gate = Arc::new(gate);
+    let scratch = demo::scratch_tgtd(env)?;
+    let tgtd = &scratch.tgtd;
     tgtd.add_lun(1, 64 << 20).context("adding a file LUN")?;
     tgtd.add_null_lun(2).context("adding a null LUN")?;
 
-    let mut tracer = Command::new(root().join("target/release/tgt-trace"))
-        .args(["record", "--pid", &tgtd.pid().to_string(), "--matched"])
-        .args(["--summary-every", "10s", "-o", "-"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting tgt-trace")?;
-    let stdout = tracer.stdout.take().context("tgt-trace's output")?;
+    let mut tracer = owned::Tracer::new(
+        Command::new(root().join("target/release/tgt-trace"))
+            .args(["record", "--pid", &tgtd.pid().to_string(), "--matched"])
+            .args(["--summary-every", "10s", "-o", "-"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting tgt-trace")?,
+    );
+    let stdout = tracer.child.stdout.take().context("tgt-trace's output")?;
     let seen = Arc::new(Mutex::new(Seen::default()));
     let reader = {
         let seen = seen.clone();
@@ -76,19 +70,27 @@ pub fn run(minutes: u64) -> anyhow::Result<()> {
     // The header is written once the probes are attached: start the load then.
     let attached = Instant::now();
     while seen.lock().map(|s| s.lines).unwrap_or(0) == 0 {
+        if owned::stopping().is_some() {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tracer.try_wait()?.is_none(),
+            "tgt-trace exited before attaching its probes"
+        );
         anyhow::ensure!(
             attached.elapsed() < Duration::from_secs(30),
             "tgt-trace wrote no header in 30 s"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let mut workload = demo::start_workload(&tgtd)?;
+    let mut workload = owned::Group::new(demo::start_workload(tgtd)?);
     let stop = Arc::new(AtomicBool::new(false));
     let log = root().join("target/soak-aborter.log");
     let complaints =
         std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
     let aborter = {
         let (portal, iqn, stop) = (tgtd.portal, tgtd.target_iqn.clone(), stop.clone());
+        let gate = gate.clone();
         std::thread::spawn(move || {
             demo::abort_loop(portal, &iqn, &gate, &stop, Box::new(complaints));
         })
@@ -100,8 +102,10 @@ pub fn run(minutes: u64) -> anyhow::Result<()> {
     let mut samples = Vec::new();
     eprintln!("soak: {minutes} min, a sample every {every:?}");
     while start.elapsed() < total {
-        std::thread::sleep(every.min(total.saturating_sub(start.elapsed())));
-        let (rss_kb, hwm_kb) = memory(tracer.id());
+        if owned::wait_for_stop(every.min(total.saturating_sub(start.elapsed()))) {
+            break;
+        }
+        let (rss_kb, hwm_kb) = memory(tracer.child.id());
         let now = Seen::clone(&seen.lock().expect("reader alive"));
         let lag_ms = (monotonic_ns().saturating_sub(now.last_event_ts_ns)) as f64 / 1e6;
         let sample = Sample {
@@ -124,13 +128,21 @@ pub fn run(minutes: u64) -> anyhow::Result<()> {
         samples.push(sample);
     }
     stop.store(true, Ordering::Relaxed);
+    let _ = gate.release();
     let _ = aborter.join();
-    demo::stop_group(&mut workload);
-    // SAFETY: signalling our own child; it drains and writes its summary.
-    unsafe { libc::kill(tracer.id() as i32, libc::SIGINT) };
+    workload.stop();
+    if owned::stopping().is_none() {
+        // SAFETY: signalling our own child, not yet reaped; it drains and
+        // writes its summary. (On a signal it has been told already.)
+        unsafe { libc::kill(tracer.child.id() as i32, libc::SIGINT) };
+    }
     let status = tracer.wait().context("waiting for tgt-trace")?;
     let _ = reader.join();
-    drop(tgtd);
+    drop(scratch);
+    if owned::stopping().is_some() {
+        owned::note("soak: stopped early; BENCHMARKS.md is left as it was");
+        return Ok(());
+    }
     let seen = seen.lock().expect("reader done").clone();
     let summary = seen
         .summary

@@ -199,6 +199,8 @@ async fn session(args: TuiArgs, config: Config, source: Source) -> Result<(), Tu
                 matched: Some(Matching {
                     config: config.clone(),
                     summary_every: Some(Duration::from_secs(1)),
+                    // The screen follows the events in this file.
+                    events: true,
                 }),
                 stop: Some(stop.clone()),
                 quiet: true,
