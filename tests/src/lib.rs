@@ -4,3 +4,4 @@ pub mod iscsi;
 pub mod slowio;
 pub mod tgtd;
 pub mod wire;
+pub mod workload;

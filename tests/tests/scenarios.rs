@@ -777,3 +777,30 @@ fn h_sustained_load_counts_match_the_initiators() {
         3 * ROUNDS as u64
     );
 }
+
+/// J. Issue 13: a session opened before tracing starts has no
+/// `nexus_create` event; tgt-trace asks tgtd (through tgtadm) at attach time,
+/// so the TMFs of that session still name their initiator.
+#[test]
+fn j_a_session_opened_before_tracing_is_named() {
+    let tgtd = Tgtd::start(&TgtdOptions::default()).expect("tgtd starts");
+    tgtd.add_lun(1, 16 << 20).expect("LUN 1");
+    let who = "iqn.2026-11.io.tgt-trace:early";
+    let mut session = Session::login(tgtd.portal, &LoginOptions::new(who, &tgtd.target_iqn))
+        .expect("logs in before tracing");
+    let out = tgtd.dir.join("j.ndjson");
+    let mut recording = Recording::start(&tgtd, &out, &["--probes", "lean", "--matched"]);
+    session
+        .task_management(Tmf::abort_task(1, Itt(0x4242)))
+        .expect("ABORT TASK of a tag never used");
+    recording.wait_for("its TMF record", |text| {
+        text.lines().any(|l| l.starts_with(r#"{"type":"tmf""#))
+    });
+    let trace = recording.stop();
+    let [tmf] = tmfs(&trace)[..] else {
+        panic!("one TMF: {:?}", tmfs(&trace));
+    };
+    assert_eq!(tmf.initiator.as_deref(), Some(who), "{tmf:?}");
+    assert_eq!(tmf.outcome, TmfOutcome::NoTaskNeverExisted);
+    assert_eq!(tmf.delivery, Delivery::Sent);
+}

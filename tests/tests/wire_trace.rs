@@ -260,3 +260,132 @@ fn the_trace_agrees_with_the_wire_lean() {
 fn the_trace_agrees_with_the_wire_tmf() {
     the_trace_agrees_with_the_wire("tmf");
 }
+
+/// The demo's load, in its own process group, stopped (the group) on drop.
+struct DemoLoad(Child);
+
+impl Drop for DemoLoad {
+    fn drop(&mut self) {
+        if let Ok(pgid) = i32::try_from(self.0.id()) {
+            // SAFETY: kill(2) on the process group this test created.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// How long the demo's load runs under the cross-check:
+/// `TGT_TRACE_CROSSCHECK_SECONDS`, or `default`.
+fn load_seconds(default: u64) -> u64 {
+    std::env::var("TGT_TRACE_CROSSCHECK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Issue 13: the demo's own load (`tgt_trace_e2e::workload`: libiscsi's
+/// TMF tests and inquiries, the project's aborter, iscsi-perf on another
+/// portal) traced and captured for a while; the trace agrees with the wire
+/// on every TMF, and (lean) on the commands of every captured session.
+fn the_demos_load_agrees_with_the_wire(probe_set: &str, seconds: u64) {
+    use std::sync::{Arc, atomic::AtomicBool};
+    use tgt_trace_e2e::workload;
+
+    let gate = Arc::new(SlowIo::new(&format!("wire-demo-{probe_set}")).expect("gate directory"));
+    let env = gate
+        .env("lun1.img", u64::from(workload::HELD_LBA) * 512, 4096)
+        .expect("the slow-I/O library");
+    let tgtd = Tgtd::start(&TgtdOptions {
+        env,
+        ..TgtdOptions::default()
+    })
+    .expect("tgtd starts");
+    tgtd.add_lun(1, 64 << 20).expect("LUN 1");
+    tgtd.add_null_lun(2).expect("LUN 2");
+    let out = tgtd.dir.join("demo-load.ndjson");
+    let capture = Capture::start(tgtd.portal.port()).expect("the capture starts");
+    let mut recording = Recording::start(&tgtd, &out, &["--probes", probe_set]);
+    let load = DemoLoad(
+        workload::start(&tgtd, &tgtd.add_portal().expect("a second portal"))
+            .expect("the load starts"),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let aborter = {
+        let (portal, iqn) = (tgtd.portal, tgtd.target_iqn.clone());
+        let (gate, stop) = (gate.clone(), stop.clone());
+        std::thread::spawn(move || {
+            workload::abort_loop(portal, &iqn, &gate, &stop, Box::new(std::io::stderr()));
+        })
+    };
+    // The length of the run, not a wait for anything.
+    std::thread::sleep(Duration::from_secs(seconds));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = gate.release();
+    aborter.join().expect("the aborter ends");
+    drop(load);
+
+    recording.wait_for_events("every TMF sent or its connection closed", |events| {
+        use tgt_trace::event::Event::{ConnClose, TmfReceived, TmfResponse, TmfSent};
+        events
+            .iter()
+            .filter_map(|e| match e {
+                TmfReceived { task, conn, .. } => Some((*task, *conn)),
+                _ => None,
+            })
+            .all(|(task, conn)| {
+                events.iter().any(|e| match e {
+                    TmfSent { task: t, .. } => *t == task,
+                    ConnClose { conn: c, .. } => *c == conn,
+                    TmfResponse {
+                        mid,
+                        connection_closed: Some(true),
+                        ..
+                    } => *mid == task,
+                    _ => false,
+                })
+            })
+    });
+    let trace = recording.stop();
+    let wire = capture.stop().expect("the capture stops");
+    assert_eq!(trace.summary.drops.total(), 0, "{:?}", trace.summary.drops);
+    let mut reader = TraceReader::open(&out, false).expect("trace opens");
+    let mut records = Vec::new();
+    replay(&mut reader, Config::default(), |r| {
+        if !matches!(r, Record::Command(_)) {
+            records.push(r.clone());
+        }
+    })
+    .expect("replays");
+    let compared = crosscheck::compare(&trace, &records, &wire);
+    eprintln!(
+        "demo load, {probe_set}, {seconds} s: {} TMFs and {} commands of {} sessions compared, \
+         {} TMFs outside the trace; {} TMFs traced: {:?}",
+        compared.tmfs,
+        compared.commands,
+        compared.sessions,
+        compared.outside_window,
+        tmfs(&records).len(),
+        trace.summary
+    );
+    assert!(
+        compared.disagreements.is_empty(),
+        "the trace disagrees with the wire:\n  {}",
+        compared.disagreements.join("\n  ")
+    );
+    assert!(
+        compared.tmfs as u64 >= seconds,
+        "about two TMFs a second were sent: {compared:?}"
+    );
+}
+
+#[test]
+fn the_demos_load_agrees_with_the_wire_tmf() {
+    the_demos_load_agrees_with_the_wire("tmf", load_seconds(15));
+}
+
+#[test]
+fn the_demos_load_agrees_with_the_wire_lean() {
+    // Every command's events are read back (about 16 MB of trace a
+    // second): always a short run; the long one is the tmf set's.
+    the_demos_load_agrees_with_the_wire("lean", 5);
+}

@@ -523,6 +523,9 @@ struct Tmf {
     /// The trace ended between the response being built and sent: whether
     /// it left is not known.
     ended_unsent: bool,
+    /// Its latency is in the histograms (taken once: at transmission when
+    /// the trace can see it, else when the response was built).
+    latency_recorded: bool,
     ret: Option<i32>,
     response: Option<(i32, u64, bool)>,
     /// tgtd freed the response unsent: the initiator's connection was closed.
@@ -1261,6 +1264,7 @@ impl Matcher {
             sent: None,
             freed_unsent: false,
             ended_unsent: false,
+            latency_recorded: false,
             ret: None,
             response: None,
             response_dropped: false,
@@ -1344,14 +1348,17 @@ impl Matcher {
         }
         tmf.sent = Some((response, ts));
         tmf.stranded = None;
-        let latency = ts.saturating_sub(tmf.requested_ns);
-        self.stats
-            .tmf_by_function
-            .entry(tmf.name())
-            .or_default()
-            .record_ns(latency);
-        if tmf.ret == Some(mgmt_ret::QUEUED) {
-            self.stats.deferred_wait.record_ns(latency);
+        if !tmf.latency_recorded {
+            tmf.latency_recorded = true;
+            let latency = ts.saturating_sub(tmf.requested_ns);
+            self.stats
+                .tmf_by_function
+                .entry(tmf.name())
+                .or_default()
+                .record_ns(latency);
+            if tmf.ret == Some(mgmt_ret::QUEUED) {
+                self.stats.deferred_wait.record_ns(latency);
+            }
         }
         self.try_finish_tmf(tk, out);
     }
@@ -1504,7 +1511,8 @@ impl Matcher {
             tmf.response = Some((result, ts, answer.inferred));
             // With the transmit probe the latency is taken when the
             // response leaves (tmf_sent); this is only when tgtd built it.
-            if !tmf.awaits_transmission(self.cfg.coverage) {
+            if !tmf.awaits_transmission(self.cfg.coverage) && !tmf.latency_recorded {
+                tmf.latency_recorded = true;
                 let latency = ts.saturating_sub(tmf.requested_ns);
                 self.stats
                     .tmf_by_function

@@ -7,6 +7,7 @@ pub mod check;
 pub mod correlate;
 pub mod decode;
 pub mod event;
+pub mod existing;
 pub mod locate;
 pub mod probe;
 pub mod reader;

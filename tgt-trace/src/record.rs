@@ -233,6 +233,24 @@ async fn record_to(opts: RecordOptions) -> Result<RecordOutcome, RecordError> {
     };
     write_line(&mut out, &Line::Header(header)).map_err(output_error)?;
     out.flush().map_err(output_error)?;
+    // Sessions opened before the probes were attached: their initiators'
+    // names, from tgtd (through tgtadm), stamped with the trace's start.
+    let mut events: u64 = 0;
+    for &pid in &pids {
+        match crate::existing::nexuses(pid, start_monotonic_ns) {
+            Ok(found) => {
+                for event in found {
+                    events += 1;
+                    out.event(event).map_err(output_error)?;
+                }
+            }
+            Err(why) if !opts.quiet => eprintln!(
+                "tgt-trace: the initiators of tgtd {pid}'s sessions opened before tracing \
+                 are unnamed: {why}"
+            ),
+            Err(_) => {}
+        }
+    }
     if pids.is_empty() && !opts.quiet {
         eprintln!(
             "tgt-trace: no {} process is running yet; its processes are traced as they start",
@@ -269,7 +287,6 @@ async fn record_to(opts: RecordOptions) -> Result<RecordOutcome, RecordError> {
 
     let mut live: BTreeSet<u32> = pids.into_iter().collect();
     let mut exited: BTreeSet<u32> = BTreeSet::new();
-    let mut events: u64 = 0;
     let mut drains: u32 = 0;
     let mut command_status = None;
 

@@ -9,9 +9,8 @@
 use std::{
     fs::File,
     io::{BufRead as _, BufReader, Write as _},
-    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Command, ExitStatus, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -21,9 +20,9 @@ use std::{
 
 use anyhow::Context as _;
 use tgt_trace_e2e::{
-    iscsi::{Command as ScsiCommand, Itt, LoginOptions, Session, Tmf},
     slowio::SlowIo,
     tgtd::{Tgtd, TgtdOptions},
+    workload::{self, HELD_LBA},
 };
 
 use crate::{
@@ -144,7 +143,15 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     if !wait_for_header(&written, &mut tracer)? {
         return Ok(());
     }
-    let mut workload = owned::Group::new(start_workload(tgtd)?);
+    let mut workload = owned::Group::new(
+        workload::start(
+            tgtd,
+            &tgtd
+                .add_portal()
+                .context("a portal for the throughput load")?,
+        )
+        .context("starting the workload")?,
+    );
     let stop = Arc::new(AtomicBool::new(false));
     // The TUI owns the screen: the aborter's complaints go to a file then.
     let complaints: Box<dyn std::io::Write + Send> = match opts.view {
@@ -157,7 +164,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let aborter = {
         let (portal, iqn) = (tgtd.portal, tgtd.target_iqn.clone());
         let (gate, stop) = (gate.clone(), stop.clone());
-        std::thread::spawn(move || abort_loop(portal, &iqn, &gate, &stop, complaints))
+        std::thread::spawn(move || workload::abort_loop(portal, &iqn, &gate, &stop, complaints))
     };
     let status = match opts.view {
         View::Tui => tracer.wait().context("waiting for tgt-trace tui"),
@@ -260,81 +267,6 @@ fn report(saved: &Path, keep_events: bool) -> anyhow::Result<()> {
             .arg("report")
             .arg(saved),
     )
-}
-
-/// The READ the aborter holds in the backing store.
-pub(crate) const HELD_LBA: u32 = 4096;
-
-/// Once a second: a READ held in the backing store and an ABORT TASK for it
-/// (tgtd defers the response until the READ is released), then an ABORT
-/// TASK for a tag that never existed (an orphan).
-pub(crate) fn abort_loop(
-    portal: std::net::SocketAddrV4,
-    iqn: &str,
-    gate: &SlowIo,
-    stop: &AtomicBool,
-    mut complaints: Box<dyn std::io::Write + Send>,
-) {
-    let wait = Duration::from_secs(5);
-    let mut round: u32 = 0;
-    while !stop.load(Ordering::Relaxed) {
-        round += 1;
-        let result = (|| -> anyhow::Result<()> {
-            let mut session = Session::login(
-                portal,
-                &LoginOptions::new("iqn.2026-11.io.tgt-trace:demo-aborter", iqn),
-            )?;
-            // The first command after login takes the unit attention.
-            let _ = session.test_unit_ready(1);
-            gate.hold()?;
-            let held = session.submit(ScsiCommand::read10(1, HELD_LBA, 8, 512))?;
-            gate.wait_held(round as usize, wait)?;
-            let abort = session.submit_tmf(Tmf::abort_task(1, held))?;
-            // Pacing for the viewer, not synchronization: the READ is held a
-            // moment so the deferral shows. Should the release win the race
-            // with the TMF, the matcher reports that (no_task_race) instead.
-            std::thread::sleep(Duration::from_millis(200));
-            gate.release()?;
-            session.wait_tmf(abort, wait)?;
-            session.wait_scsi(held, wait)?;
-            session.task_management(Tmf::abort_task(1, Itt(0xdead_0000 | round)))?;
-            session.logout()?;
-            Ok(())
-        })();
-        if let Err(e) = result {
-            let _ = gate.release();
-            let _ = writeln!(complaints, "demo: aborter: {e:#}");
-        }
-        // Pacing, cut short when the demo stops.
-        let pause = Instant::now() + Duration::from_millis(800);
-        while Instant::now() < pause && !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-/// A loop of libiscsi tools: throughput bursts on the null LUN, and the TMF
-/// tests (ABORT TASK, LUN RESET) on the file LUN. `timeout --foreground`
-/// stays in the loop's process group, so stopping the group stops it too
-/// (plain `timeout` makes a group of its own and outlives the loop), and
-/// `-k 1` kills an iscsi-perf that ignores SIGINT while it reconnects.
-pub(crate) fn start_workload(tgtd: &Tgtd) -> anyhow::Result<Child> {
-    let script = format!(
-        "while :; do \
-           timeout --foreground -k 1 -s INT 2 iscsi-perf -m 16 -b 8 {null} >/dev/null 2>&1; \
-           iscsi-test-cu --dataloss -t iSCSI.iSCSITMF.AbortTaskSimpleAsync {file} >/dev/null 2>&1; \
-           iscsi-test-cu --dataloss -t iSCSI.iSCSITMF.LUNResetSimpleAsync {file} >/dev/null 2>&1; \
-           iscsi-inq {file} >/dev/null 2>&1; \
-         done",
-        null = tgtd.url(2),
-        file = tgtd.url(1)
-    );
-    Command::new("sh")
-        .args(["-c", &script])
-        .stdin(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .context("starting the workload")
 }
 
 /// Shows the matcher's records as tgt-trace writes them to `path`: each

@@ -16,7 +16,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tgt_trace_e2e::slowio::SlowIo;
+use tgt_trace_e2e::{slowio::SlowIo, workload};
 
 use crate::{demo, owned, root};
 
@@ -45,7 +45,7 @@ pub fn run(minutes: u64) -> anyhow::Result<()> {
     crate::setup::require_root("the soak starts tgtd and loads eBPF probes")?;
     let gate = SlowIo::new("soak").context("the slow-I/O gate")?;
     let env = gate
-        .env("lun1.img", u64::from(demo::HELD_LBA) * 512, 4096)
+        .env("lun1.img", u64::from(workload::HELD_LBA) * 512, 4096)
         .context("the slow-I/O library")?;
     let gate = Arc::new(gate);
     let scratch = demo::scratch_tgtd(env)?;
@@ -83,7 +83,15 @@ pub fn run(minutes: u64) -> anyhow::Result<()> {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let mut workload = owned::Group::new(demo::start_workload(tgtd)?);
+    let mut load = owned::Group::new(
+        workload::start(
+            tgtd,
+            &tgtd
+                .add_portal()
+                .context("a portal for the throughput load")?,
+        )
+        .context("starting the workload")?,
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let log = root().join("target/soak-aborter.log");
     let complaints =
@@ -92,7 +100,7 @@ pub fn run(minutes: u64) -> anyhow::Result<()> {
         let (portal, iqn, stop) = (tgtd.portal, tgtd.target_iqn.clone(), stop.clone());
         let gate = gate.clone();
         std::thread::spawn(move || {
-            demo::abort_loop(portal, &iqn, &gate, &stop, Box::new(complaints));
+            workload::abort_loop(portal, &iqn, &gate, &stop, Box::new(complaints));
         })
     };
 
@@ -130,7 +138,7 @@ pub fn run(minutes: u64) -> anyhow::Result<()> {
     stop.store(true, Ordering::Relaxed);
     let _ = gate.release();
     let _ = aborter.join();
-    workload.stop();
+    load.stop();
     if owned::stopping().is_none() {
         // SAFETY: signalling our own child, not yet reaped; it drains and
         // writes its summary. (On a signal it has been told already.)
