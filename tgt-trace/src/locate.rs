@@ -162,6 +162,15 @@ fn pt_regs_index(reg: Register) -> Option<u8> {
     })
 }
 
+/// The name of a `pt_regs` index, for people.
+pub fn register_name(index: u8) -> &'static str {
+    const NAMES: [&str; 15] = [
+        "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx", "rdx",
+        "rsi", "rdi",
+    ];
+    NAMES.get(usize::from(index)).copied().unwrap_or("?")
+}
+
 fn unique<T>(mut found: Vec<T>, what: &str) -> Result<T, String> {
     match found.len() {
         1 => Ok(found.remove(0)),

@@ -415,6 +415,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "not verified: a response dropped on a closed connection looks sent"
                 }
             );
+            // The iSCSI layer's TMF points, found in the machine code.
+            let points = [
+                ("iscsi_tm_execute", "TMFs as received", &binary.tmf_received),
+                (
+                    "iscsi_tm_tx_start",
+                    "responses handed to the socket",
+                    &binary.tmf_tx_start,
+                ),
+                ("iscsi_task_tx_done", "responses written", &binary.tmf_sent),
+            ];
+            for (function, what, point) in points {
+                match point {
+                    Ok(p) => println!(
+                        "  {function:<22} offset {:#x} ({what}; register {} holds the {})",
+                        p.address,
+                        tgt_trace::locate::register_name(p.task_reg),
+                        if function == "iscsi_tm_tx_start" {
+                            "connection"
+                        } else {
+                            "task"
+                        }
+                    ),
+                    Err(why) => println!("  {function:<22} not found: {why}; {what} are unknown"),
+                }
+            }
+            match &binary.conn_close {
+                Ok(offset) => println!("  {:<22} offset {offset:#x}", "conn_close"),
+                Err(why) => println!("  {:<22} not used: {why}", "conn_close"),
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -58,6 +58,11 @@ pub struct SynthConfig {
     /// instead of peripheral (`0, lun`): the same LUN number, other bytes,
     /// and tgtd compares the bytes (`memcmp`).
     pub lun_alias_ppm: u32,
+    /// Deferred TMFs whose connection closes after tgtd built the response
+    /// and before it was sent: `conn_close` frees it (tgt
+    /// `usr/iscsi/conn.c`), so the initiator is never answered. Only where
+    /// the trace has the iSCSI layer's points to tell.
+    pub unsent_ppm: u32,
     /// Which events the stream contains. Without `release` nothing ever
     /// ends; the TMF probe set is `Coverage::TMF_ONLY`, whose releases are
     /// filtered as the kernel filters them (aborted or blocking a TMF).
@@ -84,6 +89,7 @@ impl Default for SynthConfig {
             transport_tmf_ppm: 20,
             tag_zero_ppm: 2_000,
             lun_alias_ppm: 5_000,
+            unsent_ppm: 50_000,
             probes: Coverage::ALL,
             mean_gap_ns: 250,
         }
@@ -417,6 +423,31 @@ impl Synth {
         } else {
             (0, TmfOutcome::Deferred)
         };
+        let p = self.cfg.probes;
+        let unsent =
+            p.tmf_received && p.tmf_sent && p.conn_close && self.chance(self.cfg.unsent_ppm);
+        if unsent {
+            // Built into an open connection, which closes before tgtd sends it.
+            let wanted = p.tmf_response;
+            self.emit(wanted, out, |ts_ns| Event::TmfResponse {
+                ts_ns,
+                pid,
+                mid: w.mid,
+                function: w.function,
+                result: response,
+                connection_closed: Some(false),
+            });
+            let (conn, itn_id) = self.iscsi_of(pid, w.mid);
+            self.emit(true, out, |ts_ns| Event::ConnClose {
+                ts_ns,
+                pid,
+                tid: TID,
+                itn_id,
+                conn,
+            });
+            self.conclude(TmfOutcome::Unanswered);
+            return;
+        }
         self.respond(pid, w.mid, w.function, response, out);
         self.truth.tmfs_deferred_answered += 1;
         self.conclude(outcome);

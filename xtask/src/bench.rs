@@ -14,6 +14,8 @@
 //!   sweep of `--ring-size` downwards;
 //! - `probes`: one empty bpftrace uprobe per tgtd attach point: µs per hit,
 //!   and whether the kernel emulates or single-steps the probed instruction;
+//! - `hits`: each program's hits (the kernel's BPF run counts) per command
+//!   and per TMF at saturation with an ABORT TASK loop, for each probe set;
 //! - `profile`: tgtd's kernel and user stacks sampled during the full-set
 //!   saturation run;
 //! - `matcher`: the matcher on 10 M synthetic events (`examples/matcher_bench`);
@@ -22,6 +24,7 @@
 //! Each section writes its own block of BENCHMARKS.md between
 //! `<!-- bench:NAME -->` markers; blocks of sections not run are kept.
 
+mod hits;
 mod live;
 mod offline;
 mod overhead;
@@ -45,6 +48,8 @@ pub enum Section {
     Ring,
     /// µs per uprobe hit at each attach point; first instructions.
     Probes,
+    /// Each program's hits per command and per TMF, by probe set.
+    Hits,
     /// tgtd's stacks during the full-set saturation run.
     Profile,
     /// Matcher throughput and memory on 10 M synthetic events.
@@ -54,12 +59,13 @@ pub enum Section {
 }
 
 impl Section {
-    pub const ALL: [Section; 8] = [
+    pub const ALL: [Section; 9] = [
         Section::Overhead,
         Section::Cpu,
         Section::Aborts,
         Section::Ring,
         Section::Probes,
+        Section::Hits,
         Section::Profile,
         Section::Matcher,
         Section::Replay,
@@ -73,6 +79,7 @@ impl Section {
             Section::Aborts => "aborts",
             Section::Ring => "ring",
             Section::Probes => "probes",
+            Section::Hits => "hits",
             Section::Profile => "profile",
             Section::Matcher => "matcher",
             Section::Replay => "replay",
@@ -139,6 +146,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             (Section::Aborts, Some(t)) => overhead::aborts(t, opts)?,
             (Section::Ring, Some(t)) => overhead::ring(t, opts)?,
             (Section::Probes, Some(t)) => probes::run(t, opts)?,
+            (Section::Hits, Some(t)) => hits::run(t, opts)?,
             (Section::Profile, Some(t)) => profile::run(t, opts)?,
         };
         println!("{body}");

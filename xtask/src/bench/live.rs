@@ -304,6 +304,11 @@ impl Tracer {
         Ok(tracer)
     }
 
+    /// The tracer's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The tracer's CPU time so far (all its threads, user and system).
     pub fn cpu(&self) -> Duration {
         self.child
