@@ -296,3 +296,121 @@ fn a_killed_and_restarted_tgtd_is_followed() {
     );
     let _ = std::fs::remove_file(&out);
 }
+
+/// Saturating load for a while, in its own process group, stopped on drop.
+struct Load(std::process::Child);
+
+impl Load {
+    fn start(tgtd: &Tgtd) -> Load {
+        use std::os::unix::process::CommandExt as _;
+        Load(
+            Command::new("iscsi-perf")
+                .args(["-m", "32", "-b", "1", &tgtd.url(1)])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .expect("iscsi-perf runs"),
+        )
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        if let Ok(pgid) = i32::try_from(self.0.id()) {
+            // SAFETY: kill(2) on the process group this test created.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// How a slow-reader recording is stopped.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    Duration,
+    Sigterm,
+    CommandExits,
+}
+
+/// Issue 14: `tgt-trace record -o - | (sleep 30; cat)` under load: the
+/// reader takes nothing, yet recording stops on time (5 s, then a bounded
+/// flush) and says how many lines it could not deliver; the trace's reader
+/// still gets whole lines.
+fn a_slow_reader_does_not_hold_up(stop: Stop) {
+    let tgtd = Tgtd::start(&TgtdOptions::default()).expect("tgtd starts");
+    tgtd.add_null_lun(1).expect("LUN 1");
+    let _load = Load::start(&tgtd);
+    let mut cmd = Command::new(tgt_trace_bin());
+    cmd.args(["record", "--pid", &tgtd.pid().to_string(), "-o", "-"]);
+    match stop {
+        Stop::Duration => {
+            cmd.args(["--duration", "5s"]);
+        }
+        Stop::Sigterm => {}
+        Stop::CommandExits => {
+            cmd.args(["--", "sleep", "5"]);
+        }
+    }
+    let started = Instant::now();
+    // stdout is a pipe this test does not read until tgt-trace has exited.
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tgt-trace starts");
+    if let Stop::Sigterm = stop {
+        std::thread::sleep(Duration::from_secs(5));
+        let pid = i32::try_from(child.id()).expect("pid");
+        // SAFETY: kill(2) on the child this test started.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    let status = wait_exit(&mut child, "slow reader");
+    let took = started.elapsed();
+    let stderr = stderr_of(&mut child);
+    assert!(status.success(), "{stop:?}: {status}\n{stderr}");
+    assert!(
+        took < Duration::from_secs(7),
+        "{stop:?}: tgt-trace took {took:?} to stop with a slow reader\n{stderr}"
+    );
+    assert!(
+        stderr.contains("too slow") && stderr.contains("sink_slow"),
+        "{stop:?}: the undelivered lines are counted\n{stderr}"
+    );
+    // What the reader does get is whole lines, but for the last one: the
+    // writer was blocked in a write to the full pipe when tgt-trace ended.
+    let mut out = Vec::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_end(&mut out)
+        .expect("reads");
+    let whole = out
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(&out[..0], |end| &out[..=end]);
+    let text = String::from_utf8_lossy(whole);
+    assert!(text.starts_with(r#"{"type":"header""#), "{stop:?}");
+    for (i, line) in text.lines().enumerate() {
+        serde_json::from_str::<Line>(line)
+            .unwrap_or_else(|e| panic!("{stop:?}: line {} is not whole: {e}", i + 1));
+    }
+}
+
+#[test]
+fn a_slow_reader_does_not_hold_up_the_duration() {
+    a_slow_reader_does_not_hold_up(Stop::Duration);
+}
+
+#[test]
+fn a_slow_reader_does_not_hold_up_sigterm() {
+    a_slow_reader_does_not_hold_up(Stop::Sigterm);
+}
+
+#[test]
+fn a_slow_reader_does_not_hold_up_the_end_of_the_command() {
+    a_slow_reader_does_not_hold_up(Stop::CommandExits);
+}

@@ -14,6 +14,7 @@ pub mod reader;
 pub mod record;
 pub mod report;
 pub mod schema;
+pub mod sink;
 pub mod stats;
 pub mod synth;
 pub mod tgtd;

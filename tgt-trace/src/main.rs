@@ -288,12 +288,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let s = &outcome.summary;
             eprintln!(
-                "tgt-trace: {} events, {} dropped (ring full {}, unreadable {}, undecodable {}), {:.3}s, stopped by {}",
+                "tgt-trace: {} events, {} dropped (ring full {}, unreadable {}, undecodable {}{}), {:.3}s, stopped by {}",
                 s.events,
                 s.drops.total(),
                 s.drops.ring_full,
                 s.drops.read_failed,
                 s.drops.decode_errors,
+                match s.drops.sink_slow {
+                    0 => String::new(),
+                    n => format!(", output's reader too slow {n} lines"),
+                },
                 s.duration_ns as f64 / 1e9,
                 s.stopped_by
             );

@@ -23,6 +23,7 @@ use crate::{
     correlate::{Config, Coverage, Matcher},
     event::Event,
     probe::{self, ProbeError, TraceOptions, Tracer},
+    sink::lines::{self, LineSink},
     trace::{Drops, Header, Line, MatchedSummary, Summary},
 };
 
@@ -106,6 +107,11 @@ pub enum RecordError {
     #[error("cannot install a signal handler: {0}")]
     Signal(#[source] io::Error),
 }
+
+/// How long the end of a recording waits for a pipe's reader to take what
+/// is left, and for a file's last writes.
+const PIPE_FINAL_FLUSH: Duration = Duration::from_secs(1);
+const FILE_FINAL_FLUSH: Duration = Duration::from_secs(10);
 
 /// How often, in drains, to look for tgtd processes that have exited.
 const LIVENESS_EVERY: u32 = 10;
@@ -192,10 +198,17 @@ async fn record_to(opts: RecordOptions) -> Result<RecordOutcome, RecordError> {
             }
         }
     };
-    let sink: Box<dyn Write> = match &opts.output {
-        Output::Stdout => Box::new(io::stdout().lock()),
-        Output::File(path) => Box::new(create_output(path, opts.private)?),
+    let (sink, final_flush): (Box<dyn Write + Send>, Duration) = match &opts.output {
+        // A pipe's reader may never read: the end is not held up for it.
+        Output::Stdout => (Box::new(io::stdout()), PIPE_FINAL_FLUSH),
+        Output::File(path) => (
+            Box::new(create_output(path, opts.private)?),
+            FILE_FINAL_FLUSH,
+        ),
     };
+    // Written by a thread of its own: a slow reader never holds up the
+    // ring buffer's draining or the stop conditions (crate::sink::lines).
+    let sink = LineSink::new(sink, lines::DEFAULT_BUDGET);
     let mut tracer = Tracer::start(&opts.trace)?;
     let matcher = opts.matched.as_ref().map(|m| {
         Matcher::new(Config {
@@ -306,8 +319,11 @@ async fn record_to(opts: RecordOptions) -> Result<RecordOutcome, RecordError> {
                     out.matched_summary(false, drops).map_err(output_error)?;
                 }
                 // A trace is read while it is written (tail -f, tests, the
-                // TUI); one write per drain keeps it current.
+                // TUI); one hand-over per drain keeps it current.
                 out.flush().map_err(output_error)?;
+                if let Some(e) = out.out.get_ref().take_error() {
+                    return Err(output_error(e));
+                }
             }
             _ = sigint.recv() => break "signal",
             _ = sigterm.recv() => break "signal",
@@ -326,16 +342,35 @@ async fn record_to(opts: RecordOptions) -> Result<RecordOutcome, RecordError> {
     // Everything the probes submitted before this point is in the ring now.
     events += drain(&mut tracer, &mut out, &mut live, &exited).map_err(output_error)?;
     events += report_exits(&mut out, &mut live, &mut exited).map_err(output_error)?;
-    let drops = Drops::new(tracer.counters()?, tracer.decode_errors());
+    let mut drops = Drops::new(tracer.counters()?, tracer.decode_errors());
+    drops.sink_slow = out.out.get_ref().dropped();
     out.matched_summary(true, drops).map_err(output_error)?;
-    let summary = Summary {
+    let mut summary = Summary {
         events,
         drops,
         duration_ns: probe::monotonic_ns().saturating_sub(start_monotonic_ns),
         stopped_by: stopped_by.to_owned(),
     };
     write_line(&mut out, &Line::Summary(summary.clone())).map_err(output_error)?;
-    out.flush().map_err(output_error)?;
+    // A bounded final flush: what the reader has not taken by then is
+    // counted, and recording ends on time.
+    let sink = out
+        .out
+        .into_inner()
+        .map_err(|e| output_error(e.into_error()))?;
+    let (undelivered, error) = sink.close(final_flush);
+    if let Some(e) = error {
+        return Err(output_error(e));
+    }
+    summary.drops.sink_slow = undelivered.dropped.saturating_add(undelivered.unwritten);
+    if summary.drops.sink_slow > 0 && !opts.quiet {
+        eprintln!(
+            "tgt-trace: the reader of {target_name} was too slow: {} lines dropped while \
+             recording and {} not taken within {:?} at the end (sink_slow; the trace is \
+             incomplete, and check gives no verdict on it)",
+            undelivered.dropped, undelivered.unwritten, final_flush
+        );
+    }
     Ok(RecordOutcome {
         summary,
         command_status,

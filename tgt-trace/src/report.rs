@@ -189,11 +189,15 @@ pub fn render_text(replayed: &Replayed, orphans: &[OrphanRecord]) -> String {
     let d = &replayed.drops;
     let _ = writeln!(
         t,
-        "\ndrops: {} (ring full {}, unreadable {}, undecodable {}){}{}",
+        "\ndrops: {} (ring full {}, unreadable {}, undecodable {}{}){}{}",
         d.total(),
         d.ring_full,
         d.read_failed,
         d.decode_errors,
+        match d.sink_slow {
+            0 => String::new(),
+            n => format!(", lines the recording's output reader was too slow for {n}"),
+        },
         if replayed.complete {
             ""
         } else {

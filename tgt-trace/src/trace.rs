@@ -110,6 +110,14 @@ pub struct Drops {
     pub read_failed: u64,
     /// Records that reached user space but did not decode.
     pub decode_errors: u64,
+    /// Lines the output's reader was too slow to take (`record -o - | slow`):
+    /// dropped whole so that recording kept up and stopped on time.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sink_slow: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Drops {
@@ -118,6 +126,7 @@ impl Drops {
             ring_full: kernel.ring_full,
             read_failed: kernel.read_failed,
             decode_errors,
+            sink_slow: 0,
         }
     }
 
@@ -126,5 +135,6 @@ impl Drops {
         self.ring_full
             .saturating_add(self.read_failed)
             .saturating_add(self.decode_errors)
+            .saturating_add(self.sink_slow)
     }
 }

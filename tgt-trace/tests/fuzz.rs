@@ -1158,6 +1158,7 @@ impl Mutated {
                             ring_full,
                             read_failed,
                             decode_errors,
+                            sink_slow: 0,
                         };
                         *line = serde_json::to_vec(&Line::Summary(summary)).expect("serializes");
                         *status = Status::Valid;

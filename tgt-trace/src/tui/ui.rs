@@ -118,8 +118,14 @@ fn render_header(app: &App, data: &Data, area: Rect, buf: &mut Buffer) {
     if drops > 0 {
         second.push(Span::styled(
             format!(
-                ": ring full {}, unreadable {}, undecodable {}",
-                data.drops.ring_full, data.drops.read_failed, data.drops.decode_errors
+                ": ring full {}, unreadable {}, undecodable {}{}",
+                data.drops.ring_full,
+                data.drops.read_failed,
+                data.drops.decode_errors,
+                match data.drops.sink_slow {
+                    0 => String::new(),
+                    n => format!(", slow reader {n}"),
+                }
             ),
             ALERT,
         ));

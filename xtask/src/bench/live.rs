@@ -165,17 +165,20 @@ pub struct Drops {
     pub ring_full: u64,
     pub read_failed: u64,
     pub decode_errors: u64,
+    /// Lines the trace's writer could not deliver (a slow output reader).
+    pub sink_slow: u64,
 }
 
 impl Drops {
     pub fn total(self) -> u64 {
-        self.ring_full + self.read_failed + self.decode_errors
+        self.ring_full + self.read_failed + self.decode_errors + self.sink_slow
     }
 
     pub fn add(&mut self, other: Drops) {
         self.ring_full += other.ring_full;
         self.read_failed += other.read_failed;
         self.decode_errors += other.decode_errors;
+        self.sink_slow += other.sink_slow;
     }
 }
 
@@ -350,6 +353,7 @@ impl Tracer {
                     ring_full: drop_count("ring_full"),
                     read_failed: drop_count("read_failed"),
                     decode_errors: drop_count("decode_errors"),
+                    sink_slow: drop_count("sink_slow"),
                 });
                 stopped.events = summary["events"].as_u64();
             }
