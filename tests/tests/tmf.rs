@@ -90,7 +90,7 @@ fn libiscsi_tmfs_are_traced_request_to_response(probe_set: &str) {
         .header
         .probes
         .iter()
-        .find(|p| p.name == "tsk_mgmt_response")
+        .find(|p| p.name == tgt_trace::points::Point::TmfResponse)
         .expect("listed");
     assert!(
         response_probe.attached,

@@ -31,7 +31,7 @@ use std::{
 
 use tgt_trace::{
     correlate::{Config, Coverage, Matcher, Summary},
-    probe::{ProbePoint, ProbeSet},
+    points::{Point, ProbePoint, ProbeSet},
     synth::{Synth, SynthConfig},
     tgtd::LayoutCheck,
     trace::{Drops, Header, Line, Summary as TraceSummary},
@@ -254,26 +254,29 @@ fn main() {
 /// `tgt-trace record` names them (`probe::Hook`), so that a reader derives
 /// the same coverage from the header.
 fn probe_points(coverage: Coverage) -> Vec<ProbePoint> {
-    [
-        ("queue", "target_cmd_queue", coverage.queue),
-        ("uspace_send", "scsi_cmd_perform", coverage.perform),
-        ("kspace_exec", "target_cmd_io_done", coverage.result),
-        ("release", "target_cmd_done", coverage.release),
-        ("tsk_mgmt", "target_mgmt_request", true),
-        ("tsk_mgmt_return", "target_mgmt_request", true),
-        ("tsk_mgmt_response", "iscsi_tm_done", coverage.tmf_response),
-        ("nexus_create", "it_nexus_create", true),
-        ("nexus_destroy", "it_nexus_destroy", true),
-    ]
-    .into_iter()
-    .map(|(name, function, attached)| ProbePoint {
-        name: name.to_owned(),
-        function: function.to_owned(),
-        offset: None,
-        attached,
-        missing: (!attached).then(|| "not in this synthetic probe set".to_owned()),
-    })
-    .collect()
+    Point::ALL
+        .into_iter()
+        .map(|point| {
+            let attached = match point {
+                Point::Queue => coverage.queue,
+                Point::Perform => coverage.perform,
+                Point::Result => coverage.result,
+                Point::Release => coverage.release,
+                Point::TmfResponse => coverage.tmf_response,
+                Point::TmfReceived => coverage.tmf_received,
+                Point::TmfSent => coverage.tmf_sent,
+                Point::ConnClose => coverage.conn_close,
+                _ => true,
+            };
+            ProbePoint {
+                name: point,
+                function: point.function().to_owned(),
+                offset: None,
+                attached,
+                missing: (!attached).then(|| "not in this synthetic probe set".to_owned()),
+            }
+        })
+        .collect()
 }
 
 /// Writes the synthetic stream as a trace `tgt-trace replay` reads: header,

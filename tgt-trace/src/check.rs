@@ -6,7 +6,12 @@ use std::{fmt, path::Path};
 
 use serde::Deserialize;
 
-use crate::{correlate::Summary, probe::ProbePoint, stats::LatencySummary, trace::Drops};
+use crate::{
+    correlate::Summary,
+    points::{Point, ProbePoint, attached},
+    stats::LatencySummary,
+    trace::Drops,
+};
 
 /// A budget that cannot be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -357,9 +362,9 @@ fn histogram_paths(summary: &Summary) -> Vec<String> {
 }
 
 /// The probe a histogram needs.
-fn needed_probe(path: &str) -> Option<&'static str> {
+fn needed_probe(path: &str) -> Option<Point> {
     match path.split('.').next() {
-        Some("command" | "aborted_age") => Some("queue"),
+        Some("command" | "aborted_age") => Some(Point::Queue),
         _ => None,
     }
 }
@@ -397,7 +402,7 @@ impl Evidence<'_> {
                 stat,
             } => {
                 if let Some(probe) = needed_probe(path)
-                    && !self.probes.iter().any(|p| p.name == probe && p.attached)
+                    && !attached(self.probes, probe)
                 {
                     return Err(format!("the '{probe}' probe was not attached"));
                 }

@@ -24,6 +24,7 @@ use crate::{
         Event, OpClass, Waiter, core_function, iscsi_response_name, iscsi_response_of,
         iscsi_tmf_name, mgmt_ret_name, tmf_name,
     },
+    points::{Point, ProbePoint},
     stats::{Stats, StatsSummary},
 };
 
@@ -117,17 +118,17 @@ impl Coverage {
     };
 
     /// From a trace header's probe list.
-    pub fn from_probes(probes: &[crate::probe::ProbePoint]) -> Coverage {
-        let attached = |name: &str| probes.iter().any(|p| p.name == name && p.attached);
+    pub fn from_probes(probes: &[ProbePoint]) -> Coverage {
+        let attached = |point| crate::points::attached(probes, point);
         Coverage {
-            queue: attached("queue"),
-            perform: attached("uspace_send"),
-            result: attached("kspace_exec"),
-            release: attached("release"),
-            tmf_response: attached("tsk_mgmt_response"),
-            tmf_received: attached("tmf_received"),
-            tmf_sent: attached("tmf_sent"),
-            conn_close: attached("conn_close"),
+            queue: attached(Point::Queue),
+            perform: attached(Point::Perform),
+            result: attached(Point::Result),
+            release: attached(Point::Release),
+            tmf_response: attached(Point::TmfResponse),
+            tmf_received: attached(Point::TmfReceived),
+            tmf_sent: attached(Point::TmfSent),
+            conn_close: attached(Point::ConnClose),
         }
     }
 }

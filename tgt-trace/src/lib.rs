@@ -9,6 +9,7 @@ pub mod decode;
 pub mod event;
 pub mod existing;
 pub mod locate;
+pub mod points;
 pub mod probe;
 pub mod reader;
 pub mod record;

@@ -490,7 +490,7 @@ struct CheckArgs {
 struct Weighed {
     summary: tgt_trace::correlate::Summary,
     drops: tgt_trace::trace::Drops,
-    probes: Vec<tgt_trace::probe::ProbePoint>,
+    probes: Vec<tgt_trace::points::ProbePoint>,
     complete: bool,
 }
 

@@ -11,149 +11,13 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeScope},
     },
 };
-use serde::{Deserialize, Serialize};
 use tgt_trace_common::counter;
 
-use crate::{
-    decode::decode,
-    event::Event,
-    tgtd::{TgtdBinary, symbol},
-};
+pub use crate::points::{KernelCounters, Point, ProbePoint, ProbeSet};
+use crate::{decode::decode, event::Event, tgtd::TgtdBinary};
 
 /// The probes, built by `build.rs` from `tgt-trace-ebpf`.
 static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tgt-trace"));
-
-/// Which probe points to attach; each costs a uprobe hit per command where it
-/// is on the command path.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, schemars::JsonSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum ProbeSet {
-    /// TMFs, nexuses, and `target_cmd_done` filtered in the kernel to the
-    /// releases a TMF cares about (aborted, or blocking a TMF): 1 hit per
-    /// command. No command latency, no in-flight view, no covered sets.
-    Tmf,
-    /// queue and release, with the result read at release: 2 hits per
-    /// command. Command latency (arrival to release), outcomes, covered sets,
-    /// deferral; no queue-wait time, and abort times are release times.
-    Lean,
-    /// all four paths: queue, uspace-send (`scsi_cmd_perform`), kspace_exec
-    /// (`target_cmd_io_done`) and release: 4 hits per command. Adds
-    /// queue-wait time, the exact time of each result, and which covered
-    /// commands were already in the backing store at a TMF.
-    Full,
-}
-
-impl ProbeSet {
-    pub fn name(self) -> &'static str {
-        match self {
-            ProbeSet::Tmf => "tmf",
-            ProbeSet::Lean => "lean",
-            ProbeSet::Full => "full",
-        }
-    }
-
-    /// Probe hits per ordinary command (one that no TMF touches).
-    pub fn hits_per_command(self) -> u32 {
-        match self {
-            ProbeSet::Tmf => 1,
-            ProbeSet::Lean => 2,
-            ProbeSet::Full => 4,
-        }
-    }
-
-    fn wants(self, path: Hook) -> bool {
-        match path {
-            Hook::Queue => self != ProbeSet::Tmf,
-            Hook::Perform | Hook::Result => self == ProbeSet::Full,
-            _ => true,
-        }
-    }
-}
-
-/// The probe points, named after the tgt core's paths.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Hook {
-    Queue,
-    Perform,
-    Result,
-    Release,
-    TmfRequest,
-    TmfReturn,
-    TmfResponse,
-    NexusCreate,
-    NexusDestroy,
-    TmfReceived,
-    TmfSent,
-    TmfTxStart,
-    ConnClose,
-}
-
-impl Hook {
-    const ALL: [Hook; 13] = [
-        Hook::Queue,
-        Hook::Perform,
-        Hook::Result,
-        Hook::Release,
-        Hook::TmfRequest,
-        Hook::TmfReturn,
-        Hook::TmfResponse,
-        Hook::NexusCreate,
-        Hook::NexusDestroy,
-        Hook::TmfReceived,
-        Hook::TmfSent,
-        Hook::TmfTxStart,
-        Hook::ConnClose,
-    ];
-
-    /// (name in outputs, eBPF program, tgtd function)
-    fn describe(self) -> (&'static str, &'static str, &'static str) {
-        match self {
-            Hook::Queue => ("queue", "cmd_queue", symbol::QUEUE),
-            Hook::Perform => ("uspace_send", "cmd_perform", symbol::PERFORM),
-            Hook::Result => ("kspace_exec", "cmd_result", symbol::RESULT),
-            Hook::Release => ("release", "cmd_release", symbol::RELEASE),
-            Hook::TmfRequest => ("tsk_mgmt", "tmf_request", symbol::TMF_REQUEST),
-            Hook::TmfReturn => ("tsk_mgmt_return", "tmf_return", symbol::TMF_REQUEST),
-            Hook::TmfResponse => ("tsk_mgmt_response", "tmf_response", "iscsi_tm_done"),
-            Hook::NexusCreate => ("nexus_create", "nexus_create", symbol::NEXUS_CREATE),
-            Hook::NexusDestroy => ("nexus_destroy", "nexus_destroy", symbol::NEXUS_DESTROY),
-            Hook::TmfReceived => ("tmf_received", "tmf_received", "iscsi_tm_execute"),
-            Hook::TmfSent => ("tmf_sent", "tmf_sent", "iscsi_task_tx_done"),
-            Hook::TmfTxStart => ("tmf_tx_start", "tmf_tx_start", "iscsi_tm_tx_start"),
-            Hook::ConnClose => ("conn_close", "conn_close", symbol::CONN_CLOSE),
-        }
-    }
-}
-
-/// One probe point and whether it is attached: the trace header lists them,
-/// so a reader knows which signals a trace can contain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ProbePoint {
-    /// The tgt core path: queue, uspace_send, kspace_exec, release, tsk_mgmt, ...
-    pub name: String,
-    /// The tgtd function.
-    pub function: String,
-    /// File offset in the tgtd binary.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub offset: Option<u64>,
-    pub attached: bool,
-    /// Why it is not attached, when it is not.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub missing: Option<String>,
-}
-
-/// Counters the probes keep in the kernel.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KernelCounters {
-    /// Records lost because the ring buffer was full.
-    pub ring_full: u64,
-    /// Records not sent because tgtd's memory could not be read.
-    pub read_failed: u64,
-}
 
 /// Why tracing could not start.
 #[derive(Debug, thiserror::Error)]
@@ -177,7 +41,7 @@ pub enum ProbeError {
     /// A probe that every probe set needs could not be attached.
     #[error("attaching the {name} probe to {function} in {binary} failed: {source}")]
     Attach {
-        name: &'static str,
+        name: Point,
         function: &'static str,
         binary: String,
         #[source]
@@ -274,18 +138,18 @@ impl Tracer {
         };
         let binary_path = opts.binary.path.display().to_string();
         let mut points = Vec::new();
-        for path in Hook::ALL {
-            let (name, program, function) = path.describe();
+        for path in Point::ALL {
+            let (name, program, function) = (path, path.program(), path.function());
             let located = match path {
-                Hook::TmfResponse => opts.binary.tmf_response_offset.ok_or_else(|| {
+                Point::TmfResponse => opts.binary.tmf_response_offset.ok_or_else(|| {
                     "iscsi_tm_done could not be located through the iSCSI driver table; \
                      TMF responses are inferred from tgtd's return value and releases"
                         .to_owned()
                 }),
-                Hook::TmfReceived => opts.binary.tmf_received.clone().map(|p| p.address),
-                Hook::TmfSent => opts.binary.tmf_sent.clone().map(|p| p.address),
-                Hook::TmfTxStart => opts.binary.tmf_tx_start.clone().map(|p| p.address),
-                Hook::ConnClose => opts.binary.conn_close.clone(),
+                Point::TmfReceived => opts.binary.tmf_received.clone().map(|p| p.address),
+                Point::TmfSent => opts.binary.tmf_sent.clone().map(|p| p.address),
+                Point::TmfTxStart => opts.binary.tmf_tx_start.clone().map(|p| p.address),
+                Point::ConnClose => opts.binary.conn_close.clone(),
                 _ => opts
                     .binary
                     .symbol_offset(function)
@@ -293,7 +157,7 @@ impl Tracer {
             };
             let offset = located.as_ref().ok().copied();
             let mut point = ProbePoint {
-                name: name.to_owned(),
+                name,
                 function: function.to_owned(),
                 offset,
                 attached: false,

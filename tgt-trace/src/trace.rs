@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     correlate::{self, CommandRecord, OrphanRecord, Record, TmfRecord},
     event::Event,
-    probe::{KernelCounters, ProbePoint, ProbeSet},
+    points::{KernelCounters, ProbePoint, ProbeSet},
     tgtd::LayoutCheck,
 };
 

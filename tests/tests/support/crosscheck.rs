@@ -193,7 +193,7 @@ fn command_counts(trace: &Trace, records: &[Record], wire: &Wire, out: &mut Comp
         .header
         .probes
         .iter()
-        .any(|p| p.name == "queue" && p.attached);
+        .any(|p| p.name == tgt_trace::points::Point::Queue && p.attached);
     if !queue_probe {
         return;
     }

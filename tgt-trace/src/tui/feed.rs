@@ -8,7 +8,7 @@ pub use crate::correlate::OpenTmf;
 use crate::{
     correlate::{Config, Coverage, InFlight, Matcher, Record, Summary},
     event::{Event, OpClass},
-    probe::ProbePoint,
+    points::ProbePoint,
     trace::{Drops, Header, Line},
 };
 

@@ -556,7 +556,7 @@ fn render_in_flight(app: &App, data: &Data, area: Rect, buf: &mut Buffer) {
     let sees_arrivals = data
         .info
         .as_ref()
-        .is_none_or(|i| i.probes.iter().any(|p| p.name == "queue" && p.attached));
+        .is_none_or(|i| crate::points::attached(&i.probes, crate::points::Point::Queue));
     if !sees_arrivals {
         empty(
             area,

@@ -1,0 +1,206 @@
+//! The probe points as data: their names in traces, the tgtd functions they
+//! sit in, the probe sets that attach them, and what the probes count in
+//! the kernel. Plain types, so that the matcher, the trace format, `check`
+//! and the TUI need nothing of the loader (`probe.rs`, the only aya user).
+
+use serde::{Deserialize, Serialize};
+
+use crate::tgtd::symbol;
+
+/// Which probe points to attach; each costs a uprobe hit per command where it
+/// is on the command path.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeSet {
+    /// TMFs, nexuses, and `target_cmd_done` filtered in the kernel to the
+    /// releases a TMF cares about (aborted, or blocking a TMF): 1 hit per
+    /// command. No command latency, no in-flight view, no covered sets.
+    Tmf,
+    /// queue and release, with the result read at release: 2 hits per
+    /// command. Command latency (arrival to release), outcomes, covered sets,
+    /// deferral; no queue-wait time, and abort times are release times.
+    Lean,
+    /// all four paths: queue, uspace-send (`scsi_cmd_perform`), kspace_exec
+    /// (`target_cmd_io_done`) and release: 4 hits per command. Adds
+    /// queue-wait time, the exact time of each result, and which covered
+    /// commands were already in the backing store at a TMF.
+    Full,
+}
+
+impl ProbeSet {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProbeSet::Tmf => "tmf",
+            ProbeSet::Lean => "lean",
+            ProbeSet::Full => "full",
+        }
+    }
+
+    /// Probe hits per ordinary command (one that no TMF touches).
+    pub fn hits_per_command(self) -> u32 {
+        match self {
+            ProbeSet::Tmf => 1,
+            ProbeSet::Lean => 2,
+            ProbeSet::Full => 4,
+        }
+    }
+
+    /// Whether this set attaches `point`.
+    pub fn wants(self, point: Point) -> bool {
+        match point {
+            Point::Queue => self != ProbeSet::Tmf,
+            Point::Perform | Point::Result => self == ProbeSet::Full,
+            _ => true,
+        }
+    }
+}
+
+/// A probe point, named after the tgt core's paths (the seed patch's
+/// *queue*, *uspace-send*, *kspace_exec*, *tsk_mgmt*) and the iSCSI layer's
+/// TMF points. The names are part of the trace format (the header's
+/// `probes`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Point {
+    Queue,
+    #[serde(rename = "uspace_send")]
+    Perform,
+    #[serde(rename = "kspace_exec")]
+    Result,
+    Release,
+    #[serde(rename = "tsk_mgmt")]
+    TmfRequest,
+    #[serde(rename = "tsk_mgmt_return")]
+    TmfReturn,
+    #[serde(rename = "tsk_mgmt_response")]
+    TmfResponse,
+    NexusCreate,
+    NexusDestroy,
+    TmfReceived,
+    TmfSent,
+    TmfTxStart,
+    ConnClose,
+}
+
+impl Point {
+    pub const ALL: [Point; 13] = [
+        Point::Queue,
+        Point::Perform,
+        Point::Result,
+        Point::Release,
+        Point::TmfRequest,
+        Point::TmfReturn,
+        Point::TmfResponse,
+        Point::NexusCreate,
+        Point::NexusDestroy,
+        Point::TmfReceived,
+        Point::TmfSent,
+        Point::TmfTxStart,
+        Point::ConnClose,
+    ];
+
+    /// The name in traces and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Point::Queue => "queue",
+            Point::Perform => "uspace_send",
+            Point::Result => "kspace_exec",
+            Point::Release => "release",
+            Point::TmfRequest => "tsk_mgmt",
+            Point::TmfReturn => "tsk_mgmt_return",
+            Point::TmfResponse => "tsk_mgmt_response",
+            Point::NexusCreate => "nexus_create",
+            Point::NexusDestroy => "nexus_destroy",
+            Point::TmfReceived => "tmf_received",
+            Point::TmfSent => "tmf_sent",
+            Point::TmfTxStart => "tmf_tx_start",
+            Point::ConnClose => "conn_close",
+        }
+    }
+
+    /// The eBPF program attached there.
+    pub fn program(self) -> &'static str {
+        match self {
+            Point::Queue => "cmd_queue",
+            Point::Perform => "cmd_perform",
+            Point::Result => "cmd_result",
+            Point::Release => "cmd_release",
+            Point::TmfRequest => "tmf_request",
+            Point::TmfReturn => "tmf_return",
+            Point::TmfResponse => "tmf_response",
+            other => other.name(),
+        }
+    }
+
+    /// The tgtd function it is in (static ones have no symbol and are found
+    /// in the machine code: `crate::tgtd`, `crate::locate`).
+    pub fn function(self) -> &'static str {
+        match self {
+            Point::Queue => symbol::QUEUE,
+            Point::Perform => symbol::PERFORM,
+            Point::Result => symbol::RESULT,
+            Point::Release => symbol::RELEASE,
+            Point::TmfRequest | Point::TmfReturn => symbol::TMF_REQUEST,
+            Point::TmfResponse => "iscsi_tm_done",
+            Point::NexusCreate => symbol::NEXUS_CREATE,
+            Point::NexusDestroy => symbol::NEXUS_DESTROY,
+            Point::TmfReceived => "iscsi_tm_execute",
+            Point::TmfSent => "iscsi_task_tx_done",
+            Point::TmfTxStart => "iscsi_tm_tx_start",
+            Point::ConnClose => symbol::CONN_CLOSE,
+        }
+    }
+}
+
+impl std::fmt::Display for Point {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One probe point and whether it is attached: the trace header lists them,
+/// so a reader knows which signals a trace can contain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProbePoint {
+    /// The point: queue, uspace_send, kspace_exec, release, tsk_mgmt, ...
+    pub name: Point,
+    /// The tgtd function.
+    pub function: String,
+    /// File offset in the tgtd binary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    pub attached: bool,
+    /// Why it is not attached, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing: Option<String>,
+}
+
+/// Whether `point` is attached, by the header's list.
+pub fn attached(probes: &[ProbePoint], point: Point) -> bool {
+    probes.iter().any(|p| p.name == point && p.attached)
+}
+
+/// Counters the probes keep in the kernel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelCounters {
+    /// Records lost because the ring buffer was full.
+    pub ring_full: u64,
+    /// Records not sent because tgtd's memory could not be read.
+    pub read_failed: u64,
+}
