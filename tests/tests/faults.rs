@@ -369,6 +369,7 @@ fn a_slow_reader_does_not_hold_up(stop: Stop) {
     }
     let status = wait_exit(&mut child, "slow reader");
     let took = started.elapsed();
+    eprintln!("{stop:?}: tgt-trace stopped {took:?} after it started");
     let stderr = stderr_of(&mut child);
     assert!(status.success(), "{stop:?}: {status}\n{stderr}");
     assert!(

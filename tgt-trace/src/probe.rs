@@ -8,7 +8,7 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{
         UProbe,
-        uprobe::{UProbeAttachLocation, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeLink, UProbeScope},
     },
 };
 use tgt_trace_common::counter;
@@ -82,7 +82,10 @@ pub struct TraceOptions {
 
 /// Probes attached to tgtd, and the ring buffer they fill.
 pub struct Tracer {
-    // Dropping `Ebpf` detaches the probes; it must outlive the maps' users.
+    /// The attached probes, owned apart from their programs so that they
+    /// are detached together (see [`Tracer::detach`]).
+    links: Vec<UProbeLink>,
+    // Dropping `Ebpf` unloads the programs; it must outlive the maps' users.
     _ebpf: Ebpf,
     ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
@@ -138,6 +141,7 @@ impl Tracer {
         };
         let binary_path = opts.binary.path.display().to_string();
         let mut points = Vec::new();
+        let mut links = Vec::new();
         for path in Point::ALL {
             let (name, program, function) = (path, path.program(), path.function());
             let located = match path {
@@ -185,17 +189,19 @@ impl Tracer {
                 .ok_or(ProbeError::MissingProgram(program))?
                 .try_into()?;
             prog.load()?;
-            prog.attach(
-                UProbeAttachLocation::AbsoluteOffset(offset),
-                &opts.binary.path,
-                scope,
-            )
-            .map_err(|source| ProbeError::Attach {
-                name,
-                function,
-                binary: binary_path.clone(),
-                source: Box::new(source),
-            })?;
+            let link = prog
+                .attach(
+                    UProbeAttachLocation::AbsoluteOffset(offset),
+                    &opts.binary.path,
+                    scope,
+                )
+                .map_err(|source| ProbeError::Attach {
+                    name,
+                    function,
+                    binary: binary_path.clone(),
+                    source: Box::new(source),
+                })?;
+            links.push(prog.take_link(link)?);
             point.attached = true;
             points.push(point);
         }
@@ -208,12 +214,29 @@ impl Tracer {
                 .ok_or(ProbeError::MissingProgram("COUNTERS"))?,
         )?;
         Ok(Tracer {
+            links,
             _ebpf: ebpf,
             ring,
             counters,
             points,
             decode_errors: 0,
         })
+    }
+
+    /// Detaches every probe, all at once. The kernel waits for a grace
+    /// period to remove a uprobe (about 90 ms here), one after the other if
+    /// the links are closed in turn (over a second for thirteen points):
+    /// closing them on threads of their own overlaps the waits, so a
+    /// recording ends on time. Idempotent; dropping the tracer does it too.
+    pub fn detach(&mut self) {
+        let threads: Vec<_> = self
+            .links
+            .drain(..)
+            .map(|link| std::thread::spawn(move || drop(link)))
+            .collect();
+        for thread in threads {
+            let _ = thread.join();
+        }
     }
 
     pub fn points(&self) -> &[ProbePoint] {
@@ -248,6 +271,12 @@ impl Tracer {
     /// Records that reached user space but could not be decoded.
     pub fn decode_errors(&self) -> u64 {
         self.decode_errors
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        self.detach();
     }
 }
 

@@ -109,8 +109,11 @@ pub enum RecordError {
 }
 
 /// How long the end of a recording waits for a pipe's reader to take what
-/// is left, and for a file's last writes.
-const PIPE_FINAL_FLUSH: Duration = Duration::from_secs(1);
+/// is left, and for a file's last writes. A pipe's reader has had all the
+/// time of the probes' detaching (the kernel removes uprobes one grace
+/// period at a time, about 80 ms each here) to take what was written
+/// before; a stuck one would not take more in any time.
+const PIPE_FINAL_FLUSH: Duration = Duration::from_millis(200);
 const FILE_FINAL_FLUSH: Duration = Duration::from_secs(10);
 
 /// How often, in drains, to look for tgtd processes that have exited.
@@ -339,7 +342,9 @@ async fn record_to(opts: RecordOptions) -> Result<RecordOutcome, RecordError> {
         }
     };
 
-    // Everything the probes submitted before this point is in the ring now.
+    // No probe fires once they are detached: everything they submitted is
+    // in the ring then, and the last drain takes it all.
+    tracer.detach();
     events += drain(&mut tracer, &mut out, &mut live, &exited).map_err(output_error)?;
     events += report_exits(&mut out, &mut live, &mut exited).map_err(output_error)?;
     let mut drops = Drops::new(tracer.counters()?, tracer.decode_errors());
