@@ -2,7 +2,7 @@
 //! TMF, under a saturating load with an ABORT TASK loop beside it. The
 //! kernel counts each BPF program's runs and run time when
 //! `kernel.bpf_stats_enabled` is 1 (on for the section, restored after);
-//! bpftool reports them by program name and owning process. A uprobe's run
+//! bpftool reports them by program, and the tracer's fdinfo says which programs are its own. A uprobe's run
 //! count is its hit count: this is what each probe point costs tgtd's event
 //! loop in traps, not only in BPF run time.
 
@@ -35,8 +35,25 @@ impl Drop for StatsOn {
     }
 }
 
-/// (runs, run time ns) of each program `pid` owns, by name.
+/// The ids of the BPF programs process `pid` holds open (its fdinfo says
+/// `prog_id:` for each).
+fn program_ids(pid: u32) -> Vec<u64> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Vec::new();
+    };
+    fds.filter_map(|fd| std::fs::read_to_string(fd.ok()?.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|id| id.trim().parse().ok())
+        })
+        .collect()
+}
+
+/// (runs, run time ns) of each program `pid` holds, by name.
 fn program_runs(pid: u32) -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
+    let ids = program_ids(pid);
+    anyhow::ensure!(!ids.is_empty(), "tgt-trace {pid} holds no BPF program");
     let out = Command::new("bpftool")
         .args(["--json", "prog", "show"])
         .output()
@@ -45,10 +62,8 @@ fn program_runs(pid: u32) -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
     let progs: serde_json::Value = serde_json::from_slice(&out.stdout).context("bpftool's JSON")?;
     let mut runs = BTreeMap::new();
     for p in progs.as_array().into_iter().flatten() {
-        let owned = p["pids"]
-            .as_array()
-            .is_some_and(|ps| ps.iter().any(|o| o["pid"].as_u64() == Some(u64::from(pid))));
-        if let (true, Some(name)) = (owned, p["name"].as_str()) {
+        let ours = p["id"].as_u64().is_some_and(|id| ids.contains(&id));
+        if let (true, Some(name)) = (ours, p["name"].as_str()) {
             runs.insert(
                 name.to_owned(),
                 (

@@ -90,7 +90,7 @@ fn today() -> String {
 pub fn write_intro(machine: &str) -> anyhow::Result<()> {
     let body = format!(
         "Written by `cargo xtask bench [--rounds N] [--seconds S] [--rate R] [--only SECTION...]` \
-         (sections: overhead, cpu, aborts, ring, probes, profile, matcher, replay); each section \
+         (sections: overhead, cpu, aborts, ring, probes, hits, profile, matcher, replay); each section \
          names the machine and the date it was measured on, as sections can be rerun alone. \
          The live sections run a scratch tgtd (`null` backing store) on 127.0.0.1 with its load \
          generators on the same machine (this run: {machine}).\n\n\
