@@ -311,13 +311,17 @@ fn print_line(line: &str, started: Instant) {
     };
     let text = match value["type"].as_str() {
         Some("tmf") => format!(
-            "TMF  {} tag {:#010x} nexus {} ({}) -> {} in {} µs, covered {}",
+            "TMF  {} tag {:#010x} nexus {} ({}) -> {} {}, covered {}",
             value["function"].as_str().unwrap_or("?"),
             value["tag"].as_u64().unwrap_or(0),
             value["itn_id"],
             value["initiator"].as_str().unwrap_or("?"),
             value["outcome"].as_str().unwrap_or("?"),
-            value["latency_ns"].as_u64().unwrap_or(0) / 1_000,
+            // An unanswered TMF has no latency: say why instead.
+            match value["latency_ns"].as_u64() {
+                Some(ns) => format!("in {} µs", ns / 1_000),
+                None => format!("({})", value["cause"].as_str().unwrap_or("no response")),
+            },
             value["covered"]
                 .as_array()
                 .map(|c| c
