@@ -57,6 +57,8 @@ impl Drop for Tmux {
 enum Quit {
     Key,
     Sigterm,
+    /// `q`, and no `-o`: nothing may be written to disk (issue 14).
+    KeyWithoutOutput,
 }
 
 #[test]
@@ -67,6 +69,25 @@ fn live_tui_shows_a_real_tmf_and_leaves_a_complete_trace() {
 #[test]
 fn live_tui_on_sigterm_restores_the_terminal_and_ends_the_trace() {
     live_tui(Quit::Sigterm);
+}
+
+/// Issue 14: without `-o` the live TUI takes the recording's lines in
+/// process: while it runs under load, tgt-trace holds no file open but its
+/// terminal (everything else is a BPF object, a socket or a pipe), and no
+/// trace is left behind.
+#[test]
+fn live_tui_without_output_writes_nothing_to_disk() {
+    live_tui(Quit::KeyWithoutOutput);
+}
+
+/// The files (not devices, pipes, sockets or BPF objects) `pid` holds open.
+fn open_files(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("/proc/PID/fd")
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .map(|target| target.display().to_string())
+        .filter(|t| t.starts_with('/') && !t.starts_with("/dev/"))
+        .collect()
 }
 
 /// The tgt-trace process the pane's shell runs.
@@ -108,11 +129,14 @@ fn live_tui(quit: Quit) {
     };
     // The shell records the TUI's exit status, then stays, so the screen
     // after the TUI has gone can be read.
+    let output = match quit {
+        Quit::KeyWithoutOutput => String::new(),
+        Quit::Key | Quit::Sigterm => format!("-o {}", out.display()),
+    };
     let command = format!(
-        "{} tui --pid {} -o {}; echo $? > {}; sleep 60",
+        "{} tui --pid {} {output}; echo $? > {}; sleep 60",
         tgt_trace_bin().display(),
         tgtd.pid(),
-        out.display(),
         status.display()
     );
     let started = tmux.run(&[
@@ -144,8 +168,12 @@ fn live_tui(quit: Quit) {
     tmux.run(&["send-keys", "-t", "t", "2"]);
     let screen = tmux.wait_for("the LUN RESET row", |s| s.contains("LUN_RESET"));
     assert!(screen.contains("drops 0"), "{screen}");
+    if quit == Quit::KeyWithoutOutput {
+        let pid = tui_pid(&tmux);
+        assert_eq!(open_files(pid), Vec::<String>::new(), "tgt-trace {pid}");
+    }
     match quit {
-        Quit::Key => {
+        Quit::Key | Quit::KeyWithoutOutput => {
             tmux.run(&["send-keys", "-t", "t", "q"]);
         }
         Quit::Sigterm => {
@@ -173,6 +201,20 @@ fn live_tui(quit: Quit) {
         !screen.contains("1 Overview"),
         "the terminal was not restored:\n{screen}"
     );
+    if quit == Quit::KeyWithoutOutput {
+        assert!(!out.exists());
+        let leftovers: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+            .expect("the temp dir")
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("tgt-trace-tui-")
+            })
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        return;
+    }
     let text = std::fs::read_to_string(&out).expect("the -o trace");
     let last = text.lines().last().expect("lines");
     let summary: serde_json::Value = serde_json::from_str(last).expect("JSON");
@@ -182,7 +224,7 @@ fn live_tui(quit: Quit) {
     // recording's own handler and the TUI's, and either may act first.
     let stopped_by = summary["stopped_by"].as_str().expect("stopped_by");
     match quit {
-        Quit::Key => assert_eq!(stopped_by, "stopped", "{last}"),
+        Quit::Key | Quit::KeyWithoutOutput => assert_eq!(stopped_by, "stopped", "{last}"),
         Quit::Sigterm => assert!(["signal", "stopped"].contains(&stopped_by), "{last}"),
     }
     let matched_final = text

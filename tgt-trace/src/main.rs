@@ -272,6 +272,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 stop: None,
                 quiet: false,
                 private,
+                tap: None,
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -32,6 +32,9 @@ use crate::{
 pub enum Output {
     Stdout,
     File(PathBuf),
+    /// No NDJSON: the lines go to the in-process tap only (the live TUI
+    /// without `-o`), and nothing is written to disk.
+    None,
 }
 
 #[derive(Debug, Clone)]
@@ -53,6 +56,32 @@ pub struct RecordOptions {
     pub quiet: bool,
     /// Create the trace file 0600 instead of 0644 (`--private`).
     pub private: bool,
+    /// An in-process consumer of every line (the live TUI): the lines of
+    /// each drain as one batch on a bounded channel. A batch it has no room
+    /// for is dropped and its lines counted (`sink_slow`): it never holds
+    /// up the drain or the stop conditions.
+    pub tap: Option<tokio::sync::mpsc::Sender<Vec<Line>>>,
+}
+
+/// The tap's side of the writer: the batch being gathered, and what could
+/// not be handed over.
+struct Tap {
+    tx: tokio::sync::mpsc::Sender<Vec<Line>>,
+    batch: Vec<Line>,
+    dropped: u64,
+}
+
+impl Tap {
+    fn hand_over(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let lines = batch.len() as u64;
+        if self.tx.try_send(batch).is_err() {
+            self.dropped += lines;
+        }
+    }
 }
 
 /// The matcher run alongside the recording.
@@ -122,7 +151,7 @@ const LIVENESS_EVERY: u32 = 10;
 pub async fn record(opts: RecordOptions) -> Result<RecordOutcome, RecordError> {
     let file = match &opts.output {
         Output::File(path) => Some(path.clone()),
-        Output::Stdout => None,
+        Output::Stdout | Output::None => None,
     };
     let result = record_to(opts).await;
     if let (Err(RecordError::Output { .. }), Some(path)) = (&result, file) {
@@ -189,6 +218,7 @@ async fn record_to(opts: RecordOptions) -> Result<RecordOutcome, RecordError> {
     let target_name = match &opts.output {
         Output::Stdout => "standard output".to_owned(),
         Output::File(path) => path.display().to_string(),
+        Output::None => "the screen".to_owned(),
     };
     let to_stdout = matches!(opts.output, Output::Stdout);
     let output_error = |source: io::Error| {
@@ -201,17 +231,18 @@ async fn record_to(opts: RecordOptions) -> Result<RecordOutcome, RecordError> {
             }
         }
     };
-    let (sink, final_flush): (Box<dyn Write + Send>, Duration) = match &opts.output {
+    let (sink, final_flush): (Option<Box<dyn Write + Send>>, Duration) = match &opts.output {
         // A pipe's reader may never read: the end is not held up for it.
-        Output::Stdout => (Box::new(io::stdout()), PIPE_FINAL_FLUSH),
+        Output::Stdout => (Some(Box::new(io::stdout())), PIPE_FINAL_FLUSH),
         Output::File(path) => (
-            Box::new(create_output(path, opts.private)?),
+            Some(Box::new(create_output(path, opts.private)?)),
             FILE_FINAL_FLUSH,
         ),
+        Output::None => (None, PIPE_FINAL_FLUSH),
     };
     // Written by a thread of its own: a slow reader never holds up the
     // ring buffer's draining or the stop conditions (crate::sink::lines).
-    let sink = LineSink::new(sink, lines::DEFAULT_BUDGET);
+    let sink = sink.map(|sink| LineSink::new(sink, lines::DEFAULT_BUDGET));
     let mut tracer = Tracer::start(&opts.trace)?;
     let matcher = opts.matched.as_ref().map(|m| {
         Matcher::new(Config {
@@ -220,7 +251,12 @@ async fn record_to(opts: RecordOptions) -> Result<RecordOutcome, RecordError> {
         })
     });
     let mut out = Writer {
-        out: io::BufWriter::with_capacity(1 << 16, sink),
+        out: sink.map(|sink| io::BufWriter::with_capacity(1 << 16, sink)),
+        tap: opts.tap.clone().map(|tx| Tap {
+            tx,
+            batch: Vec::new(),
+            dropped: 0,
+        }),
         events: opts.matched.as_ref().is_none_or(|m| m.events),
         matcher,
         records: Vec::new(),
@@ -247,7 +283,7 @@ async fn record_to(opts: RecordOptions) -> Result<RecordOutcome, RecordError> {
         start_monotonic_ns,
         ring_bytes: opts.trace.ring_bytes,
     };
-    write_line(&mut out, &Line::Header(header)).map_err(output_error)?;
+    out.line(Line::Header(header)).map_err(output_error)?;
     out.flush().map_err(output_error)?;
     // Sessions opened before the probes were attached: their initiators'
     // names, from tgtd (through tgtadm), stamped with the trace's start.
@@ -324,7 +360,7 @@ async fn record_to(opts: RecordOptions) -> Result<RecordOutcome, RecordError> {
                 // A trace is read while it is written (tail -f, tests, the
                 // TUI); one hand-over per drain keeps it current.
                 out.flush().map_err(output_error)?;
-                if let Some(e) = out.out.get_ref().take_error() {
+                if let Some(e) = out.out.as_ref().and_then(|o| o.get_ref().take_error()) {
                     return Err(output_error(e));
                 }
             }
@@ -348,7 +384,7 @@ async fn record_to(opts: RecordOptions) -> Result<RecordOutcome, RecordError> {
     events += drain(&mut tracer, &mut out, &mut live, &exited).map_err(output_error)?;
     events += report_exits(&mut out, &mut live, &mut exited).map_err(output_error)?;
     let mut drops = Drops::new(tracer.counters()?, tracer.decode_errors());
-    drops.sink_slow = out.out.get_ref().dropped();
+    drops.sink_slow = out.dropped();
     out.matched_summary(true, drops).map_err(output_error)?;
     let mut summary = Summary {
         events,
@@ -356,16 +392,32 @@ async fn record_to(opts: RecordOptions) -> Result<RecordOutcome, RecordError> {
         duration_ns: probe::monotonic_ns().saturating_sub(start_monotonic_ns),
         stopped_by: stopped_by.to_owned(),
     };
-    write_line(&mut out, &Line::Summary(summary.clone())).map_err(output_error)?;
+    out.line(Line::Summary(summary.clone()))
+        .map_err(output_error)?;
     // A bounded final flush: what the reader has not taken by then is
     // counted, and recording ends on time.
-    let sink = out
-        .out
-        .into_inner()
-        .map_err(|e| output_error(e.into_error()))?;
-    let (undelivered, error) = sink.close(final_flush);
-    if let Some(e) = error {
-        return Err(output_error(e));
+    let mut undelivered = lines::Undelivered::default();
+    if let Some(tap) = &mut out.tap {
+        let batch = std::mem::take(&mut tap.batch);
+        let n = batch.len() as u64;
+        if !batch.is_empty()
+            && !matches!(
+                tokio::time::timeout(final_flush, tap.tx.send(batch)).await,
+                Ok(Ok(()))
+            )
+        {
+            tap.dropped += n;
+        }
+        undelivered.dropped += tap.dropped;
+    }
+    if let Some(out) = out.out.take() {
+        let sink = out.into_inner().map_err(|e| output_error(e.into_error()))?;
+        let (file, error) = sink.close(final_flush);
+        if let Some(e) = error {
+            return Err(output_error(e));
+        }
+        undelivered.dropped += file.dropped;
+        undelivered.unwritten += file.unwritten;
     }
     summary.drops.sink_slow = undelivered.dropped.saturating_add(undelivered.unwritten);
     if summary.drops.sink_slow > 0 && !opts.quiet {
@@ -413,8 +465,9 @@ fn write_line(out: &mut impl Write, line: &Line) -> io::Result<()> {
 
 /// The trace being written: each event, and with `--matched` what the
 /// matcher concludes from it, right after it.
-struct Writer<W: Write> {
-    out: io::BufWriter<W>,
+struct Writer {
+    out: Option<io::BufWriter<LineSink>>,
+    tap: Option<Tap>,
     /// Whether event lines are written (see [`Matching::events`]).
     events: bool,
     matcher: Option<Matcher>,
@@ -422,22 +475,58 @@ struct Writer<W: Write> {
     last_ts_ns: u64,
 }
 
-impl<W: Write> Writer<W> {
+impl Writer {
     fn event(&mut self, event: Event) -> io::Result<()> {
         // The same clock `replay` uses, so both conclude the same.
         self.last_ts_ns = self.last_ts_ns.max(event.ts_ns());
         if let Some(matcher) = &mut self.matcher {
             matcher.push(&event, &mut self.records);
         }
-        if self.events {
-            write_line(&mut self.out, &Line::Event(event))?;
+        if self.events
+            && let Some(out) = &mut self.out
+        {
+            write_line(out, &Line::Event(event.clone()))?;
+        }
+        // The tap drives a matcher of its own (the TUI's): every event.
+        if let Some(tap) = &mut self.tap {
+            tap.batch.push(Line::Event(event));
         }
         self.write_records()
     }
 
+    /// A line to the output and the tap.
+    fn line(&mut self, line: Line) -> io::Result<()> {
+        if let Some(out) = &mut self.out {
+            write_line(out, &line)?;
+        }
+        if let Some(tap) = &mut self.tap {
+            tap.batch.push(line);
+        }
+        Ok(())
+    }
+
+    /// Hands what is written so far on: to the output's writer thread, and
+    /// as one batch to the tap.
+    fn flush(&mut self) -> io::Result<()> {
+        if let Some(out) = &mut self.out {
+            out.flush()?;
+        }
+        if let Some(tap) = &mut self.tap {
+            tap.hand_over();
+        }
+        Ok(())
+    }
+
+    /// Lines the output's reader or the tap could not take so far.
+    fn dropped(&self) -> u64 {
+        let file = self.out.as_ref().map_or(0, |o| o.get_ref().dropped());
+        file + self.tap.as_ref().map_or(0, |t| t.dropped)
+    }
+
     fn write_records(&mut self) -> io::Result<()> {
-        for record in self.records.drain(..) {
-            write_line(&mut self.out, &Line::from(record))?;
+        let records: Vec<_> = self.records.drain(..).collect();
+        for record in records {
+            self.line(Line::from(record))?;
         }
         Ok(())
     }
@@ -461,23 +550,13 @@ impl<W: Write> Writer<W> {
             complete: is_final,
             skipped_lines: 0,
         }));
-        write_line(&mut self.out, &line)
+        self.line(line)
     }
 }
 
-impl<W: Write> Write for Writer<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.out.write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
-    }
-}
-
-fn drain<W: Write>(
+fn drain(
     tracer: &mut Tracer,
-    out: &mut Writer<W>,
+    out: &mut Writer,
     live: &mut BTreeSet<u32>,
     exited: &BTreeSet<u32>,
 ) -> io::Result<u64> {
@@ -498,8 +577,8 @@ fn drain<W: Write>(
 }
 
 /// Emits a `process_exit` event for each traced tgtd that is gone.
-fn report_exits<W: Write>(
-    out: &mut Writer<W>,
+fn report_exits(
+    out: &mut Writer,
     live: &mut BTreeSet<u32>,
     exited: &mut BTreeSet<u32>,
 ) -> io::Result<u64> {

@@ -1,8 +1,9 @@
 //! `tgt-trace tui`: the matcher's view of a trace, live or replayed, on a
 //! terminal screen.
 //!
-//! Data flows one way: a source (a replayed file, or the file a live
-//! recording writes) → [`feed::Feed`] (the matcher) → a channel → [`app::App`]
+//! Data flows one way: a source (a replayed file, or a live recording's
+//! lines handed over in process) → [`feed::Feed`] (the matcher) → a channel
+//! → [`app::App`]
 //! → [`ui`], which draws it. Keys come over the same channel; the few that
 //! need I/O (quit, save, step) come back from the app as [`app::Effect`]s.
 
@@ -40,6 +41,11 @@ use crate::{
     reader::{ReadError, TraceReader},
     record::{Matching, Output, RecordError, RecordOptions, record},
 };
+
+/// Batches (one per drain of the ring buffer, every `--poll`) that may wait
+/// for the screen's feed; past this, a batch is dropped and counted
+/// (`sink_slow`, shown in the header) rather than held up the recording.
+const TAP_BATCHES: usize = 256;
 
 /// `tgt-trace tui`'s own options; the attach and matcher options are
 /// shared with `record` and `replay`.
@@ -177,34 +183,31 @@ async fn session(args: TuiArgs, config: Config, source: Source) -> Result<(), Tu
             ));
         }
         Source::Live(trace, poll) => {
-            let (path, temporary) = match &args.output {
-                Some(path) => (path.clone(), false),
-                None => (
-                    std::env::temp_dir()
-                        .join(format!("tgt-trace-tui-{}.ndjson", std::process::id())),
-                    true,
-                ),
+            // The screen takes the recording's lines in process, over a
+            // bounded channel; only `-o FILE` writes anything to disk.
+            let output = match &args.output {
+                Some(path) => Output::File(path.clone()),
+                None => Output::None,
             };
-            // The follower must not read an older trace's header.
-            let _ = std::fs::remove_file(&path);
+            let (tap, lines) = mpsc::channel(TAP_BATCHES);
             let stop = Arc::new(Notify::new());
             let opts = RecordOptions {
                 trace: *trace,
-                output: Output::File(path.clone()),
+                output,
                 duration: None,
                 command: Vec::new(),
                 poll,
-                // Matched lines make the file a full trace, and the
+                // Matched lines make a saved file a full trace, and the
                 // snapshots carry the drop counts while recording.
                 matched: Some(Matching {
                     config: config.clone(),
                     summary_every: Some(Duration::from_secs(1)),
-                    // The screen follows the events in this file.
                     events: true,
                 }),
                 stop: Some(stop.clone()),
                 quiet: true,
                 private: args.private,
+                tap: Some(tap),
             };
             let record_tx = tx.clone();
             let handle = tokio::task::spawn_local(async move {
@@ -214,8 +217,8 @@ async fn session(args: TuiArgs, config: Config, source: Source) -> Result<(), Tu
                 };
                 let _ = record_tx.send(msg).await;
             });
-            tokio::task::spawn_local(source::follow(path.clone(), config, tx.clone()));
-            recording = Some((handle, stop, path, temporary));
+            tokio::task::spawn_local(source::receive(lines, config, tx.clone()));
+            recording = Some((handle, stop, args.output.clone()));
         }
     }
 
@@ -261,7 +264,7 @@ async fn session(args: TuiArgs, config: Config, source: Source) -> Result<(), Tu
         }
     };
     drop(guard);
-    if let Some((handle, stop, path, temporary)) = recording {
+    if let Some((handle, stop, path)) = recording {
         if !handle.is_finished() {
             // A signal stops the recording too (it has its own handlers);
             // a permit left unused then does no harm.
@@ -269,9 +272,7 @@ async fn session(args: TuiArgs, config: Config, source: Source) -> Result<(), Tu
             // Give the recording the time to drain and write its summary line.
             let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
         }
-        if temporary {
-            let _ = std::fs::remove_file(&path);
-        } else {
+        if let Some(path) = path {
             eprintln!("tgt-trace: the trace is in {}", path.display());
         }
     }

@@ -276,6 +276,49 @@ pub async fn follow(path: PathBuf, config: Config, tx: mpsc::Sender<Msg>) {
     }
 }
 
+/// Takes the lines of a live recording in this process (its tap), batch by
+/// batch as it drains the probes, until its summary line. Nothing goes
+/// through a file: a recording without `-o` writes nothing to disk.
+pub async fn receive(mut lines: mpsc::Receiver<Vec<Line>>, config: Config, tx: mpsc::Sender<Msg>) {
+    let mut feed: Option<Feed> = None;
+    while let Some(batch) = lines.recv().await {
+        let mut ended = None;
+        for line in batch {
+            if let Line::Header(header) = &line {
+                let info = TraceInfo::from_header("live".to_owned(), header);
+                if tx.send(Msg::Update(Update::Started(info))).await.is_err() {
+                    return;
+                }
+                feed = Some(Feed::new(header, config.clone()));
+                continue;
+            }
+            if let Some(feed) = feed.as_mut()
+                && let Some(end) = feed.line(line)
+            {
+                ended = Some(end);
+            }
+        }
+        let Some(feed) = feed.as_mut() else {
+            continue;
+        };
+        let batch = match ended {
+            Some(_) => feed.finish(),
+            None => feed.take_batch(),
+        };
+        if tx
+            .send(Msg::Update(Update::Batch(Box::new(batch))))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if let Some(ended) = ended {
+            let _ = tx.send(Msg::Update(Update::Ended(ended))).await;
+            return;
+        }
+    }
+}
+
 /// Checks a first line as `TraceReader` does: a header of a version this
 /// tgt-trace reads.
 fn header_of(first: &str, path: &std::path::Path) -> Result<Header, ReadError> {
