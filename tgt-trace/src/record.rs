@@ -354,7 +354,8 @@ async fn record_to(opts: RecordOptions) -> Result<RecordOutcome, RecordError> {
                     && tokio::time::Instant::now() >= at
                 {
                     next_snapshot = Some(at + every);
-                    let drops = Drops::new(tracer.counters()?, tracer.decode_errors());
+                    let mut drops = Drops::new(tracer.counters()?, tracer.decode_errors());
+                    drops.sink_slow = out.dropped();
                     out.matched_summary(false, drops).map_err(output_error)?;
                 }
                 // A trace is read while it is written (tail -f, tests, the
