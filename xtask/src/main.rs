@@ -9,6 +9,7 @@ mod fuzz;
 mod owned;
 mod setup;
 mod soak;
+mod soak_tui;
 
 use std::process::{Command, ExitCode};
 
@@ -58,6 +59,9 @@ enum Job {
     Soak {
         #[arg(long, default_value_t = 30)]
         minutes: u64,
+        /// Soak the live TUI (no -o) on a terminal instead of `record`.
+        #[arg(long)]
+        tui: bool,
     },
     /// Fuzz the readers of untrusted input (records, traces, replay) with N cases per target, in release.
     Fuzz {
@@ -117,7 +121,13 @@ fn main() -> ExitCode {
                 only,
             })
         }),
-        Job::Soak { minutes } => setup::run().and_then(|()| soak::run(minutes)),
+        Job::Soak { minutes, tui } => setup::run().and_then(|()| {
+            if tui {
+                soak_tui::run(minutes)
+            } else {
+                soak::run(minutes)
+            }
+        }),
         Job::Fuzz { cases } => fuzz::run(cases),
         Job::Demo {
             seconds,
