@@ -3,7 +3,7 @@
 //! records out; time comes only from event timestamps.
 //!
 //! tgtd's rules (tgt `usr/target.c`: `target_mgmt_request`, `abort_task_set`,
-//! `abort_cmd`, `target_cmd_done`; `../shared/notes/tgt-facts.md` §2):
+//! `abort_cmd`, `target_cmd_done`; README "What the matcher concludes"):
 //! - ABORT TASK covers the same tag on the same I_T nexus; ABORT TASK SET the
 //!   nexus; CLEAR TASK SET and LOGICAL UNIT RESET the LUN, all initiators.
 //! - A covered command is in tgtd's task list from queue to release. One not

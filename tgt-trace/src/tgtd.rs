@@ -19,7 +19,8 @@ use crate::locate::TaskPoint;
 pub const DEFAULT_TGTD: &str = "/usr/sbin/tgtd";
 
 /// Builds whose layout was checked field by field against tgt's source and a
-/// live daemon (`../shared/notes/tgt-facts.md` §3): GNU build id → what it is.
+/// live daemon (tags and CDB opcodes read at these offsets matched the
+/// initiator's): GNU build id → what it is.
 const KNOWN_BUILDS: &[(&str, &str)] = &[(
     "123c0b80b438c2fab733b05d8897d44df2f3837a",
     "Debian bookworm tgt 1:1.0.85-1+deb12u1 amd64",

@@ -85,8 +85,9 @@ fn cargo_home() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
 }
 
-/// bpf-linker built against the nightly toolchain's own libLLVM
-/// (../shared/notes/tgt-facts.md §5): no system LLVM, no download.
+/// bpf-linker built against the nightly toolchain's own libLLVM (its
+/// `llvm-NN` feature from `rustc +nightly -vV`, linked with an rpath to the
+/// toolchain's lib directory): no system LLVM, no download.
 fn bpf_linker() -> anyhow::Result<()> {
     let linker = cargo_home().join("bin/bpf-linker");
     if output(Command::new(&linker).arg("--version"))
