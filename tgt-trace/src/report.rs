@@ -182,8 +182,11 @@ pub fn render_text(replayed: &Replayed, orphans: &[OrphanRecord]) -> String {
         let who = o.initiator.as_deref().unwrap_or("unknown initiator");
         let _ = writeln!(
             t,
-            "  {:?}: {} (nexus {} {who}, LUN {})",
-            o.kind, o.detail, o.itn_id, o.lun
+            "  {}: {} (nexus {} {who}, LUN {})",
+            crate::correlate::orphan_name(o.kind),
+            o.detail,
+            o.itn_id,
+            o.lun
         );
     }
     let d = &replayed.drops;
