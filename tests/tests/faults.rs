@@ -11,6 +11,7 @@ use std::{
 
 use tgt_trace::{correlate::CommandOutcome, event::Event, trace::Line};
 use tgt_trace_e2e::{
+    group::Group,
     iscsi::{Command as ScsiCommand, LoginOptions, Session},
     slowio::SlowIo,
     tgtd::{Tgtd, TgtdOptions, tgt_trace_bin},
@@ -297,35 +298,6 @@ fn a_killed_and_restarted_tgtd_is_followed() {
     let _ = std::fs::remove_file(&out);
 }
 
-/// Saturating load for a while, in its own process group, stopped on drop.
-struct Load(std::process::Child);
-
-impl Load {
-    fn start(tgtd: &Tgtd) -> Load {
-        use std::os::unix::process::CommandExt as _;
-        Load(
-            Command::new("iscsi-perf")
-                .args(["-m", "32", "-b", "1", &tgtd.url(1)])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .process_group(0)
-                .spawn()
-                .expect("iscsi-perf runs"),
-        )
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        if let Ok(pgid) = i32::try_from(self.0.id()) {
-            // SAFETY: kill(2) on the process group this test created.
-            unsafe { libc::kill(-pgid, libc::SIGKILL) };
-        }
-        let _ = self.0.wait();
-    }
-}
-
 /// How a slow-reader recording is stopped.
 #[derive(Debug, Clone, Copy)]
 enum Stop {
@@ -341,7 +313,10 @@ enum Stop {
 fn a_slow_reader_does_not_hold_up(stop: Stop) {
     let tgtd = Tgtd::start(&TgtdOptions::default()).expect("tgtd starts");
     tgtd.add_null_lun(1).expect("LUN 1");
-    let _load = Load::start(&tgtd);
+    // Saturating load, stopped with its process group at the end.
+    let _load =
+        Group::spawn(Command::new("iscsi-perf").args(["-m", "32", "-b", "1", &tgtd.url(1)]))
+            .expect("iscsi-perf runs");
     let mut cmd = Command::new(tgt_trace_bin());
     cmd.args(["record", "--pid", &tgtd.pid().to_string(), "-o", "-"]);
     match stop {

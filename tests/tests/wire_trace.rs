@@ -10,7 +10,7 @@
 //! load on another portal meanwhile. Needs root, tgtd and tshark.
 
 use std::{
-    process::{Child, Command as Process, Stdio},
+    process::{Command as Process, Stdio},
     time::Duration,
 };
 
@@ -20,6 +20,7 @@ use tgt_trace::{
     report::replay,
 };
 use tgt_trace_e2e::{
+    group::Group,
     iscsi::{Command, Itt, LoginOptions, Session, Tmf, TmfFunction, scsi_status, tmf_response},
     slowio::SlowIo,
     tgtd::{Tgtd, TgtdOptions},
@@ -48,35 +49,13 @@ fn login(tgtd: &Tgtd, who: &str) -> Session {
     session
 }
 
-/// Load on a portal the capture does not see: libiscsi's iscsi-perf in its
-/// own process group, stopped (the group) on drop.
-struct Load(Child);
-
-impl Load {
-    fn start(tgtd: &Tgtd) -> Load {
-        use std::os::unix::process::CommandExt as _;
-        let portal = tgtd.add_portal().expect("a second portal");
-        let url = format!("iscsi://{portal}/{}/2", tgtd.target_iqn);
-        let child = Process::new("iscsi-perf")
-            .args(["-m", "8", "-b", "1", &url])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("iscsi-perf runs");
-        Load(child)
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        if let Ok(pgid) = i32::try_from(self.0.id()) {
-            // SAFETY: kill(2) on the process group this test created.
-            unsafe { libc::kill(-pgid, libc::SIGKILL) };
-        }
-        let _ = self.0.wait();
-    }
+/// Load on a portal the capture does not see: libiscsi's iscsi-perf,
+/// stopped with its process group when dropped.
+fn load_elsewhere(tgtd: &Tgtd) -> Group {
+    let portal = tgtd.add_portal().expect("a second portal");
+    let url = format!("iscsi://{portal}/{}/2", tgtd.target_iqn);
+    Group::spawn(Process::new("iscsi-perf").args(["-m", "8", "-b", "1", &url]))
+        .expect("iscsi-perf runs")
 }
 
 fn tmfs(records: &[Record]) -> Vec<&TmfRecord> {
@@ -108,7 +87,7 @@ fn the_trace_agrees_with_the_wire(probe_set: &str) {
     let out = tgtd.dir.join("wire.ndjson");
     let capture = Capture::start(tgtd.portal.port()).expect("the capture starts");
     let mut recording = Recording::start(&tgtd, &out, &["--probes", probe_set]);
-    let _load = Load::start(&tgtd);
+    let _load = load_elsewhere(&tgtd);
 
     // Every function from one session; tgtd's iSCSI layer answers five of
     // them itself (usr/iscsi/iscsid.c iscsi_tm_execute).
@@ -261,19 +240,6 @@ fn the_trace_agrees_with_the_wire_tmf() {
     the_trace_agrees_with_the_wire("tmf");
 }
 
-/// The demo's load, in its own process group, stopped (the group) on drop.
-struct DemoLoad(Child);
-
-impl Drop for DemoLoad {
-    fn drop(&mut self) {
-        if let Ok(pgid) = i32::try_from(self.0.id()) {
-            // SAFETY: kill(2) on the process group this test created.
-            unsafe { libc::kill(-pgid, libc::SIGKILL) };
-        }
-        let _ = self.0.wait();
-    }
-}
-
 /// How long the demo's load runs under the cross-check:
 /// `TGT_TRACE_CROSSCHECK_SECONDS`, or `default`.
 fn load_seconds(default: u64) -> u64 {
@@ -305,7 +271,7 @@ fn the_demos_load_agrees_with_the_wire(probe_set: &str, seconds: u64) {
     let out = tgtd.dir.join("demo-load.ndjson");
     let capture = Capture::start(tgtd.portal.port()).expect("the capture starts");
     let mut recording = Recording::start(&tgtd, &out, &["--probes", probe_set]);
-    let load = DemoLoad(
+    let load = Group::of(
         workload::start(&tgtd, &tgtd.add_portal().expect("a second portal"))
             .expect("the load starts"),
     );

@@ -825,7 +825,13 @@ impl Matcher {
         out: &mut Vec<Record>,
     ) {
         self.counts.commands_in += 1;
-        if let Some((seq, answered_ns, lun)) = self.held_aborts.remove(&key) {
+        // Almost always empty: no hash per command then.
+        let held = if self.held_aborts.is_empty() {
+            None
+        } else {
+            self.held_aborts.remove(&key)
+        };
+        if let Some((seq, answered_ns, lun)) = held {
             let detail = format!(
                 "ABORT TASK (TMF {seq}) was answered TASK DOES NOT EXIST for tag {:#x} while the iSCSI \
                  layer held it; the command reached the core {} µs later and ran",
@@ -1349,18 +1355,7 @@ impl Matcher {
         }
         tmf.sent = Some((response, ts));
         tmf.stranded = None;
-        if !tmf.latency_recorded {
-            tmf.latency_recorded = true;
-            let latency = ts.saturating_sub(tmf.requested_ns);
-            self.stats
-                .tmf_by_function
-                .entry(tmf.name())
-                .or_default()
-                .record_ns(latency);
-            if tmf.ret == Some(mgmt_ret::QUEUED) {
-                self.stats.deferred_wait.record_ns(latency);
-            }
-        }
+        record_latency(&mut self.stats, tmf, ts);
         self.try_finish_tmf(tk, out);
     }
 
@@ -1512,17 +1507,8 @@ impl Matcher {
             tmf.response = Some((result, ts, answer.inferred));
             // With the transmit probe the latency is taken when the
             // response leaves (tmf_sent); this is only when tgtd built it.
-            if !tmf.awaits_transmission(self.cfg.coverage) && !tmf.latency_recorded {
-                tmf.latency_recorded = true;
-                let latency = ts.saturating_sub(tmf.requested_ns);
-                self.stats
-                    .tmf_by_function
-                    .entry(tmf.name())
-                    .or_default()
-                    .record_ns(latency);
-                if tmf.ret == Some(mgmt_ret::QUEUED) {
-                    self.stats.deferred_wait.record_ns(latency);
-                }
+            if !tmf.awaits_transmission(self.cfg.coverage) {
+                record_latency(&mut self.stats, tmf, ts);
             }
         }
         self.try_finish_tmf(tk, out);
@@ -1977,6 +1963,24 @@ impl Matcher {
         self.advance(end_ns, out);
         self.close_where(TRACE_ENDED, |_, _| true, out);
         self.summary()
+    }
+}
+
+/// A TMF's latency to `ts` into the histograms, once: at its transmission
+/// when the trace sees that, else when tgtd built the response.
+fn record_latency(stats: &mut Stats, tmf: &mut Tmf, ts: u64) {
+    if tmf.latency_recorded {
+        return;
+    }
+    tmf.latency_recorded = true;
+    let latency = ts.saturating_sub(tmf.requested_ns);
+    stats
+        .tmf_by_function
+        .entry(tmf.name())
+        .or_default()
+        .record_ns(latency);
+    if tmf.ret == Some(mgmt_ret::QUEUED) {
+        stats.deferred_wait.record_ns(latency);
     }
 }
 

@@ -525,11 +525,13 @@ impl Writer {
     }
 
     fn write_records(&mut self) -> io::Result<()> {
-        let records: Vec<_> = self.records.drain(..).collect();
-        for record in records {
-            self.line(Line::from(record))?;
-        }
-        Ok(())
+        // Taken and put back, so the buffer keeps its capacity.
+        let mut records = std::mem::take(&mut self.records);
+        let result = records
+            .drain(..)
+            .try_for_each(|record| self.line(Line::from(record)));
+        self.records = records;
+        result
     }
 
     /// A snapshot, or (`is_final`) closes what is open and sums up.

@@ -143,29 +143,12 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     if !wait_for_header(&written, &mut tracer)? {
         return Ok(());
     }
-    let mut workload = owned::Group::new(
-        workload::start(
-            tgtd,
-            &tgtd
-                .add_portal()
-                .context("a portal for the throughput load")?,
-        )
-        .context("starting the workload")?,
-    );
-    let stop = Arc::new(AtomicBool::new(false));
     // The TUI owns the screen: the aborter's complaints go to a file then.
     let complaints: Box<dyn std::io::Write + Send> = match opts.view {
-        View::Tui => {
-            let log = root().join("target/demo-aborter.log");
-            Box::new(File::create(&log).with_context(|| format!("creating {}", log.display()))?)
-        }
+        View::Tui => log_file("demo-aborter.log")?,
         View::Text => Box::new(std::io::stderr()),
     };
-    let aborter = {
-        let (portal, iqn) = (tgtd.portal, tgtd.target_iqn.clone());
-        let (gate, stop) = (gate.clone(), stop.clone());
-        std::thread::spawn(move || workload::abort_loop(portal, &iqn, &gate, &stop, complaints))
-    };
+    let load = Load::start(tgtd, &gate, complaints)?;
     let status = match opts.view {
         View::Tui => tracer.wait().context("waiting for tgt-trace tui"),
         View::Text => {
@@ -180,11 +163,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         }
     };
     note("demo: stopping the load and tgtd");
-    stop.store(true, Ordering::Relaxed);
-    // The aborter's READ may be held: let it finish so the round ends now.
-    let _ = gate.release();
-    let _ = aborter.join();
-    workload.stop();
+    load.stop();
     save_from(&written, &opts.save, opts.keep_events)?;
     drop(scratch);
     let status = status?;
@@ -192,6 +171,59 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         anyhow::ensure!(status.success(), "tgt-trace {status}");
     }
     report(&opts.save, opts.keep_events)
+}
+
+/// The demo's load on a scratch tgtd (`tgt_trace_e2e::workload`): the
+/// libiscsi loop in a process group of its own, its throughput on a second
+/// portal, and the aborter on a thread. The demo, `soak` and `soak --tui`
+/// run the same.
+pub(crate) struct Load {
+    group: owned::Group,
+    stop: Arc<AtomicBool>,
+    gate: Arc<SlowIo>,
+    aborter: std::thread::JoinHandle<()>,
+}
+
+impl Load {
+    pub(crate) fn start(
+        tgtd: &Tgtd,
+        gate: &Arc<SlowIo>,
+        complaints: Box<dyn std::io::Write + Send>,
+    ) -> anyhow::Result<Load> {
+        let portal = tgtd
+            .add_portal()
+            .context("a portal for the throughput load")?;
+        let group =
+            owned::Group::new(workload::start(tgtd, &portal).context("starting the workload")?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let aborter = {
+            let (portal, iqn) = (tgtd.portal, tgtd.target_iqn.clone());
+            let (gate, stop) = (gate.clone(), stop.clone());
+            std::thread::spawn(move || workload::abort_loop(portal, &iqn, &gate, &stop, complaints))
+        };
+        Ok(Load {
+            group,
+            stop,
+            gate: gate.clone(),
+            aborter,
+        })
+    }
+
+    pub(crate) fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // The aborter's READ may be held: let it finish so the round ends now.
+        let _ = self.gate.release();
+        let _ = self.aborter.join();
+        self.group.stop();
+    }
+}
+
+/// A log file in `target/`, for what would otherwise disturb a screen.
+pub(crate) fn log_file(name: &str) -> anyhow::Result<Box<dyn std::io::Write + Send>> {
+    let log = root().join("target").join(name);
+    Ok(Box::new(
+        File::create(&log).with_context(|| format!("creating {}", log.display()))?,
+    ))
 }
 
 /// Waits until `path` has its first whole line (the header: the probes are

@@ -8,10 +8,7 @@ use std::{
     fmt::Write as _,
     io::BufReader,
     process::{Command, Stdio},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -83,26 +80,7 @@ pub fn run(minutes: u64) -> anyhow::Result<()> {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let mut load = owned::Group::new(
-        workload::start(
-            tgtd,
-            &tgtd
-                .add_portal()
-                .context("a portal for the throughput load")?,
-        )
-        .context("starting the workload")?,
-    );
-    let stop = Arc::new(AtomicBool::new(false));
-    let log = root().join("target/soak-aborter.log");
-    let complaints =
-        std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-    let aborter = {
-        let (portal, iqn, stop) = (tgtd.portal, tgtd.target_iqn.clone(), stop.clone());
-        let gate = gate.clone();
-        std::thread::spawn(move || {
-            workload::abort_loop(portal, &iqn, &gate, &stop, Box::new(complaints));
-        })
-    };
+    let load = demo::Load::start(tgtd, &gate, demo::log_file("soak-aborter.log")?)?;
 
     let total = Duration::from_secs(minutes.max(1) * 60);
     let every = (total / 30).max(Duration::from_secs(5));
@@ -135,9 +113,6 @@ pub fn run(minutes: u64) -> anyhow::Result<()> {
         );
         samples.push(sample);
     }
-    stop.store(true, Ordering::Relaxed);
-    let _ = gate.release();
-    let _ = aborter.join();
     load.stop();
     if owned::stopping().is_none() {
         // SAFETY: signalling our own child, not yet reaped; it drains and

@@ -7,10 +7,7 @@
 use std::{
     fmt::Write as _,
     process::Command,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -142,26 +139,7 @@ pub fn run(minutes: u64) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     };
     let written_before = proc_field(pid, "io", "write_bytes:");
-    let mut load = owned::Group::new(
-        workload::start(
-            tgtd,
-            &tgtd
-                .add_portal()
-                .context("a portal for the throughput load")?,
-        )
-        .context("starting the workload")?,
-    );
-    let stop = Arc::new(AtomicBool::new(false));
-    let log = root().join("target/soak-tui-aborter.log");
-    let complaints =
-        std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-    let aborter = {
-        let (portal, iqn, stop) = (tgtd.portal, tgtd.target_iqn.clone(), stop.clone());
-        let gate = gate.clone();
-        std::thread::spawn(move || {
-            workload::abort_loop(portal, &iqn, &gate, &stop, Box::new(complaints));
-        })
-    };
+    let load = demo::Load::start(tgtd, &gate, demo::log_file("soak-tui-aborter.log")?)?;
 
     let total = Duration::from_secs(minutes.max(1) * 60);
     let every = (total / 30).max(Duration::from_secs(5));
@@ -191,9 +169,6 @@ pub fn run(minutes: u64) -> anyhow::Result<()> {
         samples.push(sample);
     }
     let last_screen = tmux.screen();
-    stop.store(true, Ordering::Relaxed);
-    let _ = gate.release();
-    let _ = aborter.join();
     load.stop();
     let _ = tmux.run(&["send-keys", "-t", "soak", "q"]);
     let quit = Instant::now();
