@@ -336,6 +336,7 @@ fn write_trace(
         drops: Drops::default(),
         duration_ns: synth.now_ns().saturating_sub(start_ns),
         stopped_by: "synthetic".to_owned(),
+        sinks: Vec::new(),
     };
     line(&mut out, &Line::Summary(summary))?;
     out.flush()?;

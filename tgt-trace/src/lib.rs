@@ -1,7 +1,10 @@
 //! tgt-trace: an eBPF tracer for the tgt SCSI target framework.
 //!
-//! Data flows one way: probes → ring buffer → [`decode`] → [`correlate`] →
-//! outputs. Only [`probe`] touches aya.
+//! Data flows one way, through named seams: a [`source`] (the live probes,
+//! or a recorded trace) → the one [`pipeline::Driver`], which runs the
+//! matcher ([`correlate`]) → [`sink`]s (the NDJSON trace, the TUI's screen,
+//! `replay`/`report`/`check`). Only [`probe`], below [`source::probes`],
+//! touches aya.
 
 pub mod check;
 pub mod correlate;
@@ -9,6 +12,7 @@ pub mod decode;
 pub mod event;
 pub mod existing;
 pub mod locate;
+pub mod pipeline;
 pub mod points;
 pub mod probe;
 pub mod reader;
@@ -16,6 +20,7 @@ pub mod record;
 pub mod report;
 pub mod schema;
 pub mod sink;
+pub mod source;
 pub mod stats;
 pub mod synth;
 pub mod tgtd;
@@ -42,7 +47,11 @@ pub mod tui;
 /// `rejected_by_transport` and `no_task_not_yet_queued`, and the orphan
 /// `aborted_command_ran`. Versions 1 to 3 are still read; their TMFs'
 /// delivery is `unknown`.
-pub const SCHEMA_VERSION: u32 = 4;
+///
+/// 5 added `sinks` on `summary` and `matched_summary` lines (and in `report
+/// --json`): what each of the recording's sinks (`ndjson`, `screen`, ...)
+/// could not take, by cause. Versions 1 to 4 are still read.
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// The oldest trace format this version reads.
 pub const OLDEST_SCHEMA_VERSION: u32 = 1;

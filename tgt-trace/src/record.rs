@@ -2,29 +2,25 @@
 //! duration or the end of a command, and account for every event.
 
 use std::{
-    collections::BTreeSet,
     ffi::OsString,
     fs::{File, OpenOptions},
     io::{self, Read as _, Seek as _, SeekFrom, Write},
     os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     process::ExitStatus,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    sync::Arc,
+    time::Duration,
 };
 
-use std::sync::Arc;
-
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    sync::Notify,
-};
+use tokio::sync::Notify;
 
 use crate::{
-    correlate::{Config, Coverage, Matcher},
-    event::Event,
-    probe::{self, ProbeError, TraceOptions, Tracer},
-    sink::lines::{self, LineSink},
-    trace::{Drops, Header, Line, MatchedSummary, Summary},
+    correlate::Config,
+    pipeline::Driver,
+    probe::{ProbeError, TraceOptions},
+    sink::{Sink, SinkError, lines, ndjson},
+    source::probes::{self, LiveError, Stops},
+    trace::Summary,
 };
 
 /// Where the NDJSON goes.
@@ -37,7 +33,6 @@ pub enum Output {
     None,
 }
 
-#[derive(Debug, Clone)]
 pub struct RecordOptions {
     pub trace: TraceOptions,
     pub output: Output,
@@ -56,32 +51,10 @@ pub struct RecordOptions {
     pub quiet: bool,
     /// Create the trace file 0600 instead of 0644 (`--private`).
     pub private: bool,
-    /// An in-process consumer of every line (the live TUI): the lines of
-    /// each drain as one batch on a bounded channel. A batch it has no room
-    /// for is dropped and its lines counted (`sink_slow`): it never holds
-    /// up the drain or the stop conditions.
-    pub tap: Option<tokio::sync::mpsc::Sender<Vec<Line>>>,
-}
-
-/// The tap's side of the writer: the batch being gathered, and what could
-/// not be handed over.
-struct Tap {
-    tx: tokio::sync::mpsc::Sender<Vec<Line>>,
-    batch: Vec<Line>,
-    dropped: u64,
-}
-
-impl Tap {
-    fn hand_over(&mut self) {
-        if self.batch.is_empty() {
-            return;
-        }
-        let batch = std::mem::take(&mut self.batch);
-        let lines = batch.len() as u64;
-        if self.tx.try_send(batch).is_err() {
-            self.dropped += lines;
-        }
-    }
+    /// Sinks of the embedding program besides the NDJSON output (the live
+    /// TUI's screen). Each takes the same stream through the same driver,
+    /// and none may block it.
+    pub sinks: Vec<Box<dyn Sink>>,
 }
 
 /// The matcher run alongside the recording.
@@ -135,6 +108,8 @@ pub enum RecordError {
     },
     #[error("cannot install a signal handler: {0}")]
     Signal(#[source] io::Error),
+    #[error(transparent)]
+    Sink(SinkError),
 }
 
 /// How long the end of a recording waits for a pipe's reader to take what
@@ -144,9 +119,6 @@ pub enum RecordError {
 /// before; a stuck one would not take more in any time.
 const PIPE_FINAL_FLUSH: Duration = Duration::from_millis(200);
 const FILE_FINAL_FLUSH: Duration = Duration::from_secs(10);
-
-/// How often, in drains, to look for tgtd processes that have exited.
-const LIVENESS_EVERY: u32 = 10;
 
 pub async fn record(opts: RecordOptions) -> Result<RecordOutcome, RecordError> {
     let file = match &opts.output {
@@ -221,17 +193,23 @@ async fn record_to(opts: RecordOptions) -> Result<RecordOutcome, RecordError> {
         Output::None => "the screen".to_owned(),
     };
     let to_stdout = matches!(opts.output, Output::Stdout);
-    let output_error = |source: io::Error| {
-        if to_stdout && source.kind() == io::ErrorKind::BrokenPipe {
-            RecordError::OutputClosed
-        } else {
-            RecordError::Output {
-                target: target_name.clone(),
-                source,
+    let failed = |e: LiveError| match e {
+        LiveError::Sink(SinkError { sink, source }) if sink == ndjson::NAME => {
+            if to_stdout && source.kind() == io::ErrorKind::BrokenPipe {
+                RecordError::OutputClosed
+            } else {
+                RecordError::Output {
+                    target: target_name.clone(),
+                    source,
+                }
             }
         }
+        LiveError::Sink(e) => RecordError::Sink(e),
+        LiveError::Probe(e) => RecordError::Probe(e),
+        LiveError::Command { command, source } => RecordError::Command { command, source },
+        LiveError::Signal(e) => RecordError::Signal(e),
     };
-    let (sink, final_flush): (Option<Box<dyn Write + Send>>, Duration) = match &opts.output {
+    let (file, final_flush): (Option<Box<dyn Write + Send>>, Duration) = match &opts.output {
         // A pipe's reader may never read: the end is not held up for it.
         Output::Stdout => (Some(Box::new(io::stdout())), PIPE_FINAL_FLUSH),
         Output::File(path) => (
@@ -240,365 +218,71 @@ async fn record_to(opts: RecordOptions) -> Result<RecordOutcome, RecordError> {
         ),
         Output::None => (None, PIPE_FINAL_FLUSH),
     };
-    // Written by a thread of its own: a slow reader never holds up the
-    // ring buffer's draining or the stop conditions (crate::sink::lines).
-    let sink = sink.map(|sink| LineSink::new(sink, lines::DEFAULT_BUDGET));
-    let mut tracer = Tracer::start(&opts.trace)?;
-    let matcher = opts.matched.as_ref().map(|m| {
-        Matcher::new(Config {
-            coverage: Coverage::from_probes(tracer.points()),
-            ..m.config.clone()
-        })
-    });
-    let mut out = Writer {
-        out: sink.map(|sink| io::BufWriter::with_capacity(1 << 16, sink)),
-        tap: opts.tap.clone().map(|tx| Tap {
-            tx,
-            batch: Vec::new(),
-            dropped: 0,
-        }),
-        events: opts.matched.as_ref().is_none_or(|m| m.events),
-        matcher,
-        records: Vec::new(),
-        last_ts_ns: 0,
+    let attached = probes::attach(&opts.trace)?;
+    let config = opts
+        .matched
+        .as_ref()
+        .map(|m| m.config.clone())
+        .unwrap_or_default();
+    let sinks = sinks(file, opts.matched.as_ref(), opts.sinks);
+    let driver = Driver::new(&attached.header, config, sinks);
+    let stops = Stops {
+        duration: opts.duration,
+        command: opts.command,
+        poll: opts.poll,
+        summary_every: opts.matched.as_ref().and_then(|m| m.summary_every),
+        stop: opts.stop,
+        final_flush,
+        quiet: opts.quiet,
     };
-    let pids = match opts.trace.pid {
-        Some(pid) => vec![pid.get()],
-        None => probe::running_processes(&opts.trace.binary.path),
-    };
-    let start_monotonic_ns = probe::monotonic_ns();
-    let header = Header {
-        schema_version: crate::SCHEMA_VERSION,
-        tgt_trace_version: env!("CARGO_PKG_VERSION").to_owned(),
-        tgtd_path: opts.trace.binary.path.display().to_string(),
-        tgtd_build_id: opts.trace.binary.build_id.clone(),
-        tgtd_layout: opts.trace.binary.layout.clone(),
-        probe_set: opts.trace.set,
-        probes: tracer.points().to_vec(),
-        pids: pids.clone(),
-        pid_filter: opts.trace.pid.map(|p| p.get()),
-        start_unix_ns: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
-        start_monotonic_ns,
-        ring_bytes: opts.trace.ring_bytes,
-    };
-    out.line(Line::Header(header)).map_err(output_error)?;
-    out.flush().map_err(output_error)?;
-    // Sessions opened before the probes were attached: their initiators'
-    // names, from tgtd (through tgtadm), stamped with the trace's start.
-    let mut events: u64 = 0;
-    for &pid in &pids {
-        match crate::existing::nexuses(pid, start_monotonic_ns) {
-            Ok(found) => {
-                for event in found {
-                    events += 1;
-                    out.event(event).map_err(output_error)?;
-                }
-            }
-            Err(why) if !opts.quiet => eprintln!(
-                "tgt-trace: the initiators of tgtd {pid}'s sessions opened before tracing \
-                 are unnamed: {why}"
-            ),
-            Err(_) => {}
-        }
-    }
-    if pids.is_empty() && !opts.quiet {
-        eprintln!(
-            "tgt-trace: no {} process is running yet; its processes are traced as they start",
-            opts.trace.binary.path.display()
-        );
-    }
-
-    let mut child = match opts.command.split_first() {
-        Some((program, args)) => Some(
-            tokio::process::Command::new(program)
-                .args(args)
-                .kill_on_drop(true)
-                .spawn()
-                .map_err(|source| RecordError::Command {
-                    command: opts
-                        .command
-                        .iter()
-                        .map(|a| a.to_string_lossy())
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                    source,
-                })?,
-        ),
-        None => None,
-    };
-
-    let mut sigint = signal(SignalKind::interrupt()).map_err(RecordError::Signal)?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(RecordError::Signal)?;
-    let mut ticker = tokio::time::interval(opts.poll);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let summary_every = opts.matched.as_ref().and_then(|m| m.summary_every);
-    let mut next_snapshot = summary_every.map(|every| tokio::time::Instant::now() + every);
-    let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
-
-    let mut live: BTreeSet<u32> = pids.into_iter().collect();
-    let mut exited: BTreeSet<u32> = BTreeSet::new();
-    let mut drains: u32 = 0;
-    let mut command_status = None;
-
-    let stopped_by = loop {
-        tokio::select! {
-            _ = ticker.tick() => {
-                drains = drains.wrapping_add(1);
-                events += drain(&mut tracer, &mut out, &mut live, &exited).map_err(output_error)?;
-                if drains.is_multiple_of(LIVENESS_EVERY) {
-                    events += report_exits(&mut out, &mut live, &mut exited).map_err(output_error)?;
-                }
-                if let (Some(every), Some(at)) = (summary_every, next_snapshot)
-                    && tokio::time::Instant::now() >= at
-                {
-                    next_snapshot = Some(at + every);
-                    let mut drops = Drops::new(tracer.counters()?, tracer.decode_errors());
-                    drops.sink_slow = out.dropped();
-                    out.matched_summary(false, drops).map_err(output_error)?;
-                }
-                // A trace is read while it is written (tail -f, tests, the
-                // TUI); one hand-over per drain keeps it current.
-                out.flush().map_err(output_error)?;
-                if let Some(e) = out.out.as_ref().and_then(|o| o.get_ref().take_error()) {
-                    return Err(output_error(e));
-                }
-            }
-            _ = sigint.recv() => break "signal",
-            _ = sigterm.recv() => break "signal",
-            () = notified(opts.stop.as_deref()) => break "stopped",
-            () = sleep_until(deadline) => break "duration",
-            status = wait_for(&mut child) => {
-                command_status = Some(status.map_err(|source| RecordError::Command {
-                    command: "the command".to_owned(),
-                    source,
-                })?);
-                break "command exited";
+    let ended = probes::run(attached, driver, &stops)
+        .await
+        .map_err(failed)?;
+    let summary = ended.summary;
+    if !opts.quiet {
+        for loss in &summary.sinks {
+            let when = match loss.cause.as_str() {
+                "unsent" => format!("not taken within {final_flush:?} at the end"),
+                _ => "dropped while recording".to_owned(),
+            };
+            if loss.sink == ndjson::NAME {
+                eprintln!(
+                    "tgt-trace: the reader of {target_name} was too slow: {} {} {when} \
+                     (sink_slow; the trace is incomplete, and check gives no verdict on it)",
+                    loss.lost, loss.unit
+                );
+            } else {
+                eprintln!(
+                    "tgt-trace: the {} sink was too slow: {} {} {when}",
+                    loss.sink, loss.lost, loss.unit
+                );
             }
         }
-    };
-
-    // No probe fires once they are detached: everything they submitted is
-    // in the ring then, and the last drain takes it all.
-    tracer.detach();
-    events += drain(&mut tracer, &mut out, &mut live, &exited).map_err(output_error)?;
-    events += report_exits(&mut out, &mut live, &mut exited).map_err(output_error)?;
-    let mut drops = Drops::new(tracer.counters()?, tracer.decode_errors());
-    drops.sink_slow = out.dropped();
-    out.matched_summary(true, drops).map_err(output_error)?;
-    let mut summary = Summary {
-        events,
-        drops,
-        duration_ns: probe::monotonic_ns().saturating_sub(start_monotonic_ns),
-        stopped_by: stopped_by.to_owned(),
-    };
-    out.line(Line::Summary(summary.clone()))
-        .map_err(output_error)?;
-    // A bounded final flush: what the reader has not taken by then is
-    // counted, and recording ends on time.
-    let mut undelivered = lines::Undelivered::default();
-    if let Some(tap) = &mut out.tap {
-        let batch = std::mem::take(&mut tap.batch);
-        let n = batch.len() as u64;
-        if !batch.is_empty()
-            && !matches!(
-                tokio::time::timeout(final_flush, tap.tx.send(batch)).await,
-                Ok(Ok(()))
-            )
-        {
-            tap.dropped += n;
-        }
-        undelivered.dropped += tap.dropped;
-    }
-    if let Some(out) = out.out.take() {
-        let sink = out.into_inner().map_err(|e| output_error(e.into_error()))?;
-        let (file, error) = sink.close(final_flush);
-        if let Some(e) = error {
-            return Err(output_error(e));
-        }
-        undelivered.dropped += file.dropped;
-        undelivered.unwritten += file.unwritten;
-    }
-    summary.drops.sink_slow = undelivered.dropped.saturating_add(undelivered.unwritten);
-    if summary.drops.sink_slow > 0 && !opts.quiet {
-        eprintln!(
-            "tgt-trace: the reader of {target_name} was too slow: {} lines dropped while \
-             recording and {} not taken within {:?} at the end (sink_slow; the trace is \
-             incomplete, and check gives no verdict on it)",
-            undelivered.dropped, undelivered.unwritten, final_flush
-        );
     }
     Ok(RecordOutcome {
         summary,
-        command_status,
+        command_status: ended.command_status,
     })
 }
 
-/// Never completes without a deadline.
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
+/// The sinks of a recording: where they are chosen. A new sink is one more
+/// line here.
+fn sinks(
+    file: Option<Box<dyn Write + Send>>,
+    matched: Option<&Matching>,
+    embedded: Vec<Box<dyn Sink>>,
+) -> Vec<Box<dyn Sink>> {
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    if let Some(file) = file {
+        sinks.push(Box::new(ndjson::NdjsonSink::new(
+            file,
+            lines::DEFAULT_BUDGET,
+            matched.is_some(),
+            matched.is_none_or(|m| m.events),
+        )));
     }
-}
-
-/// Never completes without a stop handle.
-async fn notified(stop: Option<&Notify>) {
-    match stop {
-        Some(stop) => stop.notified().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Never completes without a child.
-async fn wait_for(child: &mut Option<tokio::process::Child>) -> io::Result<ExitStatus> {
-    match child {
-        Some(child) => child.wait().await,
-        None => std::future::pending().await,
-    }
-}
-
-fn write_line(out: &mut impl Write, line: &Line) -> io::Result<()> {
-    serde_json::to_writer(&mut *out, line).map_err(io::Error::other)?;
-    out.write_all(b"\n")
-}
-
-/// The trace being written: each event, and with `--matched` what the
-/// matcher concludes from it, right after it.
-struct Writer {
-    out: Option<io::BufWriter<LineSink>>,
-    tap: Option<Tap>,
-    /// Whether event lines are written (see [`Matching::events`]).
-    events: bool,
-    matcher: Option<Matcher>,
-    records: Vec<crate::correlate::Record>,
-    last_ts_ns: u64,
-}
-
-impl Writer {
-    fn event(&mut self, event: Event) -> io::Result<()> {
-        // The same clock `replay` uses, so both conclude the same.
-        self.last_ts_ns = self.last_ts_ns.max(event.ts_ns());
-        if let Some(matcher) = &mut self.matcher {
-            matcher.push(&event, &mut self.records);
-        }
-        if self.events
-            && let Some(out) = &mut self.out
-        {
-            write_line(out, &Line::Event(event.clone()))?;
-        }
-        // The tap drives a matcher of its own (the TUI's): every event.
-        if let Some(tap) = &mut self.tap {
-            tap.batch.push(Line::Event(event));
-        }
-        self.write_records()
-    }
-
-    /// A line to the output and the tap.
-    fn line(&mut self, line: Line) -> io::Result<()> {
-        if let Some(out) = &mut self.out {
-            write_line(out, &line)?;
-        }
-        if let Some(tap) = &mut self.tap {
-            tap.batch.push(line);
-        }
-        Ok(())
-    }
-
-    /// Hands what is written so far on: to the output's writer thread, and
-    /// as one batch to the tap.
-    fn flush(&mut self) -> io::Result<()> {
-        if let Some(out) = &mut self.out {
-            out.flush()?;
-        }
-        if let Some(tap) = &mut self.tap {
-            tap.hand_over();
-        }
-        Ok(())
-    }
-
-    /// Lines the output's reader or the tap could not take so far.
-    fn dropped(&self) -> u64 {
-        let file = self.out.as_ref().map_or(0, |o| o.get_ref().dropped());
-        file + self.tap.as_ref().map_or(0, |t| t.dropped)
-    }
-
-    fn write_records(&mut self) -> io::Result<()> {
-        // Taken and put back, so the buffer keeps its capacity.
-        let mut records = std::mem::take(&mut self.records);
-        let result = records
-            .drain(..)
-            .try_for_each(|record| self.line(Line::from(record)));
-        self.records = records;
-        result
-    }
-
-    /// A snapshot, or (`is_final`) closes what is open and sums up.
-    fn matched_summary(&mut self, is_final: bool, drops: Drops) -> io::Result<()> {
-        let Some(matcher) = &mut self.matcher else {
-            return Ok(());
-        };
-        let summary = if is_final {
-            matcher.finish(self.last_ts_ns, &mut self.records)
-        } else {
-            matcher.summary()
-        };
-        self.write_records()?;
-        let line = Line::MatchedSummary(Box::new(MatchedSummary {
-            is_final,
-            at_ns: self.last_ts_ns,
-            summary,
-            drops,
-            complete: is_final,
-            skipped_lines: 0,
-        }));
-        self.line(line)
-    }
-}
-
-fn drain(
-    tracer: &mut Tracer,
-    out: &mut Writer,
-    live: &mut BTreeSet<u32>,
-    exited: &BTreeSet<u32>,
-) -> io::Result<u64> {
-    let mut result = Ok(());
-    let mut n = 0;
-    tracer.drain(|event| {
-        if result.is_err() {
-            return;
-        }
-        let pid = event.pid();
-        if !exited.contains(&pid) {
-            live.insert(pid);
-        }
-        n += 1;
-        result = out.event(event);
-    });
-    result.map(|()| n)
-}
-
-/// Emits a `process_exit` event for each traced tgtd that is gone.
-fn report_exits(
-    out: &mut Writer,
-    live: &mut BTreeSet<u32>,
-    exited: &mut BTreeSet<u32>,
-) -> io::Result<u64> {
-    let gone: Vec<u32> = live
-        .iter()
-        .copied()
-        .filter(|&pid| !probe::process_alive(pid))
-        .collect();
-    for &pid in &gone {
-        live.remove(&pid);
-        exited.insert(pid);
-        out.event(Event::ProcessExit {
-            ts_ns: probe::monotonic_ns(),
-            pid,
-        })?;
-    }
-    Ok(gone.len() as u64)
+    sinks.extend(embedded);
+    sinks
 }
 
 #[cfg(test)]

@@ -2,86 +2,35 @@
 
 use std::fmt::Write as _;
 
+pub use crate::source::file::{ReplayError, Replayed};
 use crate::{
-    correlate::{Config, Coverage, Matcher, OrphanRecord, Record, Summary},
+    correlate::{Config, OrphanRecord, Record, Summary},
+    pipeline::Driver,
     reader::{ReadError, TraceReader},
+    sink::records::RecordsSink,
+    source::file,
     stats::LatencySummary,
-    trace::{Drops, Line, MatchedSummary},
+    trace::{Drops, MatchedSummary, SinkLoss},
 };
 
-/// What a replay found besides the matcher's summary.
-#[derive(Debug, Clone, Default)]
-pub struct Replayed {
-    pub summary: Option<Summary>,
-    /// Drops the recording reported in its summary line.
-    pub drops: Drops,
-    /// The recording ended with its summary line (it was stopped cleanly).
-    pub complete: bool,
-    /// Lines skipped in lenient mode.
-    pub skipped: u64,
-    /// The latest event timestamp: where the matcher's clock ended.
-    pub last_ts_ns: u64,
-}
-
-/// Runs every event of `reader` through a matcher configured from the
-/// trace's header, handing each record to `sink` as it is concluded.
-///
-/// A trace recorded with `record --matched --no-events` has no events to
-/// match: its matched lines and its final `matched_summary` are taken as
-/// recorded (with the recording's limits, not `cfg`'s).
+/// Runs every event of `reader` through the driver's matcher, configured
+/// from the trace's header, handing each record to `each` as it is
+/// concluded (see [`crate::source::file`]).
 pub fn replay(
     reader: &mut TraceReader,
-    mut cfg: Config,
-    mut sink: impl FnMut(&Record),
+    config: Config,
+    each: impl FnMut(&Record),
 ) -> Result<Replayed, ReadError> {
-    cfg.coverage = Coverage::from_probes(&reader.header().probes);
-    let mut matcher = Matcher::new(cfg);
-    let mut out = Vec::new();
-    let mut replayed = Replayed::default();
-    let mut last_ts = 0;
-    let mut events_seen = false;
-    let mut recorded: Option<MatchedSummary> = None;
-    for line in reader.by_ref() {
-        match line? {
-            Line::Event(event) => {
-                events_seen = true;
-                last_ts = last_ts.max(event.ts_ns());
-                matcher.push(&event, &mut out);
-                out.drain(..).for_each(|r| sink(&r));
-            }
-            Line::Summary(s) => {
-                replayed.drops = s.drops;
-                replayed.complete = true;
-            }
-            // What `record --matched` concluded live is concluded again here,
-            // from the events, with this run's limits; matched lines come
-            // after the events that concluded them, so before any event they
-            // are a trace without events.
-            Line::Command(c) if !events_seen => sink(&Record::Command(c)),
-            Line::Tmf(t) if !events_seen => sink(&Record::Tmf(t)),
-            Line::Orphan(o) if !events_seen => sink(&Record::Orphan(o)),
-            Line::MatchedSummary(m) if m.is_final && !events_seen => recorded = Some(*m),
-            Line::Header(_)
-            | Line::Command(_)
-            | Line::Tmf(_)
-            | Line::Orphan(_)
-            | Line::MatchedSummary(_) => {}
-        }
-    }
-    match recorded {
-        Some(m) if !events_seen => {
-            replayed.summary = Some(m.summary);
-            replayed.last_ts_ns = m.at_ns;
-        }
-        _ => {
-            let summary = matcher.finish(last_ts, &mut out);
-            out.drain(..).for_each(|r| sink(&r));
-            replayed.summary = Some(summary);
-            replayed.last_ts_ns = last_ts;
-        }
-    }
-    replayed.skipped = reader.skipped();
-    Ok(replayed)
+    let header = reader.header().clone();
+    let mut driver = Driver::new(&header, config, vec![Box::new(RecordsSink(each))]);
+    file::replay(reader, &mut driver).map_err(|e| match e {
+        ReplayError::Read(e) => e,
+        // The records sink does no I/O of its own; kept for completeness.
+        ReplayError::Sink(e) => ReadError::Io {
+            source_name: format!("the {} sink", e.sink),
+            source: e.source,
+        },
+    })
 }
 
 /// `tgt-trace report --json`.
@@ -99,6 +48,9 @@ pub struct ReportJson {
     pub complete: bool,
     /// Lines skipped by `--lenient`.
     pub skipped_lines: u64,
+    /// What each of the recording's sinks could not take.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sinks: Vec<SinkLoss>,
 }
 
 impl Replayed {
@@ -110,6 +62,7 @@ impl Replayed {
             drops: self.drops,
             complete: self.complete,
             skipped_lines: self.skipped,
+            sinks: self.sinks.clone(),
         })
     }
 
@@ -122,6 +75,7 @@ impl Replayed {
             drops: self.drops,
             complete: self.complete,
             skipped_lines: self.skipped,
+            sinks: self.sinks.clone(),
         })
     }
 }

@@ -59,6 +59,9 @@ pub struct MatchedSummary {
     pub complete: bool,
     /// Lines skipped by `--lenient` while replaying.
     pub skipped_lines: u64,
+    /// What each of the recording's sinks could not take so far.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sinks: Vec<SinkLoss>,
 }
 
 /// The first line: what was traced, and how.
@@ -96,6 +99,28 @@ pub struct Summary {
     /// Why recording stopped: "signal", "duration", "command exited", or
     /// "stopped" (the TUI was quit).
     pub stopped_by: String,
+    /// What each of the recording's sinks could not take (the trace's own
+    /// lost lines are also in `drops.sink_slow`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sinks: Vec<SinkLoss>,
+}
+
+/// What one sink of a recording could not take, and why. A sink never holds
+/// up the recording: a consumer too slow for it loses whole items, counted
+/// here. The `ndjson` sink's lines are the trace's own (`drops.sink_slow`);
+/// the `screen` (the live TUI) and `metrics` sinks lose only what they show.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SinkLoss {
+    /// `ndjson`, `screen` or `metrics`.
+    pub sink: String,
+    /// `slow`: its consumer did not keep up; `unsent`: still waiting when
+    /// the bounded final flush ended.
+    pub cause: String,
+    /// How many were lost.
+    pub lost: u64,
+    /// What `lost` counts: `lines` or `records`.
+    pub unit: String,
 }
 
 /// Every way an event can be lost. Any non-zero field makes a trace incomplete.

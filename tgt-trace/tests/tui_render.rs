@@ -242,6 +242,7 @@ fn screens_with_drops() {
         },
         duration_ns: 21_752_139,
         stopped_by: "signal".to_owned(),
+        sinks: Vec::new(),
     }));
     snapshot_every_view("drops", app_from(&header, lines));
 }

@@ -10,7 +10,7 @@ use crate::{
     correlate::{CommandOutcome, Counts, InFlight, OrphanRecord, Record, Summary, TmfRecord},
     event::OpClass,
     stats::StatsSummary,
-    trace::Drops,
+    trace::{Drops, SinkLoss},
 };
 
 /// Concluded TMFs and orphans kept for the lists; the oldest go first.
@@ -315,6 +315,8 @@ pub struct Data {
     pub in_flight_total: usize,
     pub summary: Summary,
     pub drops: Drops,
+    /// What the recording's sinks (the screen among them) could not take.
+    pub sinks: Vec<SinkLoss>,
     /// Lines of the trace that could not be read, and why (the last one).
     pub problem: Option<String>,
 }
@@ -339,6 +341,7 @@ impl Default for Data {
                 histograms: StatsSummary::default(),
             },
             drops: Drops::default(),
+            sinks: Vec::new(),
             problem: None,
         }
     }
@@ -401,6 +404,9 @@ impl Data {
         self.summary = batch.summary;
         if let Some(drops) = batch.drops {
             self.drops = drops;
+        }
+        if !batch.sinks.is_empty() {
+            self.sinks = batch.sinks;
         }
     }
 

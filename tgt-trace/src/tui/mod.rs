@@ -1,10 +1,9 @@
 //! `tgt-trace tui`: the matcher's view of a trace, live or replayed, on a
 //! terminal screen.
 //!
-//! Data flows one way: a source (a replayed file, or a live recording's
-//! lines handed over in process) → [`feed::Feed`] (the matcher) → a channel
-//! → [`app::App`]
-//! → [`ui`], which draws it. Keys come over the same channel; the few that
+//! Data flows one way: a source (the live probes, or a replayed file) → the
+//! pipeline's one driver (the matcher) → [`feed::Screen`], a sink → a
+//! bounded channel → [`app::App`] → [`ui`], which draws it. Keys come over the same channel; the few that
 //! need I/O (quit, save, step) come back from the app as [`app::Effect`]s.
 
 pub mod app;
@@ -41,11 +40,6 @@ use crate::{
     reader::{ReadError, TraceReader},
     record::{Matching, Output, RecordError, RecordOptions, record},
 };
-
-/// Batches (one per drain of the ring buffer, every `--poll`) that may wait
-/// for the screen's feed; past this, a batch is dropped and counted
-/// (`sink_slow`, shown in the header) rather than held up the recording.
-const TAP_BATCHES: usize = 256;
 
 /// `tgt-trace tui`'s own options; the attach and matcher options are
 /// shared with `record` and `replay`.
@@ -189,7 +183,6 @@ async fn session(args: TuiArgs, config: Config, source: Source) -> Result<(), Tu
                 Some(path) => Output::File(path.clone()),
                 None => Output::None,
             };
-            let (tap, lines) = mpsc::channel(TAP_BATCHES);
             let stop = Arc::new(Notify::new());
             let opts = RecordOptions {
                 trace: *trace,
@@ -207,7 +200,8 @@ async fn session(args: TuiArgs, config: Config, source: Source) -> Result<(), Tu
                 stop: Some(stop.clone()),
                 quiet: true,
                 private: args.private,
-                tap: Some(tap),
+                // The screen is a sink of the recording's own driver.
+                sinks: vec![Box::new(feed::Screen::live(tx.clone(), "live"))],
             };
             let record_tx = tx.clone();
             let handle = tokio::task::spawn_local(async move {
@@ -217,7 +211,6 @@ async fn session(args: TuiArgs, config: Config, source: Source) -> Result<(), Tu
                 };
                 let _ = record_tx.send(msg).await;
             });
-            tokio::task::spawn_local(source::receive(lines, config, tx.clone()));
             recording = Some((handle, stop, args.output.clone()));
         }
     }

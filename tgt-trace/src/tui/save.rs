@@ -67,6 +67,7 @@ pub fn visible_lines(app: &App) -> Vec<Line> {
             drops: data.drops,
             complete: false,
             skipped_lines: 0,
+            sinks: data.sinks.clone(),
         }))],
     }
 }

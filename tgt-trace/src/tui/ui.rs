@@ -130,6 +130,17 @@ fn render_header(app: &App, data: &Data, area: Rect, buf: &mut Buffer) {
             ALERT,
         ));
     }
+    // What a sink other than the trace file could not take: the screen
+    // itself, when it fell behind the recording.
+    for loss in data.sinks.iter().filter(|l| l.sink != "ndjson") {
+        second.push(Span::styled(
+            format!(
+                "  {} {} {} lost ({})",
+                loss.sink, loss.lost, loss.unit, loss.cause
+            ),
+            ALERT,
+        ));
+    }
     // The state goes first: a long drops line may be cut at the right.
     if let Some(ended) = &data.ended {
         second.insert(

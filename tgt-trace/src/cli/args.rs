@@ -1,0 +1,131 @@
+//! The options several commands share, and their parsers.
+
+use std::{num::NonZeroU32, path::PathBuf, time::Duration};
+
+use tgt_trace::{
+    correlate::Config,
+    probe::{ProbeSet, TraceOptions},
+    tgtd::{DEFAULT_TGTD, TgtdBinary},
+};
+
+#[derive(clap::Args, Clone)]
+pub struct AttachArgs {
+    /// The tgtd binary whose processes are traced.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_TGTD)]
+    pub tgtd: PathBuf,
+    /// Trace only this tgtd process (filtered in the kernel).
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<NonZeroU32>,
+    /// Probe set: tmf (1 hit per command), lean (2), full (4; adds queue-wait time).
+    #[arg(long, value_enum, default_value = "lean")]
+    pub probes: ProbeSet,
+    /// Ring buffer size in bytes (a power of two, at least 4096).
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20, value_parser = parse_ring_size)]
+    pub ring_size: u32,
+    /// How often the ring buffer is drained.
+    #[arg(long, value_name = "DURATION", default_value = "20ms", value_parser = parse_duration)]
+    pub poll: Duration,
+}
+
+impl AttachArgs {
+    /// What to trace: the binary is checked here, before anything attaches.
+    pub fn trace_options(&self) -> anyhow::Result<TraceOptions> {
+        Ok(TraceOptions {
+            binary: TgtdBinary::inspect(&self.tgtd)?,
+            pid: self.pid,
+            set: self.probes,
+            ring_bytes: self.ring_size,
+        })
+    }
+}
+
+/// The matcher's limits.
+#[derive(clap::Args, Clone)]
+pub struct MatchArgs {
+    /// A TMF without a response this long after its request is unanswered (orphan c).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    tmf_timeout: Duration,
+    /// ABORT TASK finding nothing this soon after the tag's release is a race.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    race_window: Duration,
+    /// Commands tracked at once; the oldest beyond this are evicted (and counted).
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    max_commands: usize,
+    /// TMFs tracked at once; the oldest beyond this are evicted (and counted).
+    #[arg(long, value_name = "N", default_value_t = 65_536)]
+    max_tmfs: usize,
+}
+
+impl MatchArgs {
+    pub fn config(&self) -> Config {
+        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        Config {
+            tmf_timeout_ns: ns(self.tmf_timeout),
+            race_window_ns: ns(self.race_window),
+            max_commands: self.max_commands.max(1),
+            max_tmfs: self.max_tmfs.max(1),
+            ..Config::default()
+        }
+    }
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration; use e.g. 500ms, 30s, 2m"))?;
+    let seconds = match unit {
+        "ns" => value / 1e9,
+        "us" | "µs" => value / 1e6,
+        "ms" => value / 1e3,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "'{unit}' is not a duration unit; use ns, us, ms, s, m or h"
+            ));
+        }
+    };
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(format!("'{text}' is not a duration"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+pub fn parse_ring_size(text: &str) -> Result<u32, String> {
+    let size: u32 = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a byte count"))?;
+    if size < 4096 || !size.is_power_of_two() {
+        return Err(format!(
+            "ring size {size} must be a power of two and at least 4096"
+        ));
+    }
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn ring_size_must_be_a_power_of_two() {
+        assert_eq!(parse_ring_size("4096"), Ok(4096));
+        assert!(parse_ring_size("5000").is_err());
+        assert!(parse_ring_size("1024").is_err());
+    }
+}
