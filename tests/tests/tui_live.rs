@@ -1,6 +1,10 @@
 //! Issue 5: `tgt-trace tui` attached live to a real tgtd inside tmux shows
 //! the TMF libiscsi sends, quits on `q` (or SIGTERM) with status 0, restores
 //! the terminal, and leaves a complete NDJSON trace behind (`-o`).
+//!
+//! Issue 14: the screen is a sink of the recording's own driver; the TMF
+//! records it shows (saved with `s`) are those `replay` concludes from the
+//! trace the same run wrote.
 
 use std::{
     process::{Command, Output},
@@ -134,9 +138,10 @@ fn live_tui(quit: Quit) {
         Quit::Key | Quit::Sigterm => format!("-o {}", out.display()),
     };
     let command = format!(
-        "{} tui --pid {} {output}; echo $? > {}; sleep 60",
+        "{} tui --pid {} {output} --save-dir {}; echo $? > {}; sleep 60",
         tgt_trace_bin().display(),
         tgtd.pid(),
+        tgtd.dir.display(),
         status.display()
     );
     let started = tmux.run(&[
@@ -154,20 +159,26 @@ fn live_tui(quit: Quit) {
     tmux.wait_for("the live header", |s| {
         s.contains("tgt-trace live") && s.contains(&format!("tgtd pid {}", tgtd.pid()))
     });
-    let cu = Command::new("iscsi-test-cu")
-        .args([
-            "--dataloss",
-            "-t",
-            "iSCSI.iSCSITMF.LUNResetSimpleAsync",
-            &tgtd.url(1),
-        ])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("iscsi-test-cu runs");
-    eprintln!("iscsi-test-cu: {cu}");
+    for test in [
+        "iSCSI.iSCSITMF.AbortTaskSimpleAsync",
+        "iSCSI.iSCSITMF.LUNResetSimpleAsync",
+    ] {
+        let cu = Command::new("iscsi-test-cu")
+            .args(["--dataloss", "-t", test, &tgtd.url(1)])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("iscsi-test-cu runs");
+        eprintln!("iscsi-test-cu {test}: {cu}");
+    }
     tmux.run(&["send-keys", "-t", "t", "2"]);
     let screen = tmux.wait_for("the LUN RESET row", |s| s.contains("LUN_RESET"));
     assert!(screen.contains("drops 0"), "{screen}");
+    // The TMFs view's records, as the screen's sink got them.
+    let saved = tgtd.dir.join("tgt-trace-tmfs-1.ndjson");
+    if quit == Quit::Key {
+        tmux.run(&["send-keys", "-t", "t", "s"]);
+        tmux.wait_for("the saved screen", |s| s.contains("saved "));
+    }
     if quit == Quit::KeyWithoutOutput {
         let pid = tui_pid(&tmux);
         assert_eq!(open_files(pid), Vec::<String>::new(), "tgt-trace {pid}");
@@ -242,4 +253,35 @@ fn live_tui(quit: Quit) {
             .any(|l| l.contains(r#""type":"tmf""#) && l.contains("LOGICAL_UNIT_RESET")),
         "the trace has the matched LUN RESET"
     );
+    if quit == Quit::Key {
+        screen_records_are_replays(&saved, &out);
+    }
+}
+
+/// Every TMF record the screen showed is one `replay` concludes from the
+/// run's trace, field for field.
+fn screen_records_are_replays(saved: &std::path::Path, trace: &std::path::Path) {
+    let shown: Vec<serde_json::Value> = std::fs::read_to_string(saved)
+        .expect("the saved TMFs view")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    assert!(!shown.is_empty(), "the TMFs view showed concluded TMFs");
+    let replayed = Command::new(tgt_trace_bin())
+        .arg("replay")
+        .arg(trace)
+        .output()
+        .expect("replay runs");
+    assert!(replayed.status.success(), "replay");
+    let replayed: Vec<serde_json::Value> = String::from_utf8_lossy(&replayed.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .filter(|v: &serde_json::Value| v["type"] == "tmf")
+        .collect();
+    for record in &shown {
+        assert!(
+            replayed.contains(record),
+            "the screen showed a TMF record replay does not conclude:\n{record}\nreplay: {replayed:?}"
+        );
+    }
 }
