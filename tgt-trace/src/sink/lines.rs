@@ -13,7 +13,7 @@ use std::{
         mpsc,
     },
     thread::JoinHandle,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 /// Bytes that may wait for the writer thread; past this, lines are dropped.
@@ -41,6 +41,8 @@ pub struct LineSink {
     shared: Arc<Shared>,
     tx: Option<mpsc::Sender<Vec<u8>>>,
     thread: Option<JoinHandle<()>>,
+    /// Disconnected when the writer thread ends: `close` waits on it.
+    done: mpsc::Receiver<()>,
 }
 
 /// What the sink could not deliver when it was closed.
@@ -62,11 +64,15 @@ impl LineSink {
             error: Mutex::new(None),
         });
         let (tx, rx) = mpsc::channel::<Vec<u8>>();
+        let (done_tx, done) = mpsc::channel::<()>();
         let thread = {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("trace-writer".to_owned())
-                .spawn(move || write_loop(out, &rx, &shared))
+                .spawn(move || {
+                    write_loop(out, &rx, &shared);
+                    drop(done_tx);
+                })
                 .ok()
         };
         LineSink {
@@ -75,6 +81,7 @@ impl LineSink {
             shared,
             tx: Some(tx),
             thread,
+            done,
         }
     }
 
@@ -121,13 +128,14 @@ impl LineSink {
     pub fn close(mut self, within: Duration) -> (Undelivered, Option<io::Error>) {
         self.hand_over();
         drop(self.tx.take());
-        let deadline = Instant::now() + within;
         if let Some(thread) = self.thread.take() {
-            while !thread.is_finished() && Instant::now() < deadline {
-                // Bounded by `within`: the final flush of a recording.
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            if thread.is_finished() {
+            // The thread drops its end of `done` as it returns: this waits
+            // for that, or for `within`, whichever comes first.
+            let ended = matches!(
+                self.done.recv_timeout(within),
+                Err(mpsc::RecvTimeoutError::Disconnected)
+            );
+            if ended {
                 let _ = thread.join();
             }
         }
@@ -180,6 +188,8 @@ fn write_loop(mut out: Box<dyn Write + Send>, rx: &mpsc::Receiver<Vec<u8>>, shar
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
 
     /// A reader that never reads: every write blocks until `open` is set.
