@@ -83,12 +83,26 @@ fn screen_drops(screen: &str) -> Option<u64> {
     rest[..end].parse().ok()
 }
 
+/// "screen N records lost" from the TUI's header: what the screen's own
+/// sink could not take (absent: nothing).
+fn screen_lost(screen: &str) -> u64 {
+    screen
+        .find("screen ")
+        .map(|at| &screen[at + "screen ".len()..])
+        .and_then(|rest| {
+            let (n, rest) = rest.split_once(' ')?;
+            rest.starts_with("records lost").then(|| n.parse().ok())?
+        })
+        .unwrap_or(0)
+}
+
 struct Sample {
     at: Duration,
     rss_kb: u64,
     hwm_kb: u64,
     write_bytes: u64,
     drops: Option<u64>,
+    screen_lost: u64,
 }
 
 pub fn run(minutes: u64) -> anyhow::Result<()> {
@@ -157,14 +171,17 @@ pub fn run(minutes: u64) -> anyhow::Result<()> {
             hwm_kb: proc_field(pid, "status", "VmHWM:"),
             write_bytes: proc_field(pid, "io", "write_bytes:").saturating_sub(written_before),
             drops: screen_drops(&screen),
+            screen_lost: screen_lost(&screen),
         };
         eprintln!(
-            "soak --tui: {:>6.0}s RSS {:>7} kB (peak {:>7} kB) written {} B drops {:?}",
+            "soak --tui: {:>6.0}s RSS {:>7} kB (peak {:>7} kB) written {} B drops {:?} \
+             screen lost {}",
             sample.at.as_secs_f64(),
             sample.rss_kb,
             sample.hwm_kb,
             sample.write_bytes,
-            sample.drops
+            sample.drops,
+            sample.screen_lost
         );
         samples.push(sample);
     }
@@ -190,18 +207,19 @@ fn report(minutes: u64, samples: &[Sample], last_screen: &str) -> anyhow::Result
     let mut table = String::new();
     let _ = writeln!(
         table,
-        "| at | RSS (kB) | peak RSS (kB) | bytes written to storage | drops shown |"
+        "| at | RSS (kB) | peak RSS (kB) | bytes written to storage | drops shown | records the screen lost |"
     );
-    let _ = writeln!(table, "|---|---|---|---|---|");
+    let _ = writeln!(table, "|---|---|---|---|---|---|");
     for s in samples {
         let _ = writeln!(
             table,
-            "| {:.0} s | {} | {} | {} | {} |",
+            "| {:.0} s | {} | {} | {} | {} | {} |",
             s.at.as_secs_f64(),
             s.rss_kb,
             s.hwm_kb,
             s.write_bytes,
-            s.drops.map_or("?".to_owned(), |d| d.to_string())
+            s.drops.map_or("?".to_owned(), |d| d.to_string()),
+            s.screen_lost
         );
     }
     let warm = samples.get(samples.len() / 10).map_or(0, |s| s.rss_kb);
@@ -209,15 +227,17 @@ fn report(minutes: u64, samples: &[Sample], last_screen: &str) -> anyhow::Result
     let peak = samples.iter().map(|s| s.hwm_kb).max().unwrap_or(0);
     let written = samples.last().map_or(0, |s| s.write_bytes);
     let drops = samples.last().and_then(|s| s.drops);
+    let lost = samples.last().map_or(0, |s| s.screen_lost);
     let goal = |ok: bool| if ok { "met" } else { "MISSED" };
     let verdict = format!(
         "{minutes} min: RSS {warm} kB after warm-up, {last} kB at the end, peak {peak} kB \
          (goal ≤ 64 MiB and flat: {}); {written} bytes written to storage (goal 0: {}); \
-         drops {} (goal 0: {}).",
+         drops {} (goal 0: {}); records the screen's sink lost {lost} (goal 0: {}).",
         goal(peak <= 64 * 1024 && last <= warm + warm / 10),
         goal(written == 0),
         drops.map_or("unknown".to_owned(), |d| d.to_string()),
         goal(drops == Some(0)),
+        goal(lost == 0),
     );
     println!("{table}\n{verdict}");
     let block = format!(
@@ -225,9 +245,23 @@ fn report(minutes: u64, samples: &[Sample], last_screen: &str) -> anyhow::Result
          tui --pid PID` (no `-o`) in a tmux terminal of 80×24 under the demo's workload \
          (libiscsi throughput on a second portal and TMF tests, the project's aborter); RSS \
          and `write_bytes` (`/proc/PID/io`: bytes handed to the storage layer) are \
-         tgt-trace's, drops are the TUI header's.\n\n{table}\n{verdict}\n\nThe screen at \
+         tgt-trace's, drops and the screen's losses are the TUI header's; the screen is a sink \
+         of the recording's own driver (one matcher).\n\n{table}\n{verdict}\n\nThe screen at \
          the end:\n\n```\n{}\n```\n",
         last_screen.trim_end()
     );
     crate::bench::report::write_section("soak-tui", &block, &crate::bench::report::machine())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_header_s_drops_and_screen_losses_are_read() {
+        let header = "events 1 (2/s)  duration 3s  drops 0  screen 17 records lost (slow)";
+        assert_eq!(screen_drops(header), Some(0));
+        assert_eq!(screen_lost(header), 17);
+        assert_eq!(screen_lost("events 1  drops 0"), 0);
+    }
 }
