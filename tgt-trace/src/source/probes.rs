@@ -182,6 +182,11 @@ pub async fn run(
                 events += processes.drain(&mut tracer, &mut driver)?;
                 if drains.is_multiple_of(LIVENESS_EVERY) {
                     events += processes.report_exits(&mut driver)?;
+                    // Two map reads: cheap at this pace, and what a live
+                    // consumer (the metrics) shows as lost.
+                    let mut drops = Drops::new(tracer.counters()?, tracer.decode_errors());
+                    drops.sink_slow = driver.lines_lost();
+                    driver.drops(drops)?;
                 }
                 driver.batch_end()?;
                 if let (Some(every), Some(at)) = (stops.summary_every, next_snapshot)
@@ -215,6 +220,7 @@ pub async fn run(
     driver.batch_end()?;
     let mut drops = Drops::new(tracer.counters()?, tracer.decode_errors());
     drops.sink_slow = driver.lines_lost();
+    driver.drops(drops)?;
     driver.finish(drops, true, 0)?;
     let mut summary = Summary {
         events,
