@@ -351,12 +351,10 @@ impl Sink for MetricsSink {
                 .collect();
         }
         self.set_lost(&Drops::default(), &[]);
+        // Healthy only from the first batch's end: the drain loop is alive.
         self.live
             .attached
             .store(header.probes.iter().any(|p| p.attached), Ordering::Release);
-        self.live
-            .last_batch_ns
-            .store(monotonic_ns(), Ordering::Release);
         Ok(())
     }
 

@@ -113,6 +113,11 @@ pub async fn run(
     stops: &Stops,
 ) -> Result<Ended, LiveError> {
     let Attached { mut tracer, header } = attached;
+    // Taken before anything else, so that a signal while the sessions
+    // already open are named (tgtadm) still ends the trace cleanly, with
+    // its summary, rather than killing the process.
+    let mut sigint = signal(SignalKind::interrupt()).map_err(LiveError::Signal)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(LiveError::Signal)?;
     driver.header(&header)?;
     // Sessions opened before the probes were attached: their initiators'
     // names, from tgtd (through tgtadm), stamped with the trace's start.
@@ -159,8 +164,6 @@ pub async fn run(
         None => None,
     };
 
-    let mut sigint = signal(SignalKind::interrupt()).map_err(LiveError::Signal)?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(LiveError::Signal)?;
     let mut ticker = tokio::time::interval(stops.poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_snapshot = stops
