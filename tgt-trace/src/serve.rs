@@ -36,14 +36,10 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(
-        "cannot listen on {addr}: {source}; pick a free port with --listen \
+        "cannot listen on {addr}: {cause}; pick a free port with --listen \
          (e.g. --listen 127.0.0.1:9465)"
     )]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: io::Error,
-    },
+    Bind { addr: SocketAddr, cause: io::Error },
     #[error("cannot start the HTTP server's thread: {0}")]
     Thread(#[source] io::Error),
 }
@@ -67,7 +63,7 @@ impl Server {
     /// Binds `addr` now, so that a port in use fails before anything is
     /// attached, and serves from a thread of its own.
     pub fn start(addr: SocketAddr, endpoint: Endpoint) -> Result<Server, ServeError> {
-        let bind = |source| ServeError::Bind { addr, source };
+        let bind = |cause| ServeError::Bind { addr, cause };
         let listener = std::net::TcpListener::bind(addr).map_err(bind)?;
         listener.set_nonblocking(true).map_err(bind)?;
         let addr = listener.local_addr().map_err(bind)?;
