@@ -400,6 +400,7 @@ fn prometheus_scrapes_what_the_report_concludes() {
         .iter()
         .map(|(l, v)| (l["kind"].clone(), *v))
         .collect();
+    eprintln!("Prometheus: TMFs {got_tmfs:?}, orphans {got_orphans:?}");
     for kind in want_orphans.keys().chain(got_orphans.keys()) {
         assert_eq!(
             got_orphans.get(kind).copied().unwrap_or(0.0),
