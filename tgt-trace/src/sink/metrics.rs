@@ -553,8 +553,9 @@ struct Own {
     resident_bytes: u64,
 }
 
-/// From `/proc/self/stat` (utime and stime, fields 14 and 15, in clock
-/// ticks) and `/proc/self/statm` (resident pages, the second field).
+/// From the kernel's own accounts of this process: its stat file (utime
+/// and stime, fields 14 and 15, in clock ticks) and its statm file
+/// (resident pages, the second field).
 fn process() -> Option<Own> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // The command name, field 2, is in parentheses and may hold spaces.
