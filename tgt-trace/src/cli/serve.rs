@@ -49,16 +49,7 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     pub fn run(self) -> anyhow::Result<ExitCode> {
-        let ip = self.listen.ip();
-        if !ip.is_loopback() && !self.allow_remote {
-            bail!(
-                "refusing to serve metrics on {}: it is not a loopback address, and the \
-                 metrics describe this host's storage; pass --allow-remote to serve them \
-                 there, or --listen 127.0.0.1:{}",
-                self.listen,
-                self.listen.port()
-            );
-        }
+        check_listen(self.listen, self.allow_remote)?;
         let attach = &self.attach;
         let trace = attach.trace_options()?;
         let (sink, exposition) = metrics::metrics(Options {
@@ -113,5 +104,38 @@ impl ServeArgs {
             s.stopped_by
         );
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// A non-loopback address (`0.0.0.0` included) only when asked for.
+fn check_listen(listen: SocketAddr, allow_remote: bool) -> anyhow::Result<()> {
+    if !listen.ip().is_loopback() && !allow_remote {
+        bail!(
+            "refusing to serve metrics on {listen}: it is not a loopback address, and the \
+             metrics describe this host's storage; pass --allow-remote to serve them \
+             there, or --listen 127.0.0.1:{}",
+            listen.port()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(text: &str) -> SocketAddr {
+        text.parse().expect("an address")
+    }
+
+    #[test]
+    fn only_loopback_unless_remote_is_allowed() {
+        assert!(check_listen(addr("127.0.0.1:9464"), false).is_ok());
+        assert!(check_listen(addr("[::1]:9464"), false).is_ok());
+        for remote in ["0.0.0.0:9464", "[::]:9464", "192.0.2.7:9464"] {
+            let err = check_listen(addr(remote), false).expect_err(remote);
+            assert!(err.to_string().contains("--allow-remote"), "{err}");
+            assert!(check_listen(addr(remote), true).is_ok(), "{remote}");
+        }
     }
 }
