@@ -19,6 +19,7 @@ pub mod reader;
 pub mod record;
 pub mod report;
 pub mod schema;
+pub mod serve;
 pub mod sink;
 pub mod source;
 pub mod stats;

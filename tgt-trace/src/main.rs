@@ -14,6 +14,7 @@ use cli::{
     probes::ProbesArgs,
     record::RecordArgs,
     replay::{ReplayArgs, ReportArgs},
+    serve::ServeArgs,
 };
 
 #[derive(Parser)]
@@ -45,6 +46,9 @@ enum Command {
         #[arg(long, value_enum, default_value = "trace-line")]
         of: SchemaOf,
     },
+    /// Serve Prometheus metrics of TMFs, aborts, orphans and latency on
+    /// /metrics (and /healthz) until Ctrl-C, SIGTERM or --duration.
+    Serve(ServeArgs),
     /// Check a tgtd binary and list the probe points tgt-trace can attach.
     Probes(ProbesArgs),
     /// A screen of TMFs, commands in flight, latency and orphans: live, or
@@ -117,5 +121,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Probes(args) => args.run(),
+        Command::Serve(args) => args.run(),
     }
 }

@@ -145,6 +145,12 @@ impl<'a> Driver<'a> {
         self.each(|s| s.matched_summary(&line))
     }
 
+    /// The losses so far: the probes' and every sink's.
+    pub fn drops(&mut self, drops: Drops) -> Result<(), SinkError> {
+        let losses = self.losses();
+        self.each(|s| s.drops(&drops, &losses))
+    }
+
     /// A `matched_summary` a recorded trace carries: passed on as it is.
     pub fn recorded_summary(&mut self, line: &MatchedSummary) -> Result<(), SinkError> {
         self.each(|s| s.matched_summary(line))

@@ -1572,6 +1572,7 @@ fn header_mutation() -> impl Strategy<Value = HeaderMutation> {
                 "3",
                 "4",
                 "5",
+                "6",
                 "-1",
                 "1.0",
                 "\"3\"",
@@ -1632,7 +1633,10 @@ proptest! {
                     .expect("serializes")
                     .replace("\"@@V@@\"", v)
                     .into_bytes();
-                Some(matches!(v, "1" | "2" | "3" | "4"))
+                // Every version from the oldest read to the current one.
+                Some(v.parse::<u32>().is_ok_and(|n| {
+                    (tgt_trace::OLDEST_SCHEMA_VERSION..=tgt_trace::SCHEMA_VERSION).contains(&n)
+                }))
             }
             HeaderMutation::Field(k, v) => {
                 let key = map.keys().nth(k % map.len()).expect("in range").clone();

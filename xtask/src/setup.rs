@@ -9,10 +9,10 @@ use anyhow::{Context as _, bail};
 
 use crate::run_step;
 
-/// Debian packages: the target, the initiators, tmux for terminal tests, and
+/// Debian packages: the target, the initiators, tmux for terminal tests,
 /// tshark (with dumpcap) for the end-to-end tests' independent view of the
-/// wire.
-const PACKAGES: &[&str] = &["tgt", "libiscsi-bin", "tmux", "tshark"];
+/// wire, and prometheus (with promtool) to scrape `tgt-trace serve`.
+const PACKAGES: &[&str] = &["tgt", "libiscsi-bin", "tmux", "tshark", "prometheus"];
 /// Answers for package questions that would otherwise stop a
 /// non-interactive install: dumpcap stays root-only (no setuid helper, no
 /// `wireshark` group), which is all the tests, run as root, need.

@@ -7,6 +7,7 @@ pub mod check;
 pub mod probes;
 pub mod record;
 pub mod replay;
+pub mod serve;
 
 /// Exit codes, as the README documents them.
 pub mod exit {

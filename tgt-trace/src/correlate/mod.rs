@@ -285,6 +285,24 @@ pub struct Matcher {
     next_timeout_ns: u64,
     counts: Counts,
     stats: Stats,
+    /// What the last event measured (see [`Matcher::measured`]); cleared
+    /// at each event, kept for its capacity.
+    measured: Vec<Measured>,
+}
+
+/// A latency the matcher measured from one event, as it went into its
+/// histograms. Good commands conclude no record, so a live consumer that
+/// wants every command's latency (the metrics) reads it here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Measured {
+    /// A command's arrival to its result (full set) or release (lean set).
+    Command {
+        opcode: Option<u8>,
+        lun: Option<u64>,
+        latency_ns: u64,
+    },
+    /// A TMF's request to the TASK_ABORTED of a command it aborted.
+    Abort { latency_ns: u64 },
 }
 
 impl Matcher {
@@ -304,7 +322,19 @@ impl Matcher {
             next_timeout_ns: u64::MAX,
             counts: Counts::default(),
             stats: Stats::default(),
+            measured: Vec::new(),
         }
+    }
+
+    /// The latencies the last event pushed measured, in the order measured.
+    pub fn measured(&self) -> &[Measured] {
+        &self.measured
+    }
+
+    /// When the oldest TMF not yet concluded was requested (stream time),
+    /// if one is open. Read-only and allocation-free: for live gauges.
+    pub fn oldest_open_tmf_ns(&self) -> Option<u64> {
+        self.tmfs.values().map(|t| t.requested_ns).min()
     }
 
     pub fn stats(&self) -> &Stats {
@@ -337,6 +367,7 @@ impl Matcher {
 
     /// Feeds one event; finished records are appended to `out`.
     pub fn push(&mut self, event: &Event, out: &mut Vec<Record>) {
+        self.measured.clear();
         self.counts.events += 1;
         let ts = event.ts_ns();
         if ts > self.now_ns {
@@ -710,6 +741,11 @@ impl Matcher {
     }
 
     fn record_command_latency(&mut self, cmd: &Command, latency: u64) {
+        self.measured.push(Measured::Command {
+            opcode: cmd.opcode,
+            lun: cmd.lun,
+            latency_ns: latency,
+        });
         self.stats.command.record_ns(latency);
         if let Some(op) = cmd.opcode {
             self.stats
@@ -802,9 +838,9 @@ impl Matcher {
         let Some(tmf) = self.tmfs.get_mut(&tk) else {
             return;
         };
-        self.stats
-            .abort
-            .record_ns(ts.saturating_sub(tmf.requested_ns));
+        let latency_ns = ts.saturating_sub(tmf.requested_ns);
+        self.stats.abort.record_ns(latency_ns);
+        self.measured.push(Measured::Abort { latency_ns });
         if let Some(arrived) = arrived {
             self.stats
                 .aborted_in_flight

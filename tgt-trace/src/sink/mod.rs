@@ -12,6 +12,7 @@
 //! the sinks of a run are chosen (`record::sinks`).
 
 pub mod lines;
+pub mod metrics;
 pub mod ndjson;
 pub mod records;
 
@@ -20,7 +21,7 @@ use std::{future::Future, io, pin::Pin, time::Duration};
 use crate::{
     correlate::{Matcher, Record},
     event::Event,
-    trace::{Header, MatchedSummary, SinkLoss, Summary},
+    trace::{Drops, Header, MatchedSummary, SinkLoss, Summary},
 };
 
 /// A sink's failure: fatal for the run (a trace file that cannot be
@@ -72,6 +73,14 @@ pub trait Sink {
 
     /// A `matched_summary`: a periodic snapshot, or the final one.
     fn matched_summary(&mut self, _summary: &MatchedSummary) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// The losses so far, now and then while live (a few times a second):
+    /// every event lost before a sink saw it, and what the other sinks
+    /// could not take. Cheaper than a `matched_summary`, and sent without
+    /// the matcher.
+    fn drops(&mut self, _drops: &Drops, _sinks: &[SinkLoss]) -> io::Result<()> {
         Ok(())
     }
 

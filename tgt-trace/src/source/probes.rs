@@ -113,6 +113,11 @@ pub async fn run(
     stops: &Stops,
 ) -> Result<Ended, LiveError> {
     let Attached { mut tracer, header } = attached;
+    // Taken before anything else, so that a signal while the sessions
+    // already open are named (tgtadm) still ends the trace cleanly, with
+    // its summary, rather than killing the process.
+    let mut sigint = signal(SignalKind::interrupt()).map_err(LiveError::Signal)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(LiveError::Signal)?;
     driver.header(&header)?;
     // Sessions opened before the probes were attached: their initiators'
     // names, from tgtd (through tgtadm), stamped with the trace's start.
@@ -159,8 +164,6 @@ pub async fn run(
         None => None,
     };
 
-    let mut sigint = signal(SignalKind::interrupt()).map_err(LiveError::Signal)?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(LiveError::Signal)?;
     let mut ticker = tokio::time::interval(stops.poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_snapshot = stops
@@ -182,6 +185,11 @@ pub async fn run(
                 events += processes.drain(&mut tracer, &mut driver)?;
                 if drains.is_multiple_of(LIVENESS_EVERY) {
                     events += processes.report_exits(&mut driver)?;
+                    // Two map reads: cheap at this pace, and what a live
+                    // consumer (the metrics) shows as lost.
+                    let mut drops = Drops::new(tracer.counters()?, tracer.decode_errors());
+                    drops.sink_slow = driver.lines_lost();
+                    driver.drops(drops)?;
                 }
                 driver.batch_end()?;
                 if let (Some(every), Some(at)) = (stops.summary_every, next_snapshot)
@@ -215,6 +223,7 @@ pub async fn run(
     driver.batch_end()?;
     let mut drops = Drops::new(tracer.counters()?, tracer.decode_errors());
     drops.sink_slow = driver.lines_lost();
+    driver.drops(drops)?;
     driver.finish(drops, true, 0)?;
     let mut summary = Summary {
         events,
