@@ -13,7 +13,7 @@ use std::{
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, RelocationFlags, elf};
 use tgt_trace_common::layout;
 
-use crate::locate::TaskPoint;
+use crate::locate::{TaskPoint, TmfWalk};
 
 /// The path Debian installs tgtd at.
 pub const DEFAULT_TGTD: &str = "/usr/sbin/tgtd";
@@ -123,6 +123,9 @@ pub struct TgtdBinary {
     pub tmf_sent: Result<TaskPoint, String>,
     pub tmf_tx_start: Result<TaskPoint, String>,
     pub conn_close: Result<u64, String>,
+    /// Where the `tmf` probe set's walk of tgtd's task lists starts, with
+    /// its offsets proved (`crate::locate::tmf_walk`), or why not.
+    pub tmf_walk: Result<TmfWalk, String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -215,6 +218,7 @@ impl TgtdBinary {
             .map(|(name, s)| (name.clone(), (s.address, s.size)))
             .collect();
         let points = crate::locate::iscsi_points(&file, &exported);
+        let tmf_walk = crate::locate::tmf_walk(&file, &exported);
         let to_file = |p: Result<TaskPoint, String>| {
             p.and_then(|p| {
                 file_offset(&file, p.address)
@@ -254,6 +258,7 @@ impl TgtdBinary {
             tmf_sent,
             tmf_tx_start,
             conn_close,
+            tmf_walk,
         })
     }
 

@@ -179,10 +179,11 @@ pub fn saturation(tgtd: &Tgtd, opts: &Options) -> anyhow::Result<String> {
     if tmf < 0.95 {
         let _ = writeln!(
             goals,
-            "\nWhat limits the tmf set: its one hit per command (target_cmd_done, filtered in \
-             the kernel) costs {:.2} µs against the untraced {budget:.1} µs per command \
-             (1/IOPS); 0.95 allows {:.2} µs. An empty uprobe on the same point \
-             ([Per-probe cost](#per-probe-cost)) shows how much of it is the trap alone.",
+            "\nWhat limits the tmf set: it has no probe on the command path (the TMF, nexus \
+             and connection points fire per TMF or per session), yet adds {:.2} µs against \
+             the untraced {budget:.1} µs per command (1/IOPS); 0.95 allows {:.2} µs. With no \
+             hit per command this is the spread of a shared machine, or the tracer's own \
+             CPU competing with tgtd.",
             per_hit[1],
             budget * (1.0 / 0.95 - 1.0),
         );
