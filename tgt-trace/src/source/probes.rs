@@ -113,6 +113,11 @@ pub async fn run(
     stops: &Stops,
 ) -> Result<Ended, LiveError> {
     let Attached { mut tracer, header } = attached;
+    // Before the header is written: whoever waits for the header to know
+    // that the probes are attached may stop the trace at once, and that
+    // SIGINT must end it cleanly, not kill the process.
+    let mut sigint = signal(SignalKind::interrupt()).map_err(LiveError::Signal)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(LiveError::Signal)?;
     driver.header(&header)?;
     // Sessions opened before the probes were attached: their initiators'
     // names, from tgtd (through tgtadm), stamped with the trace's start.
@@ -159,8 +164,6 @@ pub async fn run(
         None => None,
     };
 
-    let mut sigint = signal(SignalKind::interrupt()).map_err(LiveError::Signal)?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(LiveError::Signal)?;
     let mut ticker = tokio::time::interval(stops.poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_snapshot = stops
