@@ -325,7 +325,7 @@ pub mod layout {
     pub const ISCSI_OPCODE_MASK: u8 = 0x3f;
     pub const ISCSI_TMF_FUNCTION_MASK: u8 = 0x7f;
 
-    /// What the TMF walk reads (tgt `usr/target.h`, `usr/scsi_cmnd.h`):
+    /// What the TMF walk reads (tgt's `struct target`, `struct it_nexus`, `struct scsi_cmd`):
     /// `struct target.tid` and `.target_siblings` (linked to the static
     /// `target_list`, which `target_lookup` walks), `.it_nexus_list`;
     /// `struct it_nexus.itn_id`, `.cmd_list`, `.nexus_siblings`;

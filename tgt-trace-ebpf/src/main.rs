@@ -251,7 +251,7 @@ pub fn cmd_release(ctx: ProbeContext) -> u32 {
 /// The TMF walk's state, on the request probe's stack, advanced one node
 /// per `bpf_loop` step (the verifier checks the step once, not per node).
 ///
-/// It visits what tgtd visits (tgt `usr/target.c`): `target_lookup(tid)`
+/// It visits what tgtd visits: `target_lookup(tid)`
 /// over `target_list`, then `abort_task_set`'s
 /// `list_for_each_entry(itn, &target->it_nexus_list, nexus_siblings)
 /// list_for_each_entry_safe(cmd, tmp, &itn->cmd_list, c_hlist)`, and keeps
