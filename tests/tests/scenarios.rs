@@ -297,7 +297,18 @@ fn a_abort_task_of_a_queued_command_aborts_it_at_once() {
 
 #[test]
 fn b_abort_task_of_a_command_in_the_backing_store_is_deferred_until_its_release() {
-    let mut s = Scenario::start("b", "lean");
+    b_deferred("lean");
+}
+
+/// B with the tmf set: the walk found the READ busy; its release is not
+/// seen, the response's time is.
+#[test]
+fn b_tmf_abort_task_of_a_command_in_the_backing_store_is_deferred() {
+    b_deferred("tmf");
+}
+
+fn b_deferred(set: &str) {
+    let mut s = Scenario::start(&format!("b-{set}"), set);
     let mut session = s.login("b");
     let slow = s.submit_held_read(&mut session, 0);
     let abort = session
@@ -328,12 +339,17 @@ fn b_abort_task_of_a_command_in_the_backing_store_is_deferred_until_its_release(
         .iter()
         .find(|c| c.tag == tag(slow))
         .expect("covered");
-    assert!(
-        blocker
-            .at_ns
-            .is_some_and(|at| at <= tmf.responded_ns.unwrap_or(0)),
-        "the response follows the blocker's release: {tmf:?}"
-    );
+    if set == "tmf" {
+        assert_eq!(tmf.covered.len(), 1, "{tmf:?}");
+        assert_eq!(blocker.at_ns, None, "the tmf set sees no release");
+    } else {
+        assert!(
+            blocker
+                .at_ns
+                .is_some_and(|at| at <= tmf.responded_ns.unwrap_or(0)),
+            "the response follows the blocker's release: {tmf:?}"
+        );
+    }
     // tgtd finished the READ rather than abort it, and said so: -EEXIST,
     // which iSCSI answers as "task does not exist".
     assert_eq!(read.status, scsi_status::GOOD);
@@ -345,7 +361,16 @@ fn b_abort_task_of_a_command_in_the_backing_store_is_deferred_until_its_release(
 /// C. ABORT TASK of a tag tgtd never had: answered at once, and an orphan.
 #[test]
 fn c_abort_task_of_a_tag_that_never_existed_is_an_orphan() {
-    let mut s = Scenario::start("c", "lean");
+    c_never_existed("lean");
+}
+
+#[test]
+fn c_tmf_abort_task_of_a_tag_that_never_existed_is_an_orphan() {
+    c_never_existed("tmf");
+}
+
+fn c_never_existed(set: &str) {
+    let mut s = Scenario::start(&format!("c-{set}"), set);
     let mut session = s.login("c");
     let ghost = Itt(0x00c0_ffee);
     let response = session
@@ -378,7 +403,18 @@ fn c_abort_task_of_a_tag_that_never_existed_is_an_orphan() {
 /// tgtd and the initiator, but classified as the race, with the gap.
 #[test]
 fn d_abort_task_racing_a_completion_is_the_race() {
-    let mut s = Scenario::start("d", "lean");
+    d_race("lean");
+}
+
+/// D with the tmf set: the release it raced is not seen, so the TMF is one
+/// whose tag was not in tgtd, which is true at the request.
+#[test]
+fn d_tmf_abort_task_racing_a_completion_found_no_task() {
+    d_race("tmf");
+}
+
+fn d_race(set: &str) {
+    let mut s = Scenario::start(&format!("d-{set}"), set);
     let mut session = s.login("d");
     let read = session
         .submit(Command::read10(1, FAST_LBA, 8, BLOCK))
@@ -396,6 +432,19 @@ fn d_abort_task_racing_a_completion_is_the_race() {
         panic!("one TMF record");
     };
     assert_eq!(tmf.tag, tag(read));
+    if set == "tmf" {
+        assert_eq!(tmf.outcome, TmfOutcome::NoTaskNeverExisted);
+        assert!(tmf.covered.is_empty() && tmf.race_gap_ns.is_none());
+        let [orphan] = orphans(&trace)[..] else {
+            panic!("one orphan");
+        };
+        assert!(
+            orphan.detail.contains("was not in tgtd"),
+            "{}",
+            orphan.detail
+        );
+        return;
+    }
     assert_eq!(tmf.outcome, TmfOutcome::NoTaskRace);
     let released = command(&trace, read).map(|c| c.released_ns);
     assert_eq!(released, None, "a good command is not kept as a record");
@@ -416,7 +465,16 @@ fn d_abort_task_racing_a_completion_is_the_race() {
 /// A), and sends one response after the last is released.
 #[test]
 fn e_abort_task_set_covers_every_command_and_answers_once() {
-    let mut s = Scenario::start("e", "lean");
+    e_task_set("lean");
+}
+
+#[test]
+fn e_tmf_abort_task_set_covers_every_command_and_answers_once() {
+    e_task_set("tmf");
+}
+
+fn e_task_set(set: &str) {
+    let mut s = Scenario::start(&format!("e-{set}"), set);
     let mut session = s.login("e");
     s.gate.hold().expect("gate closes");
     let reads: Vec<Itt> = (0..3)
@@ -449,6 +507,7 @@ fn e_abort_task_set_covers_every_command_and_answers_once() {
     for &r in &reads {
         assert_eq!(fate_of(tmf, r), Some(Fate::Blocked), "{r}: {tmf:?}");
     }
+    assert_eq!(tmf.covered.len(), reads.len(), "{tmf:?}");
     let last_release = tmf.covered.iter().filter_map(|c| c.at_ns).max();
     assert!(
         last_release <= tmf.responded_ns,
@@ -474,7 +533,16 @@ fn e_abort_task_set_covers_every_command_and_answers_once() {
 /// the reset's reach, and flagged as cross-initiator impact.
 #[test]
 fn f_lun_reset_reaches_the_other_initiator() {
-    let mut s = Scenario::start("f", "lean");
+    f_lun_reset("lean");
+}
+
+#[test]
+fn f_tmf_lun_reset_reaches_the_other_initiator() {
+    f_lun_reset("tmf");
+}
+
+fn f_lun_reset(set: &str) {
+    let mut s = Scenario::start(&format!("f-{set}"), set);
     let mut resetter = s.login("f-resetter");
     let mut bystander = s.login("f-bystander");
     let own = s.submit_held_read(&mut resetter, 0);
@@ -535,7 +603,16 @@ fn f_lun_reset_reaches_the_other_initiator() {
 /// and an orphan; the initiator's record ends with its disconnect.
 #[test]
 fn g_a_connection_dropped_with_a_tmf_outstanding() {
-    let mut s = Scenario::start("g", "lean");
+    g_dropped("lean");
+}
+
+#[test]
+fn g_tmf_a_connection_dropped_with_a_tmf_outstanding() {
+    g_dropped("tmf");
+}
+
+fn g_dropped(set: &str) {
+    let mut s = Scenario::start(&format!("g-{set}"), set);
     let mut session = s.login("g");
     // Many Data-In PDUs: the first write draws the closed socket's reset,
     // a later one fails.
@@ -600,7 +677,19 @@ fn g_a_connection_dropped_with_a_tmf_outstanding() {
 /// that sent the ABORT TASK never gets a response. Found by the demo.
 #[test]
 fn i_a_tmf_whose_blocker_another_tmf_took_over_is_stranded() {
-    let mut s = Scenario::start("i", "lean");
+    i_stranded("lean");
+}
+
+/// I with the tmf set: the LUN RESET's walk finds the READ the ABORT TASK
+/// waits for still busy, so the ABORT TASK is stranded from that moment,
+/// and concluded then, before the READ's release answers the LUN RESET.
+#[test]
+fn i_tmf_a_tmf_whose_blocker_another_tmf_took_over_is_stranded() {
+    i_stranded("tmf");
+}
+
+fn i_stranded(set: &str) {
+    let mut s = Scenario::start(&format!("i-{set}"), set);
     let mut aborter = s.login("i-aborter");
     let mut resetter = s.login("i-resetter");
     let slow = s.submit_held_read(&mut aborter, 0);
@@ -641,16 +730,27 @@ fn i_a_tmf_whose_blocker_another_tmf_took_over_is_stranded() {
             && cause.contains(&format!("TMF {} (LOGICAL_UNIT_RESET)", reset_record.seq)),
         "{cause}"
     );
-    // Concluded at the release, not when the recording stopped.
-    let released = command(&trace, slow)
-        .and_then(|c| c.released_ns)
-        .expect("the READ's release");
     let orphan = orphans(&trace)
         .into_iter()
         .find(|o| o.tmf_seq == Some(abort_record.seq))
         .expect("the stranded ABORT TASK is an orphan");
     assert_eq!(orphan.kind, OrphanKind::TmfUnanswered);
-    assert_eq!(orphan.at_ns, released);
+    if set == "tmf" {
+        // Concluded at the LUN RESET's request, before the release.
+        assert!(
+            orphan.at_ns >= reset_record.requested_ns
+                && reset_record
+                    .responded_ns
+                    .is_some_and(|answered| orphan.at_ns < answered),
+            "{orphan:?} {reset_record:?}"
+        );
+    } else {
+        // Concluded at the release, not when the recording stopped.
+        let released = command(&trace, slow)
+            .and_then(|c| c.released_ns)
+            .expect("the READ's release");
+        assert_eq!(orphan.at_ns, released);
+    }
     // The initiator's own record: no response to its ABORT TASK. tgtd would
     // have queued one at the READ's release, which came before it read the
     // logout, so it would be in the record before the logout response.
@@ -673,8 +773,20 @@ fn i_a_tmf_whose_blocker_another_tmf_took_over_is_stranded() {
 /// initiators' own.
 #[test]
 fn h_sustained_load_counts_match_the_initiators() {
+    h_sustained("lean");
+}
+
+/// H with the tmf set: no command is seen (none is counted), every TMF is,
+/// with the one command each deferred ABORT TASK found; a race reads as a
+/// tag that was not in tgtd.
+#[test]
+fn h_tmf_sustained_load_tmf_counts_match_the_initiators() {
+    h_sustained("tmf");
+}
+
+fn h_sustained(set: &str) {
     const ROUNDS: usize = 12;
-    let mut s = Scenario::start("h", "lean");
+    let mut s = Scenario::start(&format!("h-{set}"), set);
     let mut sessions: Vec<Session> = (0..3).map(|i| s.login(&format!("h{i}"))).collect();
     let mut held = 0;
     for round in 0..ROUNDS {
@@ -751,18 +863,28 @@ fn h_sustained_load_counts_match_the_initiators() {
     };
     let counts = &summary.summary.counts;
     assert!(sent_commands > 1000, "{sent_commands} commands");
-    assert_eq!(counts.commands_in, sent_commands, "commands");
-    assert_eq!(
-        counts.commands_good + counts.commands_error,
-        sent_commands,
-        "every command completed"
-    );
     assert_eq!(counts.tmfs, sent_tmfs, "TMFs");
     assert_eq!(counts.tmfs, 3 * ROUNDS as u64);
     let by_outcome = |name: &str| counts.tmfs_by_outcome.get(name).copied().unwrap_or(0);
     assert_eq!(by_outcome("no_task_deferred_then_finished"), ROUNDS as u64);
-    assert_eq!(by_outcome("no_task_never_existed"), ROUNDS as u64);
-    assert_eq!(by_outcome("no_task_race"), ROUNDS as u64);
+    if set == "tmf" {
+        assert_eq!(counts.commands_in, 0, "the tmf set sees no command");
+        assert_eq!(by_outcome("no_task_never_existed"), 2 * ROUNDS as u64);
+        for t in tmfs(&trace) {
+            let found = t.covered.iter().filter(|c| c.fate == Fate::Blocked).count();
+            let expected = usize::from(t.outcome == TmfOutcome::NoTaskDeferredThenFinished);
+            assert_eq!((found, t.covered.len()), (expected, expected), "{t:?}");
+        }
+    } else {
+        assert_eq!(counts.commands_in, sent_commands, "commands");
+        assert_eq!(
+            counts.commands_good + counts.commands_error,
+            sent_commands,
+            "every command completed"
+        );
+        assert_eq!(by_outcome("no_task_never_existed"), ROUNDS as u64);
+        assert_eq!(by_outcome("no_task_race"), ROUNDS as u64);
+    }
     assert_eq!(
         answered_no_task,
         3 * ROUNDS as u64,

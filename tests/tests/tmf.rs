@@ -25,6 +25,110 @@ fn libiscsi_tmfs_are_traced_request_to_response_full() {
     libiscsi_tmfs_are_traced_request_to_response("full");
 }
 
+/// Issue 15: the tmf set, with no command probe; what each TMF covers is
+/// read from tgtd's task lists at the request.
+#[test]
+fn libiscsi_tmfs_are_traced_request_to_response_tmf() {
+    libiscsi_tmfs_are_traced_request_to_response("tmf");
+}
+
+/// Issue 15: under the tmf set no probe is on an ordinary command's path.
+/// The kernel's own record of the recording's uprobes (each BPF link its
+/// process holds, asked for its uprobe's offset) has none at
+/// `target_cmd_queue`, `scsi_cmd_perform`, `target_cmd_io_done` or
+/// `target_cmd_done`, the header says the same, and commands leave no event.
+#[test]
+fn the_tmf_set_puts_no_probe_on_the_command_path() {
+    use tgt_trace::{points::Point, tgtd::TgtdBinary};
+    use tgt_trace_e2e::iscsi::{Command, LoginOptions, Session};
+
+    let tgtd = Tgtd::start(&TgtdOptions::default()).expect("tgtd starts");
+    tgtd.add_lun(1, 16 << 20).expect("LUN 1");
+    let out = tgtd.dir.join("zero-hits.ndjson");
+    let mut recording = Recording::start(&tgtd, &out, &["--probes", "tmf"]);
+    let binary = TgtdBinary::inspect(std::path::Path::new(tgt_trace::tgtd::DEFAULT_TGTD))
+        .expect("tgtd inspected");
+    let ours = uprobe_offsets(recording.pid());
+    let offset = |name: &str| binary.symbol_offset(name).expect("exported");
+    assert!(
+        ours.contains(&offset("target_mgmt_request")),
+        "the TMF request probe is attached: {ours:x?}"
+    );
+    // The kernel's list is not blind: a lean recording of the same tgtd
+    // has its probes at the queue and the release.
+    let lean_out = tgtd.dir.join("zero-hits-lean.ndjson");
+    let lean = Recording::start(&tgtd, &lean_out, &["--probes", "lean"]);
+    let lean_offsets = uprobe_offsets(lean.pid());
+    lean.stop();
+    for name in ["target_cmd_queue", "target_cmd_done"] {
+        assert!(
+            lean_offsets.contains(&offset(name)),
+            "the lean set's {name} probe is listed: {lean_offsets:x?}"
+        );
+    }
+    eprintln!(
+        "uprobes: tmf set {}, lean set {}",
+        ours.len(),
+        lean_offsets.len()
+    );
+    for name in [
+        "target_cmd_queue",
+        "scsi_cmd_perform",
+        "target_cmd_io_done",
+        "target_cmd_done",
+    ] {
+        assert!(
+            !ours.contains(&offset(name)),
+            "a uprobe at {name} under the tmf set: {ours:x?}"
+        );
+    }
+    // Ordinary commands: nothing.
+    let mut session = Session::login(
+        tgtd.portal,
+        &LoginOptions::new("iqn.2026-11.io.tgt-trace:zero-hits", &tgtd.target_iqn),
+    )
+    .expect("login");
+    for _ in 0..50 {
+        let _ = session.test_unit_ready(1);
+        let itt = session
+            .submit(Command::read10(1, 0, 8, 512))
+            .expect("submit");
+        session
+            .wait_scsi(itt, std::time::Duration::from_secs(10))
+            .expect("READ answered");
+    }
+    session.logout().expect("logout");
+    recording.wait_for_events("the nexus gone", |e| {
+        e.iter().any(|e| matches!(e, Event::NexusDestroy { .. }))
+    });
+    let trace = recording.stop();
+    for point in [Point::Queue, Point::Perform, Point::Result, Point::Release] {
+        assert!(
+            !tgt_trace::points::attached(&trace.header.probes, point),
+            "{point} attached under the tmf set"
+        );
+    }
+    assert!(
+        tgt_trace::points::attached(&trace.header.probes, Point::TmfWalk),
+        "the walk is on: {:?}",
+        trace.header.probes
+    );
+    let command_events = trace
+        .events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                Event::CmdQueue { .. }
+                    | Event::CmdPerform { .. }
+                    | Event::CmdResult { .. }
+                    | Event::CmdRelease { .. }
+            )
+        })
+        .count();
+    assert_eq!(command_events, 0);
+}
+
 fn libiscsi_tmfs_are_traced_request_to_response(probe_set: &str) {
     let tgtd = Tgtd::start(&TgtdOptions::default()).expect("tgtd starts");
     tgtd.add_lun(1, 64 << 20).expect("LUN 1");
@@ -154,7 +258,44 @@ fn libiscsi_tmfs_are_traced_request_to_response(probe_set: &str) {
             "response names the request's function"
         );
 
-        if function == tmf::ABORT_TASK {
+        if function == tmf::ABORT_TASK && probe_set == "tmf" {
+            // The walk found the referenced command on the requester's
+            // nexus; whether tgtd would wait for it is what it returned.
+            let covers: Vec<bool> = later[..ret_at]
+                .iter()
+                .filter_map(|e| match e {
+                    Event::TmfCovers {
+                        mid: m,
+                        tag: t,
+                        itn_id: i,
+                        defers,
+                        ..
+                    } if *m == mid && *t == tag && *i == itn_id => Some(*defers),
+                    _ => None,
+                })
+                .collect();
+            let walked = later[..ret_at].iter().find_map(|e| match e {
+                Event::TmfWalked {
+                    mid: m,
+                    covered,
+                    truncated,
+                    ..
+                } if *m == mid => Some((*covered, *truncated)),
+                _ => None,
+            });
+            assert_eq!(walked, Some((1, false)), "one command found, whole walk");
+            match ret {
+                mgmt_ret::DONE => {
+                    assert_eq!(covers, [false], "aborted at once");
+                    assert!(resp_at < ret_at && result == 0);
+                }
+                mgmt_ret::QUEUED => {
+                    assert_eq!(covers, [true], "waited for");
+                    assert_eq!(result, -17, "deferred ABORT TASK answers -EEXIST");
+                }
+                other => panic!("ABORT TASK of a live command returned {other}"),
+            }
+        } else if function == tmf::ABORT_TASK {
             // The referenced tag is a command this initiator queued before the TMF.
             let queued = trace.events[..at].iter().any(
                 |e| matches!(e, Event::CmdQueue { tag: t, itn_id: i, .. } if *t == tag && *i == itn_id),
@@ -318,4 +459,73 @@ fn libiscsi_tmfs_are_traced_request_to_response(probe_set: &str) {
         "one orphan per response freed unsent, no other: {:?}",
         summary.counts.orphans_by_kind
     );
+}
+
+/// The file offsets of the uprobes process `pid` holds BPF links to, as the
+/// kernel reports them (`BPF_OBJ_GET_INFO_BY_FD` on each perf-event link
+/// listed in `/proc/PID/fdinfo`; Linux 6.6 or later).
+fn uprobe_offsets(pid: u32) -> Vec<u64> {
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
+    const BPF_PERF_EVENT_UPROBE: u32 = 1;
+    const BPF_PERF_EVENT_URETPROBE: u32 = 2;
+    let mut offsets = Vec::new();
+    let fdinfo = std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("fdinfo");
+    for entry in fdinfo.flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        if !text
+            .lines()
+            .any(|l| l.starts_with("link_type:") && l.contains("perf"))
+        {
+            continue;
+        }
+        let Some(link_id) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("link_id:"))
+            .and_then(|v| v.trim().parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // union bpf_attr, BPF_LINK_GET_FD_BY_ID: link_id first.
+        let mut attr = [0u8; 128];
+        attr[..4].copy_from_slice(&link_id.to_ne_bytes());
+        // SAFETY: bpf(2) with a zeroed attr of the size passed.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_LINK_GET_FD_BY_ID,
+                attr.as_mut_ptr(),
+                attr.len() as u32,
+            )
+        };
+        assert!(fd >= 0, "BPF_LINK_GET_FD_BY_ID {link_id}");
+        // struct bpf_link_info: type, id, prog_id, then (at 16)
+        // perf_event { type, pad, uprobe { file_name, name_len, offset, cookie } }.
+        let mut info = [0u64; 16];
+        let mut name = [0u8; 256];
+        info[3] = name.as_mut_ptr() as u64;
+        info[4] = name.len() as u64;
+        let mut attr = [0u8; 128];
+        attr[..4].copy_from_slice(&(fd as u32).to_ne_bytes());
+        attr[4..8].copy_from_slice(&((info.len() * 8) as u32).to_ne_bytes());
+        attr[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes());
+        // SAFETY: bpf(2) writes at most info_len bytes into `info` and the
+        // file name into `name`, both alive here.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_OBJ_GET_INFO_BY_FD,
+                attr.as_mut_ptr(),
+                attr.len() as u32,
+            )
+        };
+        // SAFETY: the fd the kernel gave us above.
+        unsafe { libc::close(fd as i32) };
+        assert_eq!(rc, 0, "BPF_OBJ_GET_INFO_BY_FD on link {link_id}");
+        let event_type = (info[2] & 0xffff_ffff) as u32;
+        if matches!(event_type, BPF_PERF_EVENT_UPROBE | BPF_PERF_EVENT_URETPROBE) {
+            offsets.push(info[4] >> 32);
+        }
+    }
+    offsets
 }

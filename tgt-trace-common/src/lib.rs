@@ -44,6 +44,14 @@ pub mod kind {
     /// static `iscsi_tm_tx_start`, where it fills in the response header):
     /// the time the response was handed to the connection.
     pub const TMF_TX_START: u8 = 13;
+    /// A command `target_mgmt_request` is about to find (the walk of
+    /// `abort_task_set`'s lists at the entry probe, before tgtd aborts
+    /// anything): its tag, LUN, nexus, `cmd->state`, and whether the TMF
+    /// will wait for it (see [`super::covers`]).
+    pub const TMF_COVERS: u8 = 14;
+    /// The end of that walk: how many commands it found, and whether it was
+    /// complete (see [`super::covers`]).
+    pub const TMF_WALKED: u8 = 15;
 }
 
 /// Task-management function codes, as tgt's `usr/scsi.h` numbers them.
@@ -91,6 +99,8 @@ pub mod task_attr {
 /// | TMF_SENT      | -   | -      | -            | -   | -           | iSCSI response code | task (= mid) | connection; iSCSI function; `aux`: `itt` (bits) |
 /// | TMF_TX_START  | yes | yes    | -            | -   | -           | -                  | connection | -              |
 /// | CONN_CLOSE    | -   | yes (0 before login) | - | - | -           | -                  | connection | -                |
+/// | TMF_COVERS    | yes | command's | command tag | yes | opcode   | `cmd->state` (low 32 bits); `aux`: [`covers`] flags | mid | command address; function |
+/// | TMF_WALKED    | -   | -      | -            | -   | -           | records sent; `aux`: [`covers`] flags | mid | function |
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Event {
@@ -165,6 +175,32 @@ pub mod referenced {
     pub const NOT_WALKED: i32 = -2;
 }
 
+/// TMF_COVERS' and TMF_WALKED's `aux`: flags.
+///
+/// TMF_COVERS: `tid` is the target's, `itn_id` the command's nexus, `tag`
+/// and `lun` the command's, `cookie` the TMF's `mid`, `tmf_mid` the command's
+/// address (`struct scsi_cmd *`), `opcode` its CDB byte 0, `value` the low 32
+/// bits of `cmd->state`, `function` the TMF's.
+///
+/// TMF_WALKED: `cookie` the TMF's `mid`, `value` the number of TMF_COVERS
+/// records the walk sent, `function` the TMF's.
+pub mod covers {
+    /// TMF_COVERS: `cmd_processed(cmd)` (tgt `abort_cmd`): the command was
+    /// handed to the backing store, so the TMF will wait for it (`cmd->mreq
+    /// = mreq`, -EBUSY); without it the command is aborted at once
+    /// (TASK_ABORTED).
+    pub const DEFERS: i32 = 1;
+    /// TMF_WALKED: the lists were longer than the walk, or a read of tgtd's
+    /// memory failed: the records sent are not the whole covered set.
+    pub const TRUNCATED: i32 = 2;
+    /// TMF_WALKED: no target with the TMF's tid was found (tgtd then fails
+    /// the TMF without looking at any command).
+    pub const NO_TARGET: i32 = 4;
+    /// TMF_WALKED: the function does not walk the task lists in tgtd
+    /// (CLEAR ACA, an unknown one): nothing is covered.
+    pub const NOT_WALKED: i32 = 8;
+}
+
 /// TMF_RESPONSE's `aux`: whether the iSCSI connection the response is for is
 /// closed, in which case `iscsi_tm_done` frees the response instead of
 /// sending it.
@@ -203,7 +239,10 @@ pub mod counter {
     pub const RING_FULL: u32 = 0;
     /// Reads of tgtd memory that failed; the record was not sent.
     pub const READ_FAILED: u32 = 1;
-    pub const COUNT: u32 = 2;
+    /// TMF walks (`kind::TMF_WALKED` with `covers::TRUNCATED`) that did not
+    /// see the whole of tgtd's task lists.
+    pub const WALK_TRUNCATED: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
 
 /// Byte offsets of the tgtd structure fields the probes read.
@@ -285,6 +324,28 @@ pub mod layout {
     pub const ISCSI_OP_TMF: u8 = 0x02;
     pub const ISCSI_OPCODE_MASK: u8 = 0x3f;
     pub const ISCSI_TMF_FUNCTION_MASK: u8 = 0x7f;
+
+    /// What the TMF walk reads (tgt's `struct target`, `struct it_nexus`, `struct scsi_cmd`):
+    /// `struct target.tid` and `.target_siblings` (linked to the static
+    /// `target_list`, which `target_lookup` walks), `.it_nexus_list`;
+    /// `struct it_nexus.itn_id`, `.cmd_list`, `.nexus_siblings`;
+    /// `struct scsi_cmd.c_hlist` (linked to `itn->cmd_list`) and `.state`,
+    /// whose bit `TGT_CMD_PROCESSED` is `cmd_processed()`. Proved for each
+    /// build from `target_mgmt_request` and `abort_task_set`'s machine code
+    /// (`tgt_trace::locate`) before the walk is switched on.
+    pub const TARGET_TID: usize = 8;
+    pub const TARGET_SIBLINGS: usize = 24;
+    pub const TARGET_IT_NEXUS_LIST: usize = 56;
+    pub const ITN_ITN_ID: usize = 0;
+    pub const ITN_CMD_LIST: usize = 16;
+    pub const ITN_NEXUS_SIBLINGS: usize = 40;
+    pub const CMD_C_HLIST: usize = 8;
+    pub const CMD_STATE: usize = 56;
+    pub const CMD_PROCESSED_BIT: u64 = 1 << 1;
+    /// At most this many steps (one per target, nexus or command visited)
+    /// per TMF; tgtd's default command window is 128 per session, so this is
+    /// over 200 busy sessions. A longer walk is reported as truncated.
+    pub const TMF_WALK_STEPS: u32 = 32 * 1024;
 }
 
 /// Which saved register holds the iSCSI task at an offset probe: an index

@@ -22,8 +22,8 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use tgt_trace_common::{
-    Event, NexusEvent, TASK_ABORTED, conn_state, counter, iscsi_tmf, kind, layout, pt_regs,
-    referenced,
+    Event, NexusEvent, conn_state, counter, covers, iscsi_tmf, kind, layout, pt_regs, referenced,
+    tmf,
 };
 
 /// Sized by user space (`--ring-size`) before load.
@@ -37,12 +37,6 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 /// its return probe can name the TMF it returns for.
 #[map]
 static TMF_IN_PROGRESS: HashMap<u64, u64> = HashMap::with_max_entries(256, 0);
-
-/// Set by user space: when non-zero, `target_cmd_done` sends only the
-/// releases a TMF cares about (TASK_ABORTED, or a command a TMF waits for).
-/// This is the TMF-only probe set; it still costs one uprobe hit per command.
-#[unsafe(no_mangle)]
-static RELEASES_FOR_TMF_ONLY: u8 = 0;
 
 /// Set by user space when the tgtd build's `iscsi_tm_done` was checked to
 /// read `task->conn->state` at the offsets in `layout`: only then does the
@@ -68,6 +62,21 @@ static TX_CONN_REG: u8 = pt_regs::RAX;
 /// walk the list for ABORT TASK's referenced command.
 #[unsafe(no_mangle)]
 static WALK_SESSION_TASKS: u8 = 0;
+
+/// Set by user space when `target_mgmt_request`'s and `abort_task_set`'s
+/// machine code proved the offsets the TMF walk reads (`layout::TARGET_*`,
+/// `ITN_*`, `CMD_C_HLIST`, `CMD_STATE`) and where the static `target_list`
+/// is: only then does the TMF request probe walk tgtd's task lists.
+#[unsafe(no_mangle)]
+static WALK_TMF_COVERS: u8 = 0;
+
+/// Set by user space: the address of tgtd's static `target_list` minus
+/// that of `target_mgmt_request`, both from the binary. tgtd is position
+/// independent: at the entry probe the saved instruction pointer is
+/// `target_mgmt_request`'s address in the process, so the list is there
+/// plus this.
+#[unsafe(no_mangle)]
+static TARGET_LIST_FROM_ENTRY: i64 = 0;
 
 /// tgt 1.0.85 `struct scsi_cmd`, bytes `CMD_WINDOW_START..CMD_WINDOW_END`:
 /// everything the command probes need, read in one helper call.
@@ -228,11 +237,6 @@ pub fn cmd_result(ctx: ProbeContext) -> u32 {
 pub fn cmd_release(ctx: ProbeContext) -> u32 {
     let cmd = arg(&ctx, 0);
     let Ok(w) = read_cmd(cmd) else { return 0 };
-    // SAFETY: a read-only global that user space sets before load.
-    let tmf_only = unsafe { core::ptr::read_volatile(&RELEASES_FOR_TMF_ONLY) } != 0;
-    if tmf_only && w.result != TASK_ABORTED && w.mreq == 0 {
-        return 0;
-    }
     let mut event = command_event(kind::CMD_RELEASE, cmd, &w);
     event.value = w.result;
     if let Some(m) = read_mreq(w.mreq) {
@@ -244,6 +248,219 @@ pub fn cmd_release(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// The TMF walk's state, on the request probe's stack, advanced one node
+/// per `bpf_loop` step (the verifier checks the step once, not per node).
+///
+/// It visits what tgtd visits: `target_lookup(tid)`
+/// over `target_list`, then `abort_task_set`'s
+/// `list_for_each_entry(itn, &target->it_nexus_list, nexus_siblings)
+/// list_for_each_entry_safe(cmd, tmp, &itn->cmd_list, c_hlist)`, and keeps
+/// the commands its rule takes: `(all && itn->itn_id == itn_id) ||
+/// (cmd->tag == tag && itn->itn_id == itn_id) || (lun && !memcmp(cmd->lun,
+/// lun, 8))`. It runs at the entry of `target_mgmt_request`, before tgtd
+/// aborts anything, so the lists are as `abort_task_set` will find them.
+#[repr(C)]
+struct Walk {
+    mid: u64,
+    itn_id: u64,
+    tag: u64,
+    lun: [u8; 8],
+    /// `&target_list` in tgtd.
+    targets: u64,
+    /// The target list node last visited (phase 0), then the target.
+    target_node: u64,
+    target: u64,
+    /// `&target->it_nexus_list`, the nexus node last visited.
+    nexuses: u64,
+    nexus_node: u64,
+    nexus_itn_id: u64,
+    /// `&itn->cmd_list`, the command node to visit next.
+    cmds: u64,
+    cmd_node: u64,
+    tid: i32,
+    found: i32,
+    flags: i32,
+    all: u8,
+    has_lun: u8,
+    function: u8,
+    done: u8,
+}
+
+fn walk_failed(w: &mut Walk) -> i64 {
+    w.flags |= covers::TRUNCATED;
+    w.done = 1;
+    1
+}
+
+/// One step of the walk; returns 1 to stop `bpf_loop`.
+fn walk_step(w: &mut Walk) -> i64 {
+    if w.target == 0 {
+        // target_lookup(tid).
+        let Some(next) = read_user::<u64>(w.target_node) else {
+            return walk_failed(w);
+        };
+        if next == w.targets {
+            w.flags |= covers::NO_TARGET;
+            w.done = 1;
+            return 1;
+        }
+        w.target_node = next;
+        let target = next.wrapping_sub(layout::TARGET_SIBLINGS as u64);
+        let Some(tid) = read_user::<i32>(target + layout::TARGET_TID as u64) else {
+            return walk_failed(w);
+        };
+        if tid == w.tid {
+            w.target = target;
+            w.nexuses = target + layout::TARGET_IT_NEXUS_LIST as u64;
+            w.nexus_node = w.nexuses;
+            // No command list yet: the next step moves to the first nexus.
+            w.cmds = 0;
+            w.cmd_node = 0;
+        }
+        return 0;
+    }
+    if w.cmd_node == w.cmds {
+        // The end of this nexus's commands: the next nexus.
+        let Some(next) = read_user::<u64>(w.nexus_node) else {
+            return walk_failed(w);
+        };
+        if next == w.nexuses {
+            w.done = 1;
+            return 1;
+        }
+        w.nexus_node = next;
+        let itn = next.wrapping_sub(layout::ITN_NEXUS_SIBLINGS as u64);
+        let Some(itn_id) = read_user::<u64>(itn + layout::ITN_ITN_ID as u64) else {
+            return walk_failed(w);
+        };
+        w.nexus_itn_id = itn_id;
+        w.cmds = itn + layout::ITN_CMD_LIST as u64;
+        let Some(first) = read_user::<u64>(w.cmds) else {
+            return walk_failed(w);
+        };
+        w.cmd_node = first;
+        return 0;
+    }
+    let cmd = w.cmd_node.wrapping_sub(layout::CMD_C_HLIST as u64);
+    let Ok(c) = read_cmd(cmd) else {
+        return walk_failed(w);
+    };
+    let Some(next) = read_user::<u64>(w.cmd_node) else {
+        return walk_failed(w);
+    };
+    w.cmd_node = next;
+    let same_nexus = w.nexus_itn_id == w.itn_id;
+    let covered = (w.all != 0 && same_nexus)
+        || (c.tag == w.tag && same_nexus)
+        || (w.has_lun != 0 && c.lun == w.lun);
+    if !covered {
+        return 0;
+    }
+    let Some(state) = read_user::<u64>(cmd + layout::CMD_STATE as u64) else {
+        return walk_failed(w);
+    };
+    // SAFETY: as in read_cmd; a CDB pointer tgtd set before queueing.
+    let opcode = unsafe { bpf_probe_read_user(c.scb as *const u8) }.unwrap_or(0);
+    emit(Event {
+        tid: w.tid,
+        itn_id: w.nexus_itn_id,
+        tag: c.tag,
+        lun: c.lun,
+        opcode,
+        cookie: w.mid,
+        tmf_mid: cmd,
+        function: w.function,
+        value: state as i32,
+        aux: if state & layout::CMD_PROCESSED_BIT != 0 {
+            covers::DEFERS
+        } else {
+            0
+        },
+        ..header(kind::TMF_COVERS)
+    });
+    w.found += 1;
+    0
+}
+
+/// `bpf_loop`'s callback: `long (*)(u64 index, void *ctx)`.
+extern "C" fn walk_callback(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: `ctx` is the `Walk` on tmf_request's stack that it passed to
+    // bpf_loop; nothing else holds it during the loop.
+    let w = unsafe { &mut *(ctx as *mut Walk) };
+    walk_step(w)
+}
+
+/// Sends a TMF_COVERS record for each command `target_mgmt_request` will
+/// find, then TMF_WALKED. Per TMF only: ordinary commands never come here.
+fn walk_covers(ctx: &ProbeContext, mid: u64, function: u8, lun: Option<[u8; 8]>) {
+    let mut w = Walk {
+        mid,
+        itn_id: arg(ctx, 1),
+        tag: 0,
+        lun: lun.unwrap_or([0; 8]),
+        targets: 0,
+        target_node: 0,
+        target: 0,
+        nexuses: 0,
+        nexus_node: 0,
+        nexus_itn_id: 0,
+        cmds: 0,
+        cmd_node: 0,
+        tid: arg(ctx, 0) as i32,
+        found: 0,
+        flags: 0,
+        all: 0,
+        has_lun: 0,
+        function,
+        done: 0,
+    };
+    // target_mgmt_request's switch: which arguments abort_task_set gets.
+    match function {
+        tmf::ABORT_TASK => w.tag = arg(ctx, 5),
+        tmf::ABORT_TASK_SET => w.all = 1,
+        tmf::CLEAR_TASK_SET | tmf::LOGICAL_UNIT_RESET => match lun {
+            Some(_) => w.has_lun = 1,
+            // A LUN tgtd will read and we could not: its matches are unknown.
+            None => w.flags |= covers::TRUNCATED,
+        },
+        _ => {
+            w.flags |= covers::NOT_WALKED;
+            w.done = 1;
+        }
+    }
+    if w.done == 0 {
+        // SAFETY: `regs` is the probe's own pt_regs.
+        let ip = unsafe { core::ptr::read_volatile(&(*ctx.regs).rip) };
+        // SAFETY: a read-only global that user space sets before load.
+        let delta = unsafe { core::ptr::read_volatile(&TARGET_LIST_FROM_ENTRY) };
+        w.targets = ip.wrapping_add(delta as u64);
+        w.target_node = w.targets;
+        // SAFETY: bpf_loop calls `walk_callback` with `&mut w`, which lives
+        // on this stack for the whole call.
+        unsafe {
+            aya_ebpf::helpers::generated::bpf_loop(
+                layout::TMF_WALK_STEPS,
+                walk_callback as *mut core::ffi::c_void,
+                &mut w as *mut Walk as *mut core::ffi::c_void,
+                0,
+            )
+        };
+        if w.done == 0 {
+            w.flags |= covers::TRUNCATED;
+        }
+    }
+    if w.flags & covers::TRUNCATED != 0 {
+        bump(counter::WALK_TRUNCATED);
+    }
+    emit(Event {
+        cookie: mid,
+        function,
+        value: w.found,
+        aux: w.flags,
+        ..header(kind::TMF_WALKED)
+    });
+}
+
 /// `enum mgmt_req_result target_mgmt_request(int tid, uint64_t itn_id,
 /// uint64_t req_id, int function, uint8_t *lun_buf, uint64_t tag, int host_no)`.
 #[uprobe]
@@ -251,21 +468,26 @@ pub fn tmf_request(ctx: ProbeContext) -> u32 {
     let mid = arg(&ctx, 2);
     let lun_buf = arg(&ctx, 4);
     let lun = if lun_buf == 0 {
-        [0; 8]
+        None
     } else {
         // SAFETY: as in read_cmd.
-        unsafe { bpf_probe_read_user(lun_buf as *const [u8; 8]) }.unwrap_or([0; 8])
+        unsafe { bpf_probe_read_user(lun_buf as *const [u8; 8]) }.ok()
     };
+    let function = arg(&ctx, 3) as u8;
     let _ = TMF_IN_PROGRESS.insert(bpf_get_current_pid_tgid(), mid, 0);
     emit(Event {
         tid: arg(&ctx, 0) as i32,
         itn_id: arg(&ctx, 1),
         cookie: mid,
-        function: arg(&ctx, 3) as u8,
-        lun,
+        function,
+        lun: lun.unwrap_or([0; 8]),
         tag: arg(&ctx, 5),
         ..header(kind::TMF_REQUEST)
     });
+    // SAFETY: a read-only global that user space sets before load.
+    if unsafe { core::ptr::read_volatile(&WALK_TMF_COVERS) } != 0 {
+        walk_covers(&ctx, mid, function, lun);
+    }
     0
 }
 

@@ -365,6 +365,9 @@ fn histogram_paths(summary: &Summary) -> Vec<String> {
 fn needed_probe(path: &str) -> Option<Point> {
     match path.split('.').next() {
         Some("command" | "aborted_age") => Some(Point::Queue),
+        // The tmf set's walk sees aborts decided, not given: the time to
+        // TASK_ABORTED needs the release (or result) path.
+        Some("abort") => Some(Point::Release),
         _ => None,
     }
 }

@@ -35,9 +35,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     };
     let expected = match kind {
         kind::NEXUS_CREATE => NEXUS_EVENT_SIZE,
-        kind::CMD_QUEUE..=kind::NEXUS_DESTROY | kind::TMF_RECEIVED..=kind::TMF_TX_START => {
-            EVENT_SIZE
-        }
+        kind::CMD_QUEUE..=kind::NEXUS_DESTROY | kind::TMF_RECEIVED..=kind::TMF_WALKED => EVENT_SIZE,
         other => return Err(DecodeError::UnknownKind(other)),
     };
     if bytes.len() < expected {
@@ -186,6 +184,28 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             itn_id: raw.itn_id,
             conn: raw.cookie,
         },
+        kind::TMF_COVERS => Event::TmfCovers {
+            ts_ns: raw.ts_ns,
+            pid: raw.pid,
+            mid: raw.cookie,
+            tid: raw.tid,
+            itn_id: raw.itn_id,
+            tag: raw.tag,
+            lun: lun_number(&raw.lun),
+            lun_raw: u64::from_be_bytes(raw.lun),
+            opcode: raw.opcode,
+            cmd: raw.tmf_mid,
+            state: raw.value as u32,
+            defers: raw.aux & abi::covers::DEFERS != 0,
+        },
+        kind::TMF_WALKED => Event::TmfWalked {
+            ts_ns: raw.ts_ns,
+            pid: raw.pid,
+            mid: raw.cookie,
+            covered: raw.value as u32,
+            truncated: raw.aux & abi::covers::TRUNCATED != 0,
+            no_target: raw.aux & abi::covers::NO_TARGET != 0,
+        },
         other => return Err(DecodeError::UnknownKind(other)),
     })
 }
@@ -309,9 +329,62 @@ mod tests {
     }
 
     #[test]
+    fn a_covered_command_and_the_walks_end_decode() {
+        let covers = abi::Event {
+            kind: kind::TMF_COVERS,
+            pid: 7,
+            tid: 1,
+            itn_id: 0x10,
+            tag: 0x2a,
+            lun: [0, 1, 0, 0, 0, 0, 0, 0],
+            opcode: 0x28,
+            cookie: 0x900,
+            tmf_mid: 0x5000,
+            value: 0b110,
+            aux: abi::covers::DEFERS,
+            ..abi::Event::default()
+        };
+        let Ok(Event::TmfCovers {
+            mid,
+            itn_id,
+            tag,
+            lun,
+            cmd,
+            state,
+            defers,
+            ..
+        }) = decode(&raw_bytes(&covers))
+        else {
+            panic!("tmf_covers");
+        };
+        assert_eq!(
+            (mid, itn_id, tag, lun, cmd, state, defers),
+            (0x900, 0x10, 0x2a, 1, 0x5000, 0b110, true)
+        );
+        let walked = abi::Event {
+            kind: kind::TMF_WALKED,
+            cookie: 0x900,
+            value: 3,
+            aux: abi::covers::TRUNCATED,
+            ..abi::Event::default()
+        };
+        assert_eq!(
+            decode(&raw_bytes(&walked)),
+            Ok(Event::TmfWalked {
+                ts_ns: 0,
+                pid: 0,
+                mid: 0x900,
+                covered: 3,
+                truncated: true,
+                no_target: false,
+            })
+        );
+    }
+
+    #[test]
     fn unknown_kind_is_an_error() {
         let mut bytes = vec![0u8; NEXUS_EVENT_SIZE];
-        for k in [0u8, 14, 200, 255] {
+        for k in [0u8, 16, 200, 255] {
             bytes[0] = k;
             assert_eq!(decode(&bytes), Err(DecodeError::UnknownKind(k)));
         }

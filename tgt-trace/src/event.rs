@@ -180,6 +180,46 @@ pub enum Event {
         itn_id: u64,
         conn: u64,
     },
+    /// A command `target_mgmt_request` will find (the `tmf` probe set's
+    /// walk of tgtd's task lists at the request, before tgtd aborts
+    /// anything: tgt `abort_task_set`'s lists and rule). Follows its
+    /// `tmf_request`; `tmf_walked` ends the list.
+    TmfCovers {
+        ts_ns: u64,
+        pid: u32,
+        /// The TMF's `mid`.
+        mid: u64,
+        tid: i32,
+        /// The command's nexus (another initiator's for a LUN-wide TMF).
+        itn_id: u64,
+        tag: u64,
+        lun: u64,
+        lun_raw: u64,
+        opcode: u8,
+        /// The command's address (`struct scsi_cmd *`).
+        cmd: u64,
+        /// `cmd->state` (low 32 bits): tgt's `TGT_CMD_*` bits.
+        state: u32,
+        /// `cmd_processed(cmd)`: in the backing store, so the TMF waits for
+        /// it (tgt `abort_cmd`: `cmd->mreq = mreq`, -EBUSY); else it is
+        /// aborted at once with TASK_ABORTED.
+        defers: bool,
+    },
+    /// The end of a TMF's walk: `covered` `tmf_covers` events were sent.
+    TmfWalked {
+        ts_ns: u64,
+        pid: u32,
+        mid: u64,
+        /// `tmf_covers` events sent for this TMF.
+        covered: u32,
+        /// The walk did not see all of tgtd's task lists (longer than it
+        /// walks, or unreadable): the covered set is incomplete.
+        #[serde(default, skip_serializing_if = "is_false")]
+        truncated: bool,
+        /// No target with the TMF's tid: tgtd fails the TMF.
+        #[serde(default, skip_serializing_if = "is_false")]
+        no_target: bool,
+    },
     /// `conn_close`: the connection goes away; a TMF response still queued
     /// on it is freed unsent.
     ConnClose {
@@ -190,6 +230,10 @@ pub enum Event {
         itn_id: u64,
         conn: u64,
     },
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 /// A TMF that waits for a command's release (`cmd->mreq`).
@@ -217,7 +261,9 @@ impl Event {
             | Event::TmfReceived { ts_ns, .. }
             | Event::TmfSent { ts_ns, .. }
             | Event::TmfTxStart { ts_ns, .. }
-            | Event::ConnClose { ts_ns, .. } => ts_ns,
+            | Event::ConnClose { ts_ns, .. }
+            | Event::TmfCovers { ts_ns, .. }
+            | Event::TmfWalked { ts_ns, .. } => ts_ns,
         }
     }
 
@@ -236,7 +282,9 @@ impl Event {
             | Event::TmfReceived { pid, .. }
             | Event::TmfSent { pid, .. }
             | Event::TmfTxStart { pid, .. }
-            | Event::ConnClose { pid, .. } => pid,
+            | Event::ConnClose { pid, .. }
+            | Event::TmfCovers { pid, .. }
+            | Event::TmfWalked { pid, .. } => pid,
         }
     }
 
@@ -257,6 +305,8 @@ impl Event {
             Event::TmfSent { .. } => "tmf_sent",
             Event::TmfTxStart { .. } => "tmf_tx_start",
             Event::ConnClose { .. } => "conn_close",
+            Event::TmfCovers { .. } => "tmf_covers",
+            Event::TmfWalked { .. } => "tmf_walked",
         }
     }
 }

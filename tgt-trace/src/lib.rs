@@ -52,7 +52,14 @@ pub mod tui;
 /// 5 added `sinks` on `summary` and `matched_summary` lines (and in `report
 /// --json`): what each of the recording's sinks (`ndjson`, `screen`, ...)
 /// could not take, by cause. Versions 1 to 4 are still read.
-pub const SCHEMA_VERSION: u32 = 5;
+///
+/// 6 made the `tmf` probe set attach no command probe: each TMF's covered
+/// set comes from the walk of tgtd's task lists at its request, as the
+/// events `tmf_covers` (one per command found) and `tmf_walked` (the end of
+/// the walk), the header's probe point `tmf_walk`, and the drop count
+/// `walk_truncated`. Versions 1 to 5 are still read; a version 5 `tmf`
+/// trace's covered sets come from its releases, as before.
+pub const SCHEMA_VERSION: u32 = 6;
 
 /// The oldest trace format this version reads.
 pub const OLDEST_SCHEMA_VERSION: u32 = 1;

@@ -93,6 +93,244 @@ pub fn iscsi_points(
     }
 }
 
+/// Where the `tmf` probe set's walk of tgtd's task lists starts, proved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TmfWalk {
+    /// The static `target_list`'s address minus `target_mgmt_request`'s.
+    pub target_list_from_entry: i64,
+}
+
+/// How far into `target_mgmt_request` its inlined `target_lookup` may be
+/// (Debian's build: the 10th instruction).
+const LOOKUP_WINDOW: usize = 32;
+
+/// Proves, from `target_mgmt_request` and the static `abort_task_set` it
+/// calls, every offset the TMF walk reads (`layout::TARGET_*`, `ITN_*`,
+/// `CMD_C_HLIST`, `CMD_STATE`, `CMD_PROCESSED_BIT`, and the `scsi_cmd`
+/// fields it compares), and finds `target_list`:
+///
+/// - `target_lookup(tid)`, inlined at the top of `target_mgmt_request`:
+///   `list_for_each_entry(target, &target_list, target_siblings) if
+///   (target->tid == tid)` is a RIP-relative `lea` of the list head and a
+///   load of its first node from the same address, the node minus
+///   `target_siblings` (24), and a compare of the first argument with
+///   `tid` (8) there.
+/// - `abort_task_set`: the one function `target_mgmt_request` calls whose
+///   code walks `target->it_nexus_list` (56) by `nexus_siblings` (40),
+///   `itn->cmd_list` (16) by `c_hlist` (8), compares `itn->itn_id` (0),
+///   `cmd->tag` and the 8 bytes of `cmd->lun`, tests `cmd_processed(cmd)`
+///   (`testb $2, state`), stores `cmd->mreq`, increments `mreq->busy`, and
+///   calls `target_cmd_io_done(cmd, TASK_ABORTED)` (tgt `abort_cmd`,
+///   inlined).
+pub fn tmf_walk(
+    file: &object::File<'_>,
+    exported: &HashMap<String, (u64, u64)>,
+) -> Result<TmfWalk, String> {
+    let text = file
+        .section_by_name(".text")
+        .ok_or("the binary has no .text section")?;
+    let insns = decode(text.data().unwrap_or_default(), text.address());
+    let &(entry, size) = exported
+        .get("target_mgmt_request")
+        .ok_or("target_mgmt_request is not exported")?;
+    let &(io_done, _) = exported
+        .get("target_cmd_io_done")
+        .ok_or("target_cmd_io_done is not exported")?;
+    let at = |address: u64| insns.partition_point(|n| n.ip() < address);
+    let body = &insns[at(entry)..at(entry + size)];
+    let list = target_lookup_list(&body[..body.len().min(LOOKUP_WINDOW)])?;
+    let mut callees: Vec<u64> = body
+        .iter()
+        .filter(|n| n.mnemonic() == Mnemonic::Call && n.op0_kind() == OpKind::NearBranch64)
+        .map(|n| n.near_branch_target())
+        .filter(|&t| t >= text.address() && t < text.address() + text.size())
+        .collect();
+    callees.sort_unstable();
+    callees.dedup();
+    let mut unproved = Vec::new();
+    let mut found = Vec::new();
+    for callee in callees {
+        let start = at(callee);
+        let end = insns[start..]
+            .iter()
+            .position(|n| n.mnemonic() == Mnemonic::Ret)
+            .map_or(insns.len(), |i| start + i);
+        match abort_task_set_reads(&insns[start..end], io_done) {
+            Ok(()) => found.push(callee),
+            // Report only functions that look like the walk at all.
+            Err(missing) if missing.len() <= 3 => unproved.push(format!(
+                "the function at {callee:#x} does not show {}",
+                missing.join(", ")
+            )),
+            Err(_) => {}
+        }
+    }
+    if found.is_empty() && !unproved.is_empty() {
+        return Err(unproved.join("; "));
+    }
+    unique(found, "abort_task_set (called by target_mgmt_request)")?;
+    let delta = i64::try_from(list).ok().zip(i64::try_from(entry).ok());
+    let (list, entry) = delta.ok_or("addresses out of range")?;
+    Ok(TmfWalk {
+        target_list_from_entry: list - entry,
+    })
+}
+
+/// `[base + disp]` where `disp` is given as a signed number.
+fn at_disp(insn: &Instruction, disp: i64) -> bool {
+    memory_disp(insn).is_some_and(|(base, d)| base.is_gpr64() && d == disp as u64)
+}
+
+/// The address of `target_list` from the inlined `target_lookup`.
+fn target_lookup_list(insns: &[Instruction]) -> Result<u64, String> {
+    let siblings = layout::TARGET_SIBLINGS as i64;
+    for (i, head) in insns.iter().enumerate() {
+        if head.mnemonic() != Mnemonic::Lea || !head.is_ip_rel_memory_operand() {
+            continue;
+        }
+        let list = head.ip_rel_memory_address();
+        let rest = &insns[i + 1..];
+        // mov target_list.next(%rip), %reg
+        let Some(first) = rest.iter().find(|n| {
+            n.mnemonic() == Mnemonic::Mov
+                && n.op0_kind() == OpKind::Register
+                && n.is_ip_rel_memory_operand()
+                && n.ip_rel_memory_address() == list
+        }) else {
+            continue;
+        };
+        let node = first.op0_register().full_register();
+        // lea -24(%node), %target
+        let Some(entry) = rest.iter().find(|n| {
+            n.mnemonic() == Mnemonic::Lea
+                && memory_disp(n)
+                    .is_some_and(|(b, d)| b.full_register() == node && d == (-siblings) as u64)
+        }) else {
+            continue;
+        };
+        let target = entry.op0_register().full_register();
+        // cmp 8(%target), %edi: target->tid == tid, the first argument.
+        let compares_tid = rest.iter().any(|n| {
+            n.mnemonic() == Mnemonic::Cmp
+                && memory_disp(n).is_some_and(|(b, d)| {
+                    b.full_register() == target && d == layout::TARGET_TID as u64
+                })
+                && (0..n.op_count())
+                    .any(|o| n.op_kind(o) == OpKind::Register && n.op_register(o) == Register::EDI)
+        });
+        // The loop goes on through target_siblings.next (24).
+        let follows = rest.iter().any(|n| {
+            n.mnemonic() == Mnemonic::Mov
+                && memory_disp(n)
+                    .is_some_and(|(b, d)| b.full_register() == target && d == siblings as u64)
+        });
+        if compares_tid && follows {
+            return Ok(list);
+        }
+    }
+    Err(format!(
+        "target_mgmt_request does not start with target_lookup's walk of target_list \
+         (target.target_siblings {}, target.tid {})",
+        layout::TARGET_SIBLINGS,
+        layout::TARGET_TID
+    ))
+}
+
+/// What of `abort_task_set`'s reads a function's code does not show.
+fn abort_task_set_reads(body: &[Instruction], io_done: u64) -> Result<(), Vec<&'static str>> {
+    let any = |f: &dyn Fn(&Instruction) -> bool| body.iter().any(f);
+    let mov_load = |n: &Instruction, disp: i64| {
+        n.mnemonic() == Mnemonic::Mov && n.op0_kind() == OpKind::Register && at_disp(n, disp)
+    };
+    let lea = |n: &Instruction, disp: i64| n.mnemonic() == Mnemonic::Lea && at_disp(n, disp);
+    let list_head = |disp: i64| any(&|n| mov_load(n, disp)) && any(&|n| lea(n, disp));
+    let calls_io_done_aborted = body.iter().enumerate().any(|(i, n)| {
+        calls(n, io_done)
+            && body[i.saturating_sub(4)..i].iter().any(|p| {
+                p.mnemonic() == Mnemonic::Mov
+                    && p.op0_kind() == OpKind::Register
+                    && p.op0_register().full_register() == Register::RSI
+                    && imm(p, 1) == Some(tgt_trace_common::TASK_ABORTED as u64)
+            })
+    });
+    let proofs: [(&'static str, bool); 11] = [
+        (
+            "target.it_nexus_list (56)",
+            list_head(layout::TARGET_IT_NEXUS_LIST as i64),
+        ),
+        (
+            "it_nexus.nexus_siblings (40)",
+            any(&|n| lea(n, -(layout::ITN_NEXUS_SIBLINGS as i64)))
+                && any(&|n| mov_load(n, layout::ITN_NEXUS_SIBLINGS as i64)),
+        ),
+        (
+            "it_nexus.cmd_list (16)",
+            list_head(layout::ITN_CMD_LIST as i64),
+        ),
+        (
+            "scsi_cmd.c_hlist (8)",
+            any(&|n| lea(n, -(layout::CMD_C_HLIST as i64))),
+        ),
+        (
+            "it_nexus.itn_id (0) compared",
+            any(&|n| {
+                n.mnemonic() == Mnemonic::Cmp
+                    && n.memory_size() == iced_x86::MemorySize::UInt64
+                    && at_disp(n, layout::ITN_ITN_ID as i64)
+            }),
+        ),
+        (
+            "scsi_cmd.tag (168) compared",
+            any(&|n| n.mnemonic() == Mnemonic::Cmp && at_disp(n, layout::CMD_TAG as i64)),
+        ),
+        (
+            "scsi_cmd.lun (156) read as 8 bytes",
+            any(&|n| {
+                mov_load(n, layout::CMD_LUN as i64)
+                    && n.memory_size() == iced_x86::MemorySize::UInt64
+            }),
+        ),
+        (
+            "cmd_processed: testb $2, scsi_cmd.state (56)",
+            any(&|n| {
+                n.mnemonic() == Mnemonic::Test
+                    && at_disp(n, layout::CMD_STATE as i64)
+                    && imm(n, 1) == Some(layout::CMD_PROCESSED_BIT)
+            }),
+        ),
+        (
+            "scsi_cmd.mreq (184) stored",
+            any(&|n| {
+                n.mnemonic() == Mnemonic::Mov
+                    && n.op0_kind() == OpKind::Memory
+                    && at_disp(n, layout::CMD_MREQ as i64)
+            }),
+        ),
+        (
+            "mgmt_req.busy (8) incremented",
+            any(&|n| {
+                matches!(n.mnemonic(), Mnemonic::Add | Mnemonic::Inc)
+                    && n.op0_kind() == OpKind::Memory
+                    && at_disp(n, layout::MREQ_BUSY as i64)
+            }),
+        ),
+        (
+            "target_cmd_io_done(cmd, TASK_ABORTED)",
+            calls_io_done_aborted,
+        ),
+    ];
+    let missing: Vec<&'static str> = proofs
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(what, _)| *what)
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(missing)
+    }
+}
+
 fn decode(code: &[u8], ip: u64) -> Vec<Instruction> {
     let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
     let mut out = Vec::with_capacity(code.len() / 4);

@@ -14,9 +14,10 @@ use crate::tgtd::symbol;
 )]
 #[serde(rename_all = "snake_case")]
 pub enum ProbeSet {
-    /// TMFs, nexuses, and `target_cmd_done` filtered in the kernel to the
-    /// releases a TMF cares about (aborted, or blocking a TMF): 1 hit per
-    /// command. No command latency, no in-flight view, no covered sets.
+    /// TMFs and nexuses only: 0 hits per command. What each TMF covers is
+    /// read from tgtd's own task lists when the TMF arrives (`tmf_walk`);
+    /// a deferred TMF's answer comes from its response. No command latency,
+    /// no in-flight view, no per-blocker release times, no aborted releases.
     Tmf,
     /// queue and release, with the result read at release: 2 hits per
     /// command. Command latency (arrival to release), outcomes, covered sets,
@@ -41,7 +42,7 @@ impl ProbeSet {
     /// Probe hits per ordinary command (one that no TMF touches).
     pub fn hits_per_command(self) -> u32 {
         match self {
-            ProbeSet::Tmf => 1,
+            ProbeSet::Tmf => 0,
             ProbeSet::Lean => 2,
             ProbeSet::Full => 4,
         }
@@ -50,8 +51,10 @@ impl ProbeSet {
     /// Whether this set attaches `point`.
     pub fn wants(self, point: Point) -> bool {
         match point {
-            Point::Queue => self != ProbeSet::Tmf,
+            Point::Queue | Point::Release => self != ProbeSet::Tmf,
             Point::Perform | Point::Result => self == ProbeSet::Full,
+            // The other sets learn covered sets from arrivals and releases.
+            Point::TmfWalk => self == ProbeSet::Tmf,
             _ => true,
         }
     }
@@ -94,10 +97,14 @@ pub enum Point {
     TmfSent,
     TmfTxStart,
     ConnClose,
+    /// Not a probe of its own: the `tsk_mgmt` probe's walk of tgtd's task
+    /// lists, sending `tmf_covers` and `tmf_walked`. Attached when the
+    /// walk is on (its offsets proved in the build's machine code).
+    TmfWalk,
 }
 
 impl Point {
-    pub const ALL: [Point; 13] = [
+    pub const ALL: [Point; 14] = [
         Point::Queue,
         Point::Perform,
         Point::Result,
@@ -111,6 +118,7 @@ impl Point {
         Point::TmfSent,
         Point::TmfTxStart,
         Point::ConnClose,
+        Point::TmfWalk,
     ];
 
     /// The name in traces and messages.
@@ -129,6 +137,7 @@ impl Point {
             Point::TmfSent => "tmf_sent",
             Point::TmfTxStart => "tmf_tx_start",
             Point::ConnClose => "conn_close",
+            Point::TmfWalk => "tmf_walk",
         }
     }
 
@@ -142,6 +151,7 @@ impl Point {
             Point::TmfRequest => "tmf_request",
             Point::TmfReturn => "tmf_return",
             Point::TmfResponse => "tmf_response",
+            Point::TmfWalk => "tmf_request",
             other => other.name(),
         }
     }
@@ -154,7 +164,7 @@ impl Point {
             Point::Perform => symbol::PERFORM,
             Point::Result => symbol::RESULT,
             Point::Release => symbol::RELEASE,
-            Point::TmfRequest | Point::TmfReturn => symbol::TMF_REQUEST,
+            Point::TmfRequest | Point::TmfReturn | Point::TmfWalk => symbol::TMF_REQUEST,
             Point::TmfResponse => "iscsi_tm_done",
             Point::NexusCreate => symbol::NEXUS_CREATE,
             Point::NexusDestroy => symbol::NEXUS_DESTROY,
@@ -203,4 +213,8 @@ pub struct KernelCounters {
     pub ring_full: u64,
     /// Records not sent because tgtd's memory could not be read.
     pub read_failed: u64,
+    /// TMF walks that did not see all of tgtd's task lists: those TMFs'
+    /// covered sets are incomplete.
+    #[serde(default)]
+    pub walk_truncated: u64,
 }

@@ -110,7 +110,14 @@ impl Tracer {
                 });
             }
         }
-        let tmf_only: u8 = (opts.set == ProbeSet::Tmf).into();
+        // The walk is the tmf set's covered sets; the others learn them
+        // from arrivals and releases.
+        let walk = match &opts.binary.tmf_walk {
+            Ok(walk) if opts.set.wants(Point::TmfWalk) => Some(*walk),
+            _ => None,
+        };
+        let walk_covers: u8 = walk.is_some().into();
+        let target_list_from_entry: i64 = walk.map_or(0, |w| w.target_list_from_entry);
         let read_conn_state: u8 = opts.binary.tmf_response_reads_connection.into();
         let received_reg: u8 = opts
             .binary
@@ -127,7 +134,8 @@ impl Tracer {
         let walk_tasks: u8 =
             (opts.binary.tmf_received.is_ok() && opts.binary.conn_close.is_ok()).into();
         let mut ebpf = EbpfLoader::new()
-            .override_global("RELEASES_FOR_TMF_ONLY", &tmf_only, true)
+            .override_global("WALK_TMF_COVERS", &walk_covers, true)
+            .override_global("TARGET_LIST_FROM_ENTRY", &target_list_from_entry, true)
             .override_global("READ_CONN_STATE", &read_conn_state, true)
             .override_global("RECEIVED_TASK_REG", &received_reg, true)
             .override_global("WALK_SESSION_TASKS", &walk_tasks, true)
@@ -154,6 +162,11 @@ impl Tracer {
                 Point::TmfSent => opts.binary.tmf_sent.clone().map(|p| p.address),
                 Point::TmfTxStart => opts.binary.tmf_tx_start.clone().map(|p| p.address),
                 Point::ConnClose => opts.binary.conn_close.clone(),
+                Point::TmfWalk => opts.binary.tmf_walk.clone().and_then(|_| {
+                    opts.binary
+                        .symbol_offset(function)
+                        .ok_or_else(|| format!("{function} is not exported"))
+                }),
                 _ => opts
                     .binary
                     .symbol_offset(function)
@@ -184,6 +197,18 @@ impl Tracer {
                     continue;
                 }
             };
+            if path == Point::TmfWalk {
+                // Done by the tsk_mgmt probe (WALK_TMF_COVERS, set above):
+                // on when that probe is.
+                point.attached = points
+                    .iter()
+                    .any(|p: &ProbePoint| p.name == Point::TmfRequest && p.attached);
+                if !point.attached {
+                    point.missing = Some("the tsk_mgmt probe is not attached".to_owned());
+                }
+                points.push(point);
+                continue;
+            }
             let prog: &mut UProbe = ebpf
                 .program_mut(program)
                 .ok_or(ProbeError::MissingProgram(program))?
@@ -265,6 +290,7 @@ impl Tracer {
         Ok(KernelCounters {
             ring_full: sum(counter::RING_FULL)?,
             read_failed: sum(counter::READ_FAILED)?,
+            walk_truncated: sum(counter::WALK_TRUNCATED)?,
         })
     }
 

@@ -151,9 +151,21 @@ pub fn render_text(replayed: &Replayed, orphans: &[OrphanRecord]) -> String {
         d.ring_full,
         d.read_failed,
         d.decode_errors,
-        match d.sink_slow {
-            0 => String::new(),
-            n => format!(", lines the recording's output reader was too slow for {n}"),
+        match (d.sink_slow, d.walk_truncated) {
+            (0, 0) => String::new(),
+            (slow, walks) => format!(
+                "{}{}",
+                if slow > 0 {
+                    format!(", lines the recording's output reader was too slow for {slow}")
+                } else {
+                    String::new()
+                },
+                if walks > 0 {
+                    format!(", TMF walks of tgtd's task lists cut short {walks}")
+                } else {
+                    String::new()
+                },
+            ),
         },
         if replayed.complete {
             ""

@@ -63,9 +63,11 @@ pub struct SynthConfig {
     /// `usr/iscsi/conn.c`), so the initiator is never answered. Only where
     /// the trace has the iSCSI layer's points to tell.
     pub unsent_ppm: u32,
-    /// Which events the stream contains. Without `release` nothing ever
-    /// ends; the TMF probe set is `Coverage::TMF_ONLY`, whose releases are
-    /// filtered as the kernel filters them (aborted or blocking a TMF).
+    /// Which events the stream contains. Without `release` and `covers`
+    /// nothing ever ends; `Coverage::TMF_RELEASES` (the TMF probe set of
+    /// schema 5) has releases filtered as its kernel probe filtered them
+    /// (aborted or blocking a TMF); `Coverage::TMF_ONLY` has no command
+    /// event, and each TMF's walk of the task lists (`covers`).
     pub probes: Coverage,
     /// Time between events: uniform in `1..=2 * mean_gap_ns`.
     pub mean_gap_ns: u64,
@@ -656,14 +658,16 @@ impl Synth {
             tmf::ABORT_TASK_SET => (0, None, true),
             _ => (0, Some(lun_bytes), false),
         };
-        let (mut count, mut busy, mut aborted) = (0, 0, 0);
+        // abort_task_set's walk: every nexus of the target, every command
+        // on it, in list order. The tmf probe set reads the same lists at
+        // the request, before anything is aborted.
+        let mut found: Vec<(usize, usize)> = Vec::new();
         for k in 0..self.nexuses.len() {
             if self.nexuses[k].pid != pid {
                 continue;
             }
             let same_nexus = self.nexuses[k].itn_id == itn_id;
-            for i in 0..self.nexuses[k].cmds.len() {
-                let cmd = &self.nexuses[k].cmds[i];
+            for (i, cmd) in self.nexuses[k].cmds.iter().enumerate() {
                 // abort_task_set's condition, term by term; an aborted
                 // command has left the nexus's list.
                 #[expect(clippy::nonminimal_bool, reason = "tgtd's condition, term by term")]
@@ -671,17 +675,53 @@ impl Synth {
                     && ((all && same_nexus)
                         || (cmd.tag == tag_arg && same_nexus)
                         || lun_arg.is_some_and(|l| l == cmd.lun_bytes));
-                if !covered {
-                    continue;
+                if covered {
+                    found.push((k, i));
                 }
-                count += 1;
-                if cmd.state == State::Held {
-                    aborted += 1;
-                    self.abort_at_once(k, i, out);
-                } else {
-                    busy += 1;
-                    self.nexuses[k].cmds[i].mreq = Some(mid);
-                }
+            }
+        }
+        // Only a stream with the walk spends time (and randomness) on it, so
+        // that the other probe sets' streams stay as they were.
+        let walked = self.cfg.probes.covers;
+        for &(k, i) in found.iter().filter(|_| walked) {
+            let (c_itn, cmd) = (self.nexuses[k].itn_id, &self.nexuses[k].cmds[i]);
+            let (c_tag, c_lun, c_bytes) = (cmd.tag, cmd.lun, cmd.lun_bytes);
+            // abort_cmd's test: cmd_processed(cmd), TGT_CMD_PROCESSED (bit 1).
+            let processed = cmd.state != State::Held;
+            self.emit(true, out, |ts_ns| Event::TmfCovers {
+                ts_ns,
+                pid,
+                mid,
+                tid: TID,
+                itn_id: c_itn,
+                tag: c_tag,
+                lun: c_lun,
+                lun_raw: u64::from_be_bytes(c_bytes),
+                opcode: 0x28,
+                cmd: cmd_addr(pid, c_itn, c_tag),
+                state: if processed { 0b11 } else { 0b01 },
+                defers: processed,
+            });
+        }
+        if walked {
+            let covered = found.len() as u32;
+            self.emit(true, out, |ts_ns| Event::TmfWalked {
+                ts_ns,
+                pid,
+                mid,
+                covered,
+                truncated: false,
+                no_target: false,
+            });
+        }
+        let (count, mut busy, mut aborted) = (found.len(), 0, 0);
+        for (k, i) in found {
+            if self.nexuses[k].cmds[i].state == State::Held {
+                aborted += 1;
+                self.abort_at_once(k, i, out);
+            } else {
+                busy += 1;
+                self.nexuses[k].cmds[i].mreq = Some(mid);
             }
         }
         if busy > 0 {

@@ -13,7 +13,7 @@ use std::{
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, RelocationFlags, elf};
 use tgt_trace_common::layout;
 
-use crate::locate::TaskPoint;
+use crate::locate::{TaskPoint, TmfWalk};
 
 /// The path Debian installs tgtd at.
 pub const DEFAULT_TGTD: &str = "/usr/sbin/tgtd";
@@ -123,6 +123,9 @@ pub struct TgtdBinary {
     pub tmf_sent: Result<TaskPoint, String>,
     pub tmf_tx_start: Result<TaskPoint, String>,
     pub conn_close: Result<u64, String>,
+    /// Where the `tmf` probe set's walk of tgtd's task lists starts, with
+    /// its offsets proved (`crate::locate::tmf_walk`), or why not.
+    pub tmf_walk: Result<TmfWalk, String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -215,6 +218,7 @@ impl TgtdBinary {
             .map(|(name, s)| (name.clone(), (s.address, s.size)))
             .collect();
         let points = crate::locate::iscsi_points(&file, &exported);
+        let tmf_walk = crate::locate::tmf_walk(&file, &exported);
         let to_file = |p: Result<TaskPoint, String>| {
             p.and_then(|p| {
                 file_offset(&file, p.address)
@@ -254,6 +258,7 @@ impl TgtdBinary {
             tmf_sent,
             tmf_tx_start,
             conn_close,
+            tmf_walk,
         })
     }
 
@@ -577,6 +582,45 @@ mod tests {
         assert_eq!(
             (tx.address, tx.task_reg),
             (0x198f6, tgt_trace_common::pt_regs::RAX)
+        );
+        // The tmf set's walk: target_list (0x58ae0, objdump's lea in
+        // target_mgmt_request at 0x302c9) from target_mgmt_request (0x302c0).
+        let walk = bin.tmf_walk.clone().expect("the TMF walk is proved");
+        assert_eq!(walk.target_list_from_entry, 0x58ae0 - 0x302c0);
+    }
+
+    /// A build whose `abort_cmd` tests another bit of `cmd->state` than
+    /// `TGT_CMD_PROCESSED` (Debian's tgtd with the immediate of its
+    /// `testb $0x2,0x38(%r12)` changed): the walk is off, naming what it
+    /// could not prove; the rest of the binary is still traceable.
+    #[test]
+    fn a_walk_whose_offsets_are_not_proved_is_off() {
+        let path = Path::new(DEFAULT_TGTD);
+        if !path.exists() {
+            eprintln!("skipped: {DEFAULT_TGTD} is not installed");
+            return;
+        }
+        let mut data = std::fs::read(path).expect("readable");
+        let testb = [0x41, 0xf6, 0x44, 0x24, 0x38, 0x02];
+        let at: Vec<usize> = data
+            .windows(testb.len())
+            .enumerate()
+            .filter(|(_, w)| *w == testb)
+            .map(|(i, _)| i)
+            .collect();
+        let [at] = at[..] else {
+            panic!("one testb $0x2,0x38(%r12) in Debian's tgtd: {at:x?}");
+        };
+        data[at + 5] = 0x04;
+        let copy = std::env::temp_dir().join(format!("tgtd-walk-{}", std::process::id()));
+        std::fs::write(&copy, &data).expect("copy written");
+        let bin = TgtdBinary::inspect(&copy);
+        let _ = std::fs::remove_file(&copy);
+        let bin = bin.expect("still traceable");
+        let why = bin.tmf_walk.expect_err("the walk is off");
+        assert!(
+            why.contains("cmd_processed") && why.contains("scsi_cmd.state (56)"),
+            "{why}"
         );
     }
 }

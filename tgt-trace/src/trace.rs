@@ -139,6 +139,10 @@ pub struct Drops {
     /// dropped whole so that recording kept up and stopped on time.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub sink_slow: u64,
+    /// TMFs whose walk of tgtd's task lists (the `tmf` probe set) was cut
+    /// short (kernel): their covered sets are incomplete, so the trace is.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub walk_truncated: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -152,6 +156,7 @@ impl Drops {
             read_failed: kernel.read_failed,
             decode_errors,
             sink_slow: 0,
+            walk_truncated: kernel.walk_truncated,
         }
     }
 
@@ -161,5 +166,6 @@ impl Drops {
             .saturating_add(self.read_failed)
             .saturating_add(self.decode_errors)
             .saturating_add(self.sink_slow)
+            .saturating_add(self.walk_truncated)
     }
 }

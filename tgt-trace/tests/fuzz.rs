@@ -119,9 +119,7 @@ fn model(bytes: &[u8]) -> Result<Event, DecodeError> {
     };
     let expected = match k {
         kind::NEXUS_CREATE => NEXUS_EVENT_SIZE,
-        kind::CMD_QUEUE..=kind::NEXUS_DESTROY | kind::TMF_RECEIVED..=kind::TMF_TX_START => {
-            EVENT_SIZE
-        }
+        kind::CMD_QUEUE..=kind::NEXUS_DESTROY | kind::TMF_RECEIVED..=kind::TMF_WALKED => EVENT_SIZE,
         _ => return Err(DecodeError::UnknownKind(k)),
     };
     if bytes.len() < expected {
@@ -265,6 +263,29 @@ fn model(bytes: &[u8]) -> Result<Event, DecodeError> {
             itn_id: raw.itn_id,
             conn: raw.cookie,
         },
+        // The ABI table: TMF_COVERS' value is cmd->state, aux its flags.
+        kind::TMF_COVERS => Event::TmfCovers {
+            ts_ns: raw.ts_ns,
+            pid: raw.pid,
+            mid: raw.cookie,
+            tid: raw.tid,
+            itn_id: raw.itn_id,
+            tag: raw.tag,
+            lun: decode::lun_number(&raw.lun),
+            lun_raw: u64::from_be_bytes(raw.lun),
+            opcode: raw.opcode,
+            cmd: raw.tmf_mid,
+            state: raw.value as u32,
+            defers: raw.aux & abi::covers::DEFERS != 0,
+        },
+        kind::TMF_WALKED => Event::TmfWalked {
+            ts_ns: raw.ts_ns,
+            pid: raw.pid,
+            mid: raw.cookie,
+            covered: raw.value as u32,
+            truncated: raw.aux & abi::covers::TRUNCATED != 0,
+            no_target: raw.aux & abi::covers::NO_TARGET != 0,
+        },
         _ => Event::NexusDestroy {
             ts_ns: raw.ts_ns,
             pid: raw.pid,
@@ -350,7 +371,7 @@ fn raw_event() -> impl Strategy<Value = abi::Event> {
         (
             prop_oneof![
                 kind::CMD_QUEUE..=kind::NEXUS_DESTROY,
-                kind::TMF_RECEIVED..=kind::TMF_TX_START
+                kind::TMF_RECEIVED..=kind::TMF_WALKED
             ],
             any::<u8>(),
             any::<u8>(),
@@ -496,7 +517,7 @@ proptest! {
 
     #[test]
     fn arbitrary_bytes_of_a_known_kind_decode_as_the_abi_says(
-        k in prop_oneof![kind::CMD_QUEUE..=kind::NEXUS_DESTROY, kind::TMF_RECEIVED..=kind::TMF_TX_START],
+        k in prop_oneof![kind::CMD_QUEUE..=kind::NEXUS_DESTROY, kind::TMF_RECEIVED..=kind::TMF_WALKED],
         mut bytes in proptest::collection::vec(any::<u8>(), EVENT_SIZE..NEXUS_EVENT_SIZE + 16),
     ) {
         bytes[0] = k;
@@ -1159,6 +1180,7 @@ impl Mutated {
                             read_failed,
                             decode_errors,
                             sink_slow: 0,
+                            walk_truncated: 0,
                         };
                         *line = serde_json::to_vec(&Line::Summary(summary)).expect("serializes");
                         *status = Status::Valid;
@@ -1573,6 +1595,7 @@ fn header_mutation() -> impl Strategy<Value = HeaderMutation> {
                 "4",
                 "5",
                 "6",
+                "7",
                 "-1",
                 "1.0",
                 "\"3\"",

@@ -1093,14 +1093,14 @@ proptest! {
         prop_assert_eq!(evicted_tmfs, c.tmfs_evicted);
     }
 
-    // The TMF probe set sees no arrivals and no ordinary release: it cannot
-    // tell a race from a tag that never existed, nor (when LUN-wide TMFs
-    // overlap) which of them aborted a command; every TMF still resolves once
-    // and every abort is attributed.
+    // The TMF probe set of schema 5 sees no arrivals and no ordinary
+    // release: it cannot tell a race from a tag that never existed, nor
+    // (when LUN-wide TMFs overlap) which of them aborted a command; every
+    // TMF still resolves once and every abort is attributed.
     #[test]
-    fn the_tmf_probe_set_resolves_every_tmf(cfg in synth_config(), len in 0..3_000usize) {
-        let (events, truth, end) = generate(SynthConfig { probes: Coverage::TMF_ONLY, ..cfg }, len);
-        let (records, summary) = run_events(&events, end, Config { coverage: Coverage::TMF_ONLY, ..Config::default() });
+    fn the_schema_5_tmf_probe_set_resolves_every_tmf(cfg in synth_config(), len in 0..3_000usize) {
+        let (events, truth, end) = generate(SynthConfig { probes: Coverage::TMF_RELEASES, ..cfg }, len);
+        let (records, summary) = run_events(&events, end, Config { coverage: Coverage::TMF_RELEASES, ..Config::default() });
         let c = &summary.counts;
         prop_assert_eq!(c.tmfs, truth.tmfs);
         prop_assert_eq!(tmfs(&records).len() as u64, truth.tmfs);
@@ -1119,6 +1119,48 @@ proptest! {
             merged
         };
         prop_assert_eq!(merge(&c.tmfs_by_outcome), merge(&truth.tmf_outcomes));
+    }
+
+    // The TMF probe set: no command event at all, each TMF's covered set
+    // from its walk of tgtd's task lists. Every outcome is the truth's but
+    // a race, which needs the release it raced (it is a tag not in tgtd);
+    // the commands aborted are those tgtd aborted at once; each answered TMF
+    // has its latency; no orphan that needs the command path appears.
+    #[test]
+    fn the_tmf_probe_set_walks_to_the_truth(cfg in synth_config(), len in 0..3_000usize) {
+        let (events, truth, end) = generate(SynthConfig { probes: Coverage::TMF_ONLY, ..cfg }, len);
+        let command_events = events.iter().filter(|e| matches!(
+            e,
+            Event::CmdQueue { .. } | Event::CmdPerform { .. } | Event::CmdResult { .. } | Event::CmdRelease { .. }
+        )).count();
+        prop_assert_eq!(command_events, 0);
+        let (records, summary) = run_events(&events, end, Config { coverage: Coverage::TMF_ONLY, ..Config::default() });
+        let c = &summary.counts;
+        prop_assert_eq!(c.tmfs, truth.tmfs);
+        prop_assert_eq!(tmfs(&records).len() as u64, truth.tmfs);
+        prop_assert_eq!(c.commands_aborted, truth.aborted_at_once);
+        prop_assert_eq!(c.orphans_by_kind.get("abort_without_tmf"), None);
+        prop_assert_eq!(c.unmatched_events, 0);
+        let merge = |m: &std::collections::BTreeMap<String, u64>| {
+            let mut merged = std::collections::BTreeMap::new();
+            for (k, v) in m {
+                let k = if k == "no_task_race" { "no_task_never_existed" } else { k.as_str() };
+                *merged.entry(k.to_owned()).or_insert(0u64) += v;
+            }
+            merged
+        };
+        prop_assert_eq!(merge(&c.tmfs_by_outcome), merge(&truth.tmf_outcomes));
+        let h = &summary.histograms;
+        let answered: u64 = h.tmf_by_function.values().map(|l| l.count).sum();
+        prop_assert_eq!(answered, truth.tmfs_answered);
+        prop_assert_eq!(h.deferred_wait.count, truth.tmfs_deferred_answered);
+        prop_assert_eq!(h.command.count, 0);
+        // Each covered command's fate is what abort_cmd decided.
+        for t in tmfs(&records) {
+            for cov in &t.covered {
+                prop_assert!(matches!(cov.fate, Fate::Aborted | Fate::Blocked), "{:?}", t);
+            }
+        }
     }
 }
 
@@ -1313,8 +1355,9 @@ fn clear_task_set_covers_the_lun_of_its_own_target() {
     assert_eq!(t.outcome, TmfOutcome::CompletedWithAborts);
 }
 
-// The TMF probe set: commands are known only from the releases a TMF cares
-// about, which follow the response; a completed TMF waits a race window for them.
+// The TMF probe set of schema 5: commands are known only from the releases a
+// TMF cares about, which follow the response; a completed TMF waits a race
+// window for them.
 #[test]
 fn the_tmf_probe_set_attributes_later_aborted_releases() {
     let mut s = Stream::new();
@@ -1322,7 +1365,7 @@ fn the_tmf_probe_set_attributes_later_aborted_releases() {
         .response(900, tmf::ABORT_TASK_SET, 0)
         .ret(900, mgmt_ret::DONE);
     let mut m = Matcher::new(Config {
-        coverage: Coverage::TMF_ONLY,
+        coverage: Coverage::TMF_RELEASES,
         ..Config::default()
     });
     let mut out = Vec::new();
@@ -1438,4 +1481,144 @@ fn records_and_summary_round_trip_through_json() {
     let mut value = serde_json::to_value(tmf).expect("serializes");
     value["surprise"] = serde_json::Value::Bool(true);
     assert!(serde_json::from_value::<Record>(value).is_err());
+}
+
+impl Stream {
+    /// A command the TMF's walk found (the tmf probe set).
+    fn covers(&mut self, mid: u64, itn_id: u64, tag: u64, defers: bool) -> &mut Self {
+        let ts = self.tick();
+        self.events.push(Event::TmfCovers {
+            ts_ns: ts,
+            pid: self.pid,
+            mid,
+            tid: 1,
+            itn_id,
+            tag,
+            lun: 1,
+            lun_raw: 0x0001_0000_0000_0000,
+            opcode: 0x28,
+            cmd: tag,
+            state: if defers { 0b11 } else { 0b01 },
+            defers,
+        });
+        self
+    }
+
+    fn walked(&mut self, mid: u64, covered: u32, truncated: bool) -> &mut Self {
+        let ts = self.tick();
+        self.events.push(Event::TmfWalked {
+            ts_ns: ts,
+            pid: self.pid,
+            mid,
+            covered,
+            truncated,
+            no_target: false,
+        });
+        self
+    }
+}
+
+fn tmf_only() -> Config {
+    Config {
+        coverage: Coverage::TMF_ONLY,
+        ..Config::default()
+    }
+}
+
+// The tmf set: a LUN RESET whose walk found one command to abort at once
+// and one to wait for is deferred, names both with their fates, and is
+// concluded at its response with no release seen.
+#[test]
+fn the_tmf_set_takes_covered_sets_and_fates_from_the_walk() {
+    let mut s = Stream::new();
+    s.nexus(1, "iqn.a")
+        .nexus(2, "iqn.b")
+        .request(1, 900, tmf::LOGICAL_UNIT_RESET, 0, 1)
+        .covers(900, 1, 7, false)
+        .covers(900, 2, 8, true)
+        .walked(900, 2, false)
+        .ret(900, mgmt_ret::QUEUED)
+        .response(900, tmf::LOGICAL_UNIT_RESET, 0);
+    let (records, summary) = s.run(tmf_only());
+    let t = tmfs(&records);
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0].outcome, TmfOutcome::Deferred);
+    let fates: Vec<(u64, Fate, bool, bool)> = t[0]
+        .covered
+        .iter()
+        .map(|c| (c.tag, c.fate, c.at_ns.is_some(), c.other_initiator))
+        .collect();
+    assert_eq!(
+        fates,
+        vec![
+            (7, Fate::Aborted, true, false),
+            (8, Fate::Blocked, false, true)
+        ]
+    );
+    assert_eq!(t[0].cause, None);
+    assert!(orphans(&records).is_empty());
+    assert_eq!(summary.counts.commands_aborted, 1);
+    assert_eq!(summary.histograms.deferred_wait.count, 1);
+}
+
+// The tmf set: a busy command a deferred ABORT TASK waits for is found busy
+// again by a later LUN RESET, which takes it over (`cmd->mreq`): the ABORT
+// TASK is stranded at that walk, without waiting for any release.
+#[test]
+fn the_tmf_set_concludes_a_stranded_tmf_at_the_walk_that_takes_its_blocker() {
+    let mut s = Stream::new();
+    s.request(1, 900, tmf::ABORT_TASK, 8, 1)
+        .covers(900, 1, 8, true)
+        .walked(900, 1, false)
+        .ret(900, mgmt_ret::QUEUED)
+        .request(2, 901, tmf::LOGICAL_UNIT_RESET, 0, 1)
+        .covers(901, 1, 8, true);
+    let taken_at = s.ts;
+    s.walked(901, 1, false).ret(901, mgmt_ret::QUEUED);
+    let mut m = Matcher::new(tmf_only());
+    let mut out = Vec::new();
+    for e in &s.events {
+        m.push(e, &mut out);
+    }
+    let t = tmfs(&out);
+    assert_eq!(t.len(), 1, "the ABORT TASK concluded at once: {out:?}");
+    assert_eq!(t[0].outcome, TmfOutcome::Unanswered);
+    let cause = t[0].cause.as_deref().unwrap_or_default();
+    assert!(
+        cause.contains("stranded") && cause.contains("TMF 2 (LOGICAL_UNIT_RESET)"),
+        "{cause}"
+    );
+    let o: Vec<(OrphanKind, u64)> = out
+        .iter()
+        .filter_map(|r| match r {
+            Record::Orphan(o) => Some((o.kind, o.at_ns)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(o, vec![(OrphanKind::TmfUnanswered, taken_at)]);
+}
+
+// The tmf set: a walk that was cut short, or whose records did not all
+// arrive, says its covered set is incomplete.
+#[test]
+fn the_tmf_set_says_when_a_walk_is_incomplete() {
+    let mut s = Stream::new();
+    s.request(1, 900, tmf::ABORT_TASK_SET, 0, 1)
+        .covers(900, 1, 7, false)
+        .walked(900, 2, false)
+        .ret(900, mgmt_ret::DONE)
+        .response(900, tmf::ABORT_TASK_SET, 0)
+        .request(1, 901, tmf::ABORT_TASK_SET, 0, 1)
+        .walked(901, 0, true)
+        .ret(901, mgmt_ret::DONE)
+        .response(901, tmf::ABORT_TASK_SET, 0);
+    let (records, _) = s.run(tmf_only());
+    let causes: Vec<Option<&str>> = tmfs(&records).iter().map(|t| t.cause.as_deref()).collect();
+    assert_eq!(
+        causes,
+        vec![
+            Some("covered set incomplete: the walk found 2 commands, 1 reached the trace"),
+            Some("covered set incomplete: the walk of tgtd's task lists was cut short"),
+        ]
+    );
 }

@@ -239,6 +239,7 @@ fn screens_with_drops() {
             read_failed: 1,
             decode_errors: 0,
             sink_slow: 0,
+            walk_truncated: 0,
         },
         duration_ns: 21_752_139,
         stopped_by: "signal".to_owned(),

@@ -148,6 +148,11 @@ impl Recording {
         });
     }
 
+    /// The recording tgt-trace's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The trace written so far.
     pub fn text(&self) -> String {
         std::fs::read_to_string(&self.out).unwrap_or_default()

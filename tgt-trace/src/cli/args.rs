@@ -16,7 +16,7 @@ pub struct AttachArgs {
     /// Trace only this tgtd process (filtered in the kernel).
     #[arg(long, value_name = "PID")]
     pub pid: Option<NonZeroU32>,
-    /// Probe set: tmf (1 hit per command), lean (2), full (4; adds queue-wait time).
+    /// Probe set: tmf (0 hits per command), lean (2), full (4; adds queue-wait time).
     #[arg(long, value_enum, default_value = "lean")]
     pub probes: ProbeSet,
     /// Ring buffer size in bytes (a power of two, at least 4096).

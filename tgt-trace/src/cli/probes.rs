@@ -73,6 +73,17 @@ impl ProbesArgs {
             Ok(offset) => println!("  {:<22} offset {offset:#x}", "conn_close"),
             Err(why) => println!("  {:<22} not used: {why}", "conn_close"),
         }
+        match &binary.tmf_walk {
+            Ok(walk) => println!(
+                "  {:<22} proved: target_list at {:+#x} from target_mgmt_request; \
+                 abort_task_set's lists and cmd_processed() (the tmf set's covered sets)",
+                "tmf_walk", walk.target_list_from_entry
+            ),
+            Err(why) => println!(
+                "  {:<22} off: {why}; the tmf probe set sees no covered commands",
+                "tmf_walk"
+            ),
+        }
         Ok(ExitCode::SUCCESS)
     }
 }

@@ -88,9 +88,21 @@ impl RecordArgs {
             s.drops.ring_full,
             s.drops.read_failed,
             s.drops.decode_errors,
-            match s.drops.sink_slow {
-                0 => String::new(),
-                n => format!(", output's reader too slow {n} lines"),
+            match (s.drops.sink_slow, s.drops.walk_truncated) {
+                (0, 0) => String::new(),
+                (slow, walks) => format!(
+                    "{}{}",
+                    if slow > 0 {
+                        format!(", output's reader too slow {slow} lines")
+                    } else {
+                        String::new()
+                    },
+                    if walks > 0 {
+                        format!(", TMF walks cut short {walks}")
+                    } else {
+                        String::new()
+                    },
+                ),
             },
             s.duration_ns as f64 / 1e9,
             s.stopped_by

@@ -87,6 +87,11 @@ pub struct Coverage {
     pub tmf_received: bool,
     pub tmf_sent: bool,
     pub conn_close: bool,
+    /// `TmfCovers`/`TmfWalked` (the `tmf` set's walk of tgtd's task lists
+    /// at each request): a TMF's covered set, and each command's fate
+    /// (aborted at once, or waited for), as tgtd decides them. Without
+    /// releases a blocker's release time is unknown.
+    pub covers: bool,
 }
 
 impl Coverage {
@@ -99,6 +104,7 @@ impl Coverage {
         tmf_received: true,
         tmf_sent: true,
         conn_close: true,
+        covers: false,
     };
 
     /// The lean probe set: queue and release, result read at release.
@@ -108,8 +114,18 @@ impl Coverage {
         ..Coverage::ALL
     };
 
-    /// The TMF probe set: TMFs and the releases a TMF cares about.
+    /// The TMF probe set: TMFs, and what each covers from the walk; no
+    /// command probe at all.
     pub const TMF_ONLY: Coverage = Coverage {
+        queue: false,
+        release: false,
+        covers: true,
+        ..Coverage::LEAN
+    };
+
+    /// The TMF probe set of schema 5 and earlier: TMFs and the releases a
+    /// TMF cares about (aborted, or blocking), filtered in the kernel.
+    pub const TMF_RELEASES: Coverage = Coverage {
         queue: false,
         ..Coverage::LEAN
     };
@@ -126,6 +142,7 @@ impl Coverage {
             tmf_received: attached(Point::TmfReceived),
             tmf_sent: attached(Point::TmfSent),
             conn_close: attached(Point::ConnClose),
+            covers: attached(Point::TmfWalk),
         }
     }
 }
@@ -218,6 +235,10 @@ struct Tmf {
     /// from aborted releases, which follow the response: a finished TMF waits
     /// until this stream time for them before it is emitted.
     linger_until: Option<u64>,
+    /// `TmfCovers` seen for it, and why its walk's covered set is
+    /// incomplete, once `TmfWalked` said so.
+    covers_seen: u32,
+    walk_incomplete: Option<String>,
 }
 
 /// A TMF as the iSCSI layer received it.
@@ -519,6 +540,23 @@ impl Matcher {
                 self.tx_started.remove(&(pid, conn));
                 self.conn_closed(pid, conn, out);
             }
+            Event::TmfCovers {
+                ts_ns,
+                pid,
+                mid,
+                itn_id,
+                tag,
+                lun,
+                defers,
+                ..
+            } => self.tmf_covers(ts_ns, (pid, mid), (pid, itn_id, tag), lun, defers, out),
+            Event::TmfWalked {
+                pid,
+                mid,
+                covered,
+                truncated,
+                ..
+            } => self.tmf_walked((pid, mid), covered, truncated),
         }
         self.advance(self.now_ns, out);
     }
@@ -992,6 +1030,8 @@ impl Matcher {
             covered: Vec::new(),
             race: None,
             linger_until: None,
+            covers_seen: 0,
+            walk_incomplete: None,
         }
     }
 
@@ -1133,6 +1173,86 @@ impl Matcher {
         tmf.covered.sort_by_key(|(k, c)| (c.arrived_ns, *k));
     }
 
+    /// A command the TMF's walk found in tgtd's task lists at the request
+    /// (tgt `abort_task_set`'s lists and rule): tgtd aborts it at once
+    /// unless it is in the backing store (`abort_cmd`: `cmd_processed`),
+    /// in which case the TMF waits for it (`cmd->mreq = mreq`). A busy
+    /// command another TMF already waited for is taken over: tgtd keeps one
+    /// waiting TMF per command, so the earlier one is never answered.
+    fn tmf_covers(
+        &mut self,
+        ts: u64,
+        tk: TmfKey,
+        key: CmdKey,
+        lun: u64,
+        defers: bool,
+        out: &mut Vec<Record>,
+    ) {
+        let Some(tmf) = self.tmfs.get_mut(&tk) else {
+            self.counts.unmatched_events += 1;
+            return;
+        };
+        tmf.covers_seen += 1;
+        let (seq, function) = (tmf.seq, tmf.function);
+        let c = covered_entry(tmf, key, Some(lun), None, &self.initiators);
+        if defers {
+            c.fate = Fate::Blocked;
+        } else {
+            // abort_cmd: cmd_done, then target_cmd_io_done(TASK_ABORTED),
+            // inside this request.
+            c.fate = Fate::Aborted;
+            c.at_ns = Some(ts);
+            self.counts.commands_aborted += 1;
+        }
+        if !defers {
+            return;
+        }
+        let mut taken: Vec<(u64, TmfKey)> = self
+            .tmfs
+            .iter()
+            .filter(|(k, t)| {
+                **k != tk
+                    && k.0 == tk.0
+                    && t.response.is_none()
+                    && t.stranded.is_none()
+                    && t.covered
+                        .iter()
+                        .any(|(ck, c)| *ck == key && c.fate == Fate::Blocked)
+            })
+            .map(|(k, t)| (t.seq, *k))
+            .collect();
+        taken.sort_unstable();
+        for (_, other) in taken {
+            if let Some(t) = self.tmfs.get_mut(&other) {
+                t.stranded = Some(format!(
+                    "stranded: tag {:#x}, which it waited for, was taken over by TMF {seq} ({}); \
+                     tgtd keeps one waiting TMF per command (cmd->mreq), so this one is never answered",
+                    key.2,
+                    tmf_name(function)
+                ));
+            }
+            self.try_finish_tmf(other, out);
+        }
+    }
+
+    /// The end of a TMF's walk: a shorter covered set than the walk sent
+    /// (lost records), or a walk cut short, leaves the set incomplete.
+    fn tmf_walked(&mut self, tk: TmfKey, covered: u32, truncated: bool) {
+        let Some(tmf) = self.tmfs.get_mut(&tk) else {
+            self.counts.unmatched_events += 1;
+            return;
+        };
+        if truncated {
+            tmf.walk_incomplete =
+                Some("covered set incomplete: the walk of tgtd's task lists was cut short".into());
+        } else if tmf.covers_seen != covered {
+            tmf.walk_incomplete = Some(format!(
+                "covered set incomplete: the walk found {covered} commands, {} reached the trace",
+                tmf.covers_seen
+            ));
+        }
+    }
+
     /// How long before `ts` the same command was released, if within the
     /// race window.
     fn race_gap(&self, pid: u32, itn_id: u64, tag: u64, ts: u64) -> Option<u64> {
@@ -1242,9 +1362,10 @@ impl Matcher {
                 .iter()
                 .all(|(_, c)| c.fate != Fate::Blocked || c.at_ns.is_some())
         };
-        if t.stranded.is_some() && fates_known && released() {
-            if let Some(mut tmf) = self.tmfs.remove(&tk) {
-                let cause = tmf.stranded.take();
+        // The walk sees no releases: a stranded TMF is certain at once.
+        if t.stranded.is_some() && fates_known && (self.cfg.coverage.covers || released()) {
+            if let Some(tmf) = self.tmfs.remove(&tk) {
+                let cause = tmf.stranded.clone();
                 self.emit_tmf(tmf, cause, out);
             }
             return;
@@ -1265,6 +1386,7 @@ impl Matcher {
         let coverage = self.cfg.coverage;
         let may_have_unseen_aborts = !coverage.queue
             && !coverage.result
+            && !coverage.covers
             && t.core_requested
             && t.response.is_some_and(|r| r.0 == 0)
             && t.ret != Some(mgmt_ret::FAILED);
@@ -1291,7 +1413,7 @@ impl Matcher {
             tmf.ended_unsent = cause == TRACE_ENDED;
             // Why it was never answered outranks why it is closed now, but
             // an eviction (the matcher's own limit) is always said.
-            let cause = match tmf.stranded.take() {
+            let cause = match tmf.stranded.clone() {
                 Some(stranded) if cause != EVICTED_TMF => stranded,
                 _ => cause.to_owned(),
             };
@@ -1441,11 +1563,17 @@ impl Matcher {
             }
             TmfOutcome::Unanswered => {
                 let cause_text = cause.clone().unwrap_or_else(|| "no response".to_owned());
+                // With the walk no release is seen: a blocker is known to
+                // be still held only when tgtd never built the response
+                // (it does at the last blocker's release) and no other TMF
+                // took the blockers over.
+                let covers = self.cfg.coverage.covers;
                 let never_released: Vec<&Covered> = tmf
                     .covered
                     .iter()
                     .map(|(_, c)| c)
                     .filter(|c| c.fate == Fate::Blocked && c.at_ns.is_none())
+                    .filter(|_| !covers || (tmf.response.is_none() && tmf.stranded.is_none()))
                     .collect();
                 if never_released.is_empty() {
                     self.orphan(
@@ -1462,10 +1590,19 @@ impl Matcher {
                     );
                 } else {
                     for c in never_released {
-                        let detail = format!(
-                            "{function} waited for tag {:#x}, which was never released: {cause_text}",
-                            c.tag
-                        );
+                        let detail = if covers {
+                            format!(
+                                "{function} waited for tag {:#x}; it or another of the TMF's \
+                                 blockers was never released (the tmf probe set sees no \
+                                 releases): {cause_text}",
+                                c.tag
+                            )
+                        } else {
+                            format!(
+                                "{function} waited for tag {:#x}, which was never released: {cause_text}",
+                                c.tag
+                            )
+                        };
                         self.orphan(
                             OrphanKind::BlockerNeverReleased,
                             tmf.pid,
@@ -1515,7 +1652,9 @@ impl Matcher {
             cause: if outcome == TmfOutcome::Unanswered {
                 cause.or_else(|| Some("no response".to_owned()))
             } else {
-                cause.filter(|c| fates_unknown || c == EVICTED_TMF)
+                cause
+                    .filter(|c| fates_unknown || c == EVICTED_TMF)
+                    .or(tmf.walk_incomplete)
             },
         }));
     }

@@ -302,6 +302,9 @@ impl MetricsSink {
             ("ring_full".to_owned(), drops.ring_full),
             ("read_failed".to_owned(), drops.read_failed),
             ("decode_errors".to_owned(), drops.decode_errors),
+            // A TMF's walk of tgtd's task lists cut short (tmf set): its
+            // covered commands are incomplete.
+            ("walk_truncated".to_owned(), drops.walk_truncated),
         ];
         for loss in sinks {
             let cause = format!("sink_{}_{}", loss.sink, loss.cause);
@@ -491,7 +494,8 @@ impl Collector for Scraped {
         let lost = live.lost.lock().map(|l| l.clone()).unwrap_or_default();
         let mut family = encoder.encode_descriptor(
             "events_lost",
-            "Events lost, by cause: ring_full, read_failed, decode_errors, and \
+            "Events lost, by cause: ring_full, read_failed, decode_errors, \
+             walk_truncated (a TMF's walk of the task lists cut short), and \
              sink_<sink>_<cause> for what a sink could not take",
             None,
             MetricType::Counter,
@@ -960,6 +964,7 @@ mod tests {
             read_failed: 0,
             decode_errors: 1,
             sink_slow: 9,
+            walk_truncated: 2,
         };
         let losses = [SinkLoss {
             sink: "ndjson".to_owned(),
@@ -979,6 +984,7 @@ mod tests {
         assert_eq!(lost("ring_full"), Some(3.0));
         assert_eq!(lost("read_failed"), Some(0.0));
         assert_eq!(lost("decode_errors"), Some(1.0));
+        assert_eq!(lost("walk_truncated"), Some(2.0));
         assert_eq!(lost("sink_ndjson_slow"), Some(9.0));
         assert_eq!(
             value(&text, "tgttrace_build_info", &[]),

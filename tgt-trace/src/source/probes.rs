@@ -113,9 +113,10 @@ pub async fn run(
     stops: &Stops,
 ) -> Result<Ended, LiveError> {
     let Attached { mut tracer, header } = attached;
-    // Taken before anything else, so that a signal while the sessions
-    // already open are named (tgtadm) still ends the trace cleanly, with
-    // its summary, rather than killing the process.
+    // Taken before anything else: whoever waits for the header to know that
+    // the probes are attached may stop the trace at once, and a signal while
+    // the sessions already open are named (tgtadm) must end the trace
+    // cleanly, with its summary, rather than kill the process.
     let mut sigint = signal(SignalKind::interrupt()).map_err(LiveError::Signal)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(LiveError::Signal)?;
     driver.header(&header)?;

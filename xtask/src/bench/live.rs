@@ -66,7 +66,7 @@ impl Mode {
     pub fn hits_per_command(self) -> Option<u32> {
         match self {
             Mode::Untraced => Some(0),
-            Mode::TgtTrace { set: "tmf", .. } => Some(1),
+            Mode::TgtTrace { set: "tmf", .. } => Some(0),
             Mode::TgtTrace { set: "lean", .. } => Some(2),
             Mode::TgtTrace { set: "full", .. } => Some(4),
             Mode::TgtTrace { .. } => None,

@@ -122,7 +122,12 @@ pub fn saturation(tgtd: &Tgtd, opts: &Options) -> anyhow::Result<String> {
         } else {
             (
                 format!("{added:.2}"),
-                format!("{:.2} µs × {hits}", per_hit[i]),
+                // No hit per command: nothing to divide the difference by.
+                if hits == 0 {
+                    "— (no hit)".to_owned()
+                } else {
+                    format!("{:.2} µs × {hits}", per_hit[i])
+                },
             )
         };
         let cpu = if runs[i].tracer_cpu.is_empty() {
@@ -179,10 +184,11 @@ pub fn saturation(tgtd: &Tgtd, opts: &Options) -> anyhow::Result<String> {
     if tmf < 0.95 {
         let _ = writeln!(
             goals,
-            "\nWhat limits the tmf set: its one hit per command (target_cmd_done, filtered in \
-             the kernel) costs {:.2} µs against the untraced {budget:.1} µs per command \
-             (1/IOPS); 0.95 allows {:.2} µs. An empty uprobe on the same point \
-             ([Per-probe cost](#per-probe-cost)) shows how much of it is the trap alone.",
+            "\nWhat limits the tmf set: it has no probe on the command path (the TMF, nexus \
+             and connection points fire per TMF or per session), yet adds {:.2} µs against \
+             the untraced {budget:.1} µs per command (1/IOPS); 0.95 allows {:.2} µs. With no \
+             hit per command this is the spread of a shared machine, or the tracer's own \
+             CPU competing with tgtd.",
             per_hit[1],
             budget * (1.0 / 0.95 - 1.0),
         );
@@ -204,7 +210,7 @@ pub fn saturation(tgtd: &Tgtd, opts: &Options) -> anyhow::Result<String> {
          later). tgt-trace records to a file, as in use; bpftrace runs the lean set's probe \
          points (queue and release) and prints the same fields (its output is read and \
          discarded). µs added per command is 1/IOPS traced − 1/IOPS untraced; per probe hit \
-         divides it by the hits per ordinary command (tmf 1, lean 2, full 4, bpftrace 2). \
+         divides it by the hits per ordinary command (tmf 0, lean 2, full 4, bpftrace 2). \
          Tracer CPU is the tracer process's utime+stime over the run. Saturation IOPS vary \
          from run to run (see the spread; iscsi-perf and tgtd share the cores), so a ratio near \
          or above 1.00 means a cost below that noise, not a speed-up; [CPU at a fixed \
