@@ -30,6 +30,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Write the manual pages (roff), for packaging.
+    #[command(hide = true)]
+    Man(cli::man::ManArgs),
     /// Record events to NDJSON until Ctrl-C, SIGTERM, --duration, or COMMAND exits.
     Record(RecordArgs),
     /// Run a recorded trace through the matcher; print its records as NDJSON.
@@ -90,6 +93,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Man(args) => args.run(),
         Command::Record(args) => args.run(),
         Command::Replay(args) => args.run(),
         Command::Report(args) => args.run(),

@@ -5,6 +5,7 @@
 
 mod bench;
 mod demo;
+mod deploy;
 mod fuzz;
 mod owned;
 mod setup;
@@ -30,7 +31,8 @@ struct Cli {
 enum Job {
     /// Install what building and testing need: nightly rust-src, bpf-linker, Debian packages.
     Setup,
-    /// fmt, clippy (user space and eBPF), unit tests, then the end-to-end tests as root.
+    /// fmt, clippy (user space and eBPF), unit tests, promtool on deploy/, then as root the
+    /// end-to-end tests and the Debian package (installed, checked, purged).
     Test {
         /// Skip the end-to-end tests (they need root and a real tgtd).
         #[arg(long)]
@@ -69,6 +71,8 @@ enum Job {
         #[arg(long, default_value_t = 20_000)]
         cases: u32,
     },
+    /// Build the Debian package (release binary, man pages, unit, rules) into target/debian/.
+    Deb,
     /// Start a scratch tgtd on 127.0.0.1, drive a workload that causes aborts, and trace it live.
     Demo {
         /// Stop after this many seconds (0: until Ctrl-C, or q in the TUI).
@@ -97,7 +101,7 @@ fn main() -> ExitCode {
     let signals = match &cli.job {
         Job::Demo { .. } | Job::Soak { .. } => Some(owned::Mode::Cooperative),
         Job::Bench { .. } => Some(owned::Mode::Immediate),
-        Job::Setup | Job::Test { .. } | Job::Fuzz { .. } => None,
+        Job::Setup | Job::Test { .. } | Job::Fuzz { .. } | Job::Deb => None,
     };
     if let Some(mode) = signals
         && let Err(err) = owned::install(mode)
@@ -129,6 +133,10 @@ fn main() -> ExitCode {
             }
         }),
         Job::Fuzz { cases } => fuzz::run(cases),
+        Job::Deb => setup::run()
+            .and_then(|()| build_release(&["tgt-trace"]))
+            .and_then(|()| deploy::package())
+            .map(|_| ()),
         Job::Demo {
             seconds,
             text,
@@ -246,6 +254,7 @@ fn test(no_e2e: bool, e2e_filter: Option<&str>) -> anyhow::Result<()> {
         "e2e crate's own unit tests",
         cargo().args(["test", "-p", "tgt-trace-e2e", "--lib", "--locked"]),
     )?;
+    deploy::check_rules()?;
     if no_e2e {
         eprintln!("xtask: end-to-end tests skipped (--no-e2e)");
         return Ok(());
@@ -275,5 +284,13 @@ fn test(no_e2e: bool, e2e_filter: Option<&str>) -> anyhow::Result<()> {
     run_step(
         "end-to-end tests (real tgtd, real initiators, root)",
         &mut e2e,
-    )
+    )?;
+    if e2e_filter.is_some() {
+        eprintln!("xtask: the package's install test skipped (--e2e-filter)");
+        return Ok(());
+    }
+    // The release build above is the one packaged: no second build.
+    eprintln!("xtask: deploy: the package, installed, checked and purged");
+    let deb = deploy::package()?;
+    deploy::install_and_remove(&deb)
 }

@@ -11,18 +11,31 @@ use crate::run_step;
 
 /// Debian packages: the target, the initiators, tmux for terminal tests,
 /// tshark (with dumpcap) for the end-to-end tests' independent view of the
-/// wire, and prometheus (with promtool) to scrape `tgt-trace serve`.
-const PACKAGES: &[&str] = &["tgt", "libiscsi-bin", "tmux", "tshark", "prometheus"];
+/// wire; prometheus (with promtool) to scrape `tgt-trace serve` and check
+/// deploy/'s rules; dpkg-dev for cargo deb's dependency search
+/// (dpkg-shlibdeps), man-db to read the packaged man page.
+const PACKAGES: &[&str] = &[
+    "tgt",
+    "libiscsi-bin",
+    "tmux",
+    "tshark",
+    "prometheus",
+    "dpkg-dev",
+    "man-db",
+];
 /// Answers for package questions that would otherwise stop a
 /// non-interactive install: dumpcap stays root-only (no setuid helper, no
 /// `wireshark` group), which is all the tests, run as root, need.
 const DEBCONF_PRESEED: &str = "wireshark-common wireshark-common/install-setuid boolean false\n";
 /// bpf-linker release known to build against the nightly toolchain's LLVM.
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// cargo-deb release that builds with the stable toolchain (rustc 1.95).
+const CARGO_DEB_VERSION: &str = "3.8.0";
 
 pub fn run() -> anyhow::Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
+    cargo_deb()?;
     debian_packages(PACKAGES)?;
     Ok(())
 }
@@ -152,6 +165,27 @@ fn bpf_linker() -> anyhow::Result<()> {
                 "RUSTFLAGS",
                 format!("-C link-args=-Wl,-rpath,{}", lib_dir.display()),
             ),
+    )
+}
+
+/// cargo-deb, which builds the Debian package (`cargo xtask deb`), from
+/// crates.io at a pinned version, with its own lock file.
+fn cargo_deb() -> anyhow::Result<()> {
+    let bin = cargo_home().join("bin/cargo-deb");
+    if output(Command::new(&bin).arg("--version"))
+        .is_some_and(|v| v.trim() == format!("cargo-deb {CARGO_DEB_VERSION}"))
+    {
+        return Ok(());
+    }
+    run_step(
+        &format!("build cargo-deb {CARGO_DEB_VERSION} (a few minutes, once)"),
+        crate::cargo().args([
+            "install",
+            "cargo-deb",
+            "--version",
+            CARGO_DEB_VERSION,
+            "--locked",
+        ]),
     )
 }
 

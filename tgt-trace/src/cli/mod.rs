@@ -4,6 +4,7 @@
 
 pub mod args;
 pub mod check;
+pub mod man;
 pub mod probes;
 pub mod record;
 pub mod replay;

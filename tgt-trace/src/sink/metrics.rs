@@ -347,9 +347,12 @@ impl Sink for MetricsSink {
 
     fn header(&mut self, header: &Header) -> io::Result<()> {
         if let Ok(mut probes) = self.live.probes.lock() {
+            // Only the points the probe set wants: a point the set leaves
+            // out on purpose (the tmf set's queue) is not a probe missing.
             *probes = header
                 .probes
                 .iter()
+                .filter(|p| header.probe_set.wants(p.name))
                 .map(|p| (p.name.name(), p.attached))
                 .collect();
         }
@@ -506,7 +509,7 @@ impl Collector for Scraped {
         let probes = live.probes.lock().map(|p| p.clone()).unwrap_or_default();
         let mut family = encoder.encode_descriptor(
             "probes_attached",
-            "1 for each probe point attached, 0 for each that is not",
+            "1 for each probe point of the probe set that is attached, 0 for one that is not",
             None,
             MetricType::Gauge,
         )?;
