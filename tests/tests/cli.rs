@@ -32,6 +32,33 @@ fn without_bpf_capabilities_it_names_the_missing_ones() {
     );
 }
 
+/// Kernels since 2025 need CAP_SYS_ADMIN to create a uprobe: with CAP_BPF
+/// and CAP_PERFMON alone the programs load but cannot attach, and the error
+/// names the capability, not the attach call. (A kernel that still lets
+/// them attach records, and exits 0.)
+#[test]
+fn without_cap_sys_admin_it_names_it_where_the_kernel_needs_it() {
+    let out = Command::new("setpriv")
+        .args([
+            "--inh-caps=-all",
+            "--bounding-set=-all,+bpf,+perfmon,+sys_ptrace",
+            "--",
+        ])
+        .arg(tgt_trace_bin())
+        .args(["record", "--duration", "1s", "-o", "/dev/null"])
+        .output()
+        .expect("setpriv runs");
+    let text = stderr(&out);
+    match out.status.code() {
+        Some(0) => {}
+        Some(1) => assert!(
+            text.contains("missing: CAP_SYS_ADMIN") && text.contains("setcap"),
+            "{text}"
+        ),
+        other => panic!("exit {other:?}: {text}"),
+    }
+}
+
 #[test]
 fn a_missing_tgtd_binary_names_the_flag() {
     let out = run(&["record", "--tgtd", "/nonexistent/tgtd", "--duration", "1s"]);

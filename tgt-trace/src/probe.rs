@@ -24,8 +24,9 @@ static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tg
 pub enum ProbeError {
     /// Loading eBPF or attaching uprobes needs privileges this process lacks.
     #[error(
-        "tgt-trace needs CAP_BPF and CAP_PERFMON (or root) to load its probes; missing: {missing}. \
-         Run it as root, or grant them: setcap cap_bpf,cap_perfmon+ep $(which tgt-trace)"
+        "tgt-trace needs CAP_BPF and CAP_PERFMON (or root) to load its probes, and on current \
+         kernels CAP_SYS_ADMIN to attach them; missing: {missing}. Run it as root, or grant \
+         them: setcap cap_bpf,cap_perfmon,cap_sys_admin+ep $(which tgt-trace)"
     )]
     Privileges { missing: String },
     /// The binary was built with AYA_BUILD_SKIP and holds no probes.
@@ -220,11 +221,23 @@ impl Tracer {
                     &opts.binary.path,
                     scope,
                 )
-                .map_err(|source| ProbeError::Attach {
-                    name,
-                    function,
-                    binary: binary_path.clone(),
-                    source: Box::new(source),
+                .map_err(|source| {
+                    // Kernels since 2025 (and stable kernels it was
+                    // backported to) need CAP_SYS_ADMIN to create a uprobe;
+                    // CAP_BPF and CAP_PERFMON, which the check at start
+                    // accepts, load the programs but cannot attach them.
+                    if permission_denied(&source) && !has_capability(CAP_SYS_ADMIN) {
+                        return ProbeError::Privileges {
+                            missing: "CAP_SYS_ADMIN (this kernel needs it to create uprobes)"
+                                .to_owned(),
+                        };
+                    }
+                    ProbeError::Attach {
+                        name,
+                        function,
+                        binary: binary_path.clone(),
+                        source: Box::new(source),
+                    }
                 })?;
             links.push(prog.take_link(link)?);
             point.attached = true;
@@ -308,18 +321,35 @@ impl Drop for Tracer {
 
 /// Fails early, naming what is missing, instead of letting the kernel answer
 /// EPERM from somewhere deep in aya.
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+fn has_capability(cap: u32) -> bool {
+    effective_capabilities().unwrap_or(0) & (1u64 << cap) != 0
+}
+
+/// Whether `err`, or an error it was caused by, is EPERM or EACCES.
+fn permission_denied(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 fn check_privileges() -> Result<(), ProbeError> {
-    const CAP_SYS_ADMIN: u32 = 21;
-    const CAP_PERFMON: u32 = 38;
-    const CAP_BPF: u32 = 39;
-    let effective = effective_capabilities().unwrap_or(0);
-    let has = |cap: u32| effective & (1u64 << cap) != 0;
-    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+    if has_capability(CAP_SYS_ADMIN) || (has_capability(CAP_BPF) && has_capability(CAP_PERFMON)) {
         return Ok(());
     }
     let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
         .into_iter()
-        .filter(|(cap, _)| !has(*cap))
+        .filter(|(cap, _)| !has_capability(*cap))
         .map(|(_, name)| name)
         .collect();
     Err(ProbeError::Privileges {
