@@ -113,3 +113,48 @@ fn bad_usage_exits_3() {
         assert_eq!(out.status.code(), Some(3), "{args:?}: {}", stderr(&out));
     }
 }
+
+/// `probes --json` gives scripts the facts the text gives people: every
+/// point, found or with the reason it is not; on Debian's tgtd the iSCSI
+/// layer's points are found in the machine code with their registers, and
+/// the tmf set's walk is proved.
+#[test]
+fn probes_json_has_the_same_facts_as_the_text() {
+    let json = run(&["probes", "--json"]);
+    assert!(json.status.success(), "{}", stderr(&json));
+    let facts: serde_json::Value = serde_json::from_slice(&json.stdout).expect("one JSON object");
+    let text = run(&["probes"]);
+    assert!(text.status.success(), "{}", stderr(&text));
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    let points = facts["points"].as_array().expect("points");
+    assert!(points.len() >= 12, "{facts}");
+    for p in points {
+        let name = p["point"].as_str().expect("a name");
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} is in the text:\n{text}"));
+        match p["found"].as_bool().expect("found") {
+            true => {
+                assert!(p.get("why_not").is_none(), "{p}");
+                if let Some(offset) = p["offset"].as_u64() {
+                    assert!(line.contains(&format!("{offset:#x}")), "{line}");
+                }
+            }
+            false => {
+                let why = p["why_not"].as_str().expect("a reason");
+                assert!(line.contains(why), "{line} / {why}");
+            }
+        }
+    }
+    let found = |name: &str| {
+        points
+            .iter()
+            .find(|p| p["point"] == name)
+            .unwrap_or_else(|| panic!("{name}"))
+            .clone()
+    };
+    assert_eq!(found("iscsi_tm_execute")["register"], "rdi", "{facts}");
+    assert_eq!(found("tmf_walk")["found"], true, "{facts}");
+    assert_eq!(facts["layout"]["by"], "known_build", "{facts}");
+}

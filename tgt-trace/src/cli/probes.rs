@@ -1,88 +1,195 @@
 //! `tgt-trace probes`: what tgt-trace can attach to a tgtd binary, and why
-//! not where it cannot.
+//! not where it cannot; as text, or as JSON for scripts (`--json`). Both
+//! are printed from the same list of facts.
 
 use std::{path::PathBuf, process::ExitCode};
 
-use tgt_trace::tgtd::{DEFAULT_TGTD, TgtdBinary};
+use serde::Serialize;
+use tgt_trace::{
+    locate::register_name,
+    tgtd::{DEFAULT_TGTD, LayoutCheck, TgtdBinary},
+};
 
 #[derive(clap::Args)]
 pub struct ProbesArgs {
     #[arg(long, value_name = "PATH", default_value = DEFAULT_TGTD)]
     tgtd: PathBuf,
+    /// The same facts as one JSON object, for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `tgt-trace probes --json`.
+#[derive(Serialize)]
+struct Facts {
+    tgtd: String,
+    build_id: String,
+    layout: LayoutCheck,
+    points: Vec<Fact>,
+}
+
+/// One point tgt-trace attaches to or reads, and whether it can.
+#[derive(Serialize)]
+struct Fact {
+    /// The tgtd function (or, for `task->conn->state` and `tmf_walk`, the
+    /// fact proved).
+    point: &'static str,
+    /// What it gives the trace.
+    gives: &'static str,
+    found: bool,
+    /// File offset (exported functions) or address (points found in the
+    /// machine code).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+    /// The register the probe reads its argument from, where the compiler
+    /// chose it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    register: Option<&'static str>,
+    /// Why it was not found, and what is lost without it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    why_not: Option<String>,
+}
+
+impl Fact {
+    fn at(point: &'static str, gives: &'static str, offset: Option<u64>) -> Fact {
+        Fact {
+            point,
+            gives,
+            found: offset.is_some(),
+            offset,
+            register: None,
+            why_not: offset.is_none().then(|| "missing".to_owned()),
+        }
+    }
+
+    fn or(point: &'static str, gives: &'static str, why_not: String) -> Fact {
+        Fact {
+            point,
+            gives,
+            found: false,
+            offset: None,
+            register: None,
+            why_not: Some(why_not),
+        }
+    }
+}
+
+fn facts(binary: &TgtdBinary) -> Facts {
+    let mut points: Vec<Fact> = tgt_trace::tgtd::probe_functions()
+        .iter()
+        .map(|&name| Fact::at(name, "the tgt core's path", binary.symbol_offset(name)))
+        .collect();
+    points.push(match binary.tmf_response_offset {
+        Some(offset) => Fact::at("iscsi_tm_done", "TMF responses", Some(offset)),
+        None => Fact::or(
+            "iscsi_tm_done",
+            "TMF responses",
+            "not found: TMF responses will be inferred".to_owned(),
+        ),
+    });
+    let verified = binary.tmf_response_reads_connection;
+    points.push(Fact {
+        point: "task->conn->state",
+        gives: "responses freed on a closed connection are flagged",
+        found: verified,
+        offset: None,
+        register: None,
+        why_not: (!verified)
+            .then(|| "not verified: a response dropped on a closed connection looks sent".into()),
+    });
+    // The iSCSI layer's TMF points, found in the machine code.
+    let located = [
+        ("iscsi_tm_execute", "TMFs as received", &binary.tmf_received),
+        (
+            "iscsi_tm_tx_start",
+            "responses handed to the socket",
+            &binary.tmf_tx_start,
+        ),
+        ("iscsi_task_tx_done", "responses written", &binary.tmf_sent),
+    ];
+    for (point, gives, found) in located {
+        points.push(match found {
+            Ok(p) => Fact {
+                point,
+                gives,
+                found: true,
+                offset: Some(p.address),
+                register: Some(register_name(p.task_reg)),
+                why_not: None,
+            },
+            Err(why) => Fact::or(
+                point,
+                gives,
+                format!("not found: {why}; {gives} are unknown"),
+            ),
+        });
+    }
+    points.push(match &binary.conn_close {
+        Ok(offset) => Fact::at("conn_close", "responses freed unsent", Some(*offset)),
+        Err(why) => Fact::or(
+            "conn_close",
+            "responses freed unsent",
+            format!("not used: {why}"),
+        ),
+    });
+    points.push(match &binary.tmf_walk {
+        Ok(_) => Fact {
+            point: "tmf_walk",
+            gives: "the tmf set's covered commands, from abort_task_set's lists",
+            found: true,
+            offset: None,
+            register: None,
+            why_not: None,
+        },
+        Err(why) => Fact::or(
+            "tmf_walk",
+            "the tmf set's covered commands, from abort_task_set's lists",
+            format!("off: {why}; the tmf probe set sees no covered commands"),
+        ),
+    });
+    Facts {
+        tgtd: binary.path.display().to_string(),
+        build_id: binary.build_id.clone(),
+        layout: binary.layout.clone(),
+        points,
+    }
 }
 
 impl ProbesArgs {
     pub fn run(self) -> anyhow::Result<ExitCode> {
-        let tgtd = self.tgtd;
-
-        let binary = TgtdBinary::inspect(&tgtd)?;
+        let binary = TgtdBinary::inspect(&self.tgtd)?;
+        let facts = facts(&binary);
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&facts)?);
+            return Ok(ExitCode::SUCCESS);
+        }
         println!(
             "{}: build id {}, layout {:?}",
-            binary.path.display(),
-            binary.build_id,
-            binary.layout
+            facts.tgtd, facts.build_id, facts.layout
         );
-        for name in tgt_trace::tgtd::probe_functions() {
-            match binary.symbol_offset(name) {
-                Some(offset) => println!("  {name:<22} offset {offset:#x}"),
-                None => println!("  {name:<22} missing"),
+        for f in &facts.points {
+            let mut line = format!("  {:<22} ", f.point);
+            match (&f.why_not, f.offset) {
+                (Some(why), _) => line.push_str(why),
+                (None, Some(offset)) => line.push_str(&format!("offset {offset:#x}")),
+                (None, None) => line.push_str("proved"),
             }
-        }
-        match binary.tmf_response_offset {
-            Some(offset) => println!("  {:<22} offset {offset:#x}", "iscsi_tm_done"),
-            None => println!(
-                "  {:<22} not found: TMF responses will be inferred",
-                "iscsi_tm_done"
-            ),
-        }
-        println!(
-            "  {:<22} {}",
-            "task->conn->state",
-            if binary.tmf_response_reads_connection {
-                "verified: responses freed on a closed connection are flagged"
-            } else {
-                "not verified: a response dropped on a closed connection looks sent"
+            if f.found {
+                line.push_str(&format!(" ({}", f.gives));
+                if let Some(register) = f.register {
+                    line.push_str(&format!("; register {register} holds its argument"));
+                }
+                if f.point == "tmf_walk"
+                    && let Ok(walk) = &binary.tmf_walk
+                {
+                    line.push_str(&format!(
+                        "; target_list at {:+#x} from target_mgmt_request",
+                        walk.target_list_from_entry
+                    ));
+                }
+                line.push(')');
             }
-        );
-        // The iSCSI layer's TMF points, found in the machine code.
-        let points = [
-            ("iscsi_tm_execute", "TMFs as received", &binary.tmf_received),
-            (
-                "iscsi_tm_tx_start",
-                "responses handed to the socket",
-                &binary.tmf_tx_start,
-            ),
-            ("iscsi_task_tx_done", "responses written", &binary.tmf_sent),
-        ];
-        for (function, what, point) in points {
-            match point {
-                Ok(p) => println!(
-                    "  {function:<22} offset {:#x} ({what}; register {} holds the {})",
-                    p.address,
-                    tgt_trace::locate::register_name(p.task_reg),
-                    if function == "iscsi_tm_tx_start" {
-                        "connection"
-                    } else {
-                        "task"
-                    }
-                ),
-                Err(why) => println!("  {function:<22} not found: {why}; {what} are unknown"),
-            }
-        }
-        match &binary.conn_close {
-            Ok(offset) => println!("  {:<22} offset {offset:#x}", "conn_close"),
-            Err(why) => println!("  {:<22} not used: {why}", "conn_close"),
-        }
-        match &binary.tmf_walk {
-            Ok(walk) => println!(
-                "  {:<22} proved: target_list at {:+#x} from target_mgmt_request; \
-                 abort_task_set's lists and cmd_processed() (the tmf set's covered sets)",
-                "tmf_walk", walk.target_list_from_entry
-            ),
-            Err(why) => println!(
-                "  {:<22} off: {why}; the tmf probe set sees no covered commands",
-                "tmf_walk"
-            ),
+            println!("{line}");
         }
         Ok(ExitCode::SUCCESS)
     }
