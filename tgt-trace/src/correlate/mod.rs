@@ -1512,41 +1512,32 @@ impl Matcher {
             .or(tmf.response.map(|r| r.1))
             .unwrap_or(self.now_ns);
         match outcome {
-            TmfOutcome::NoTaskNotYetQueued => {
-                let detail = format!(
-                    "ABORT TASK found no task in the core: tag {:#x} was still held by the iSCSI \
-                     layer (waiting for its CmdSN or Data-Out); tgtd answered TASK DOES NOT EXIST \
-                     and will run the command when it arrives",
-                    tmf.tag
-                );
-                if self.held_aborts.len() < self.cfg.max_tmfs {
-                    self.held_aborts
-                        .insert((tmf.pid, tmf.itn_id, tmf.tag), (tmf.seq, at, tmf.lun));
-                }
-                self.orphan(
-                    OrphanKind::TmfFoundNoTask,
-                    tmf.pid,
-                    tmf.itn_id,
-                    tmf.tag,
-                    tmf.lun,
-                    at,
-                    Some(tmf.seq),
-                    Some(function.clone()),
-                    detail,
-                    out,
-                );
-            }
-            TmfOutcome::NoTaskNeverExisted | TmfOutcome::NoTaskRace => {
-                let detail = match tmf.race {
-                    Some(gap) => format!(
-                        "ABORT TASK found no task: tag {:#x} was released {} µs before the request (a race with its completion)",
-                        tmf.tag,
-                        gap / 1_000
-                    ),
-                    None => format!(
-                        "ABORT TASK found no task: tag {:#x} was not in tgtd",
+            TmfOutcome::NoTaskNotYetQueued
+            | TmfOutcome::NoTaskNeverExisted
+            | TmfOutcome::NoTaskRace => {
+                let detail = if outcome == TmfOutcome::NoTaskNotYetQueued {
+                    if self.held_aborts.len() < self.cfg.max_tmfs {
+                        self.held_aborts
+                            .insert((tmf.pid, tmf.itn_id, tmf.tag), (tmf.seq, at, tmf.lun));
+                    }
+                    format!(
+                        "ABORT TASK found no task in the core: tag {:#x} was still held by the iSCSI \
+                         layer (waiting for its CmdSN or Data-Out); tgtd answered TASK DOES NOT EXIST \
+                         and will run the command when it arrives",
                         tmf.tag
-                    ),
+                    )
+                } else {
+                    match tmf.race {
+                        Some(gap) => format!(
+                            "ABORT TASK found no task: tag {:#x} was released {} µs before the request (a race with its completion)",
+                            tmf.tag,
+                            gap / 1_000
+                        ),
+                        None => format!(
+                            "ABORT TASK found no task: tag {:#x} was not in tgtd",
+                            tmf.tag
+                        ),
+                    }
                 };
                 self.orphan(
                     OrphanKind::TmfFoundNoTask,
