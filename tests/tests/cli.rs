@@ -156,5 +156,19 @@ fn probes_json_has_the_same_facts_as_the_text() {
     };
     assert_eq!(found("iscsi_tm_execute")["register"], "rdi", "{facts}");
     assert_eq!(found("tmf_walk")["found"], true, "{facts}");
-    assert_eq!(facts["layout"]["by"], "known_build", "{facts}");
+    assert_eq!(facts["layout"]["by"], "machine_code", "{facts}");
+    // Every field the probes read is proved from Debian's build, each in
+    // the text with where.
+    assert_eq!(facts["traceable"], true, "{facts}");
+    let fields = facts["fields"].as_array().expect("fields");
+    assert!(fields.len() >= 20, "{facts}");
+    for f in fields {
+        let name = f["field"].as_str().expect("a name");
+        assert_eq!(f["proved"], true, "{f}");
+        let how = f["how"].as_str().expect("where it was proved");
+        assert!(
+            text.lines().any(|l| l.contains(name) && l.contains(how)),
+            "{name} proved in the text:\n{text}"
+        );
+    }
 }

@@ -11,10 +11,12 @@ pub mod correlate;
 pub mod decode;
 pub mod event;
 pub mod existing;
+pub mod flow;
 pub mod locate;
 pub mod pipeline;
 pub mod points;
 pub mod probe;
+pub mod proof;
 pub mod reader;
 pub mod record;
 pub mod report;
@@ -59,7 +61,12 @@ pub mod tui;
 /// the walk), the header's probe point `tmf_walk`, and the drop count
 /// `walk_truncated`. Versions 1 to 5 are still read; a version 5 `tmf`
 /// trace's covered sets come from its releases, as before.
-pub const SCHEMA_VERSION: u32 = 6;
+///
+/// 7 made the header's `tgtd_layout` say how the layout was proved:
+/// `{"by": "machine_code", "unproved": [...]}`, each field shown from the
+/// build's own code (`proof`). Versions 1 to 6 (`known_build`,
+/// `code_fingerprint`) are still read.
+pub const SCHEMA_VERSION: u32 = 7;
 
 /// The oldest trace format this version reads.
 pub const OLDEST_SCHEMA_VERSION: u32 = 1;

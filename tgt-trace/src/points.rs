@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::tgtd::symbol;
+use crate::{proof::Field, tgtd::symbol};
 
 /// Which probe points to attach; each costs a uprobe hit per command where it
 /// is on the command path.
@@ -153,6 +153,55 @@ impl Point {
             Point::TmfResponse => "tmf_response",
             Point::TmfWalk => "tmf_request",
             other => other.name(),
+        }
+    }
+
+    /// The fields its probe reads, each proved from the build's machine code
+    /// before the probe is attached (`crate::proof`). The command probes
+    /// read `struct scsi_cmd` from `cmd_itn_id` to `mreq` in one window, so
+    /// each needs all that window's fields it reports.
+    pub fn needs(self) -> &'static [Field] {
+        use Field as F;
+        match self {
+            Point::Queue => &[
+                F::QueueArgs,
+                F::CmdItnId,
+                F::CmdLun,
+                F::CmdScb,
+                F::CmdAttribute,
+                F::CmdTag,
+            ],
+            Point::Perform => &[F::PerformArgs, F::CmdItnId, F::CmdTag],
+            Point::Result => &[
+                F::IoDoneArgs,
+                F::CmdResult,
+                F::CmdItnId,
+                F::CmdTag,
+                F::CmdMreq,
+                F::MreqMid,
+            ],
+            Point::Release => &[
+                F::DoneArgs,
+                F::CmdItnId,
+                F::CmdTag,
+                F::CmdResult,
+                F::CmdMreq,
+                F::MreqMid,
+                F::MreqBusy,
+                F::MreqFunction,
+            ],
+            Point::TmfRequest | Point::TmfReturn => &[F::MgmtArgs, F::MreqMid],
+            Point::TmfResponse => &[
+                F::DriverMgmtEndNotify,
+                F::MreqMid,
+                F::MreqFunction,
+                F::MreqResult,
+            ],
+            Point::NexusCreate => &[F::NexusCreateArgs],
+            Point::NexusDestroy => &[F::NexusDestroyArgs],
+            Point::TmfWalk => &[F::MgmtArgs, F::CmdTag, F::CmdLun, F::CmdMreq, F::MreqBusy],
+            // Found and proved in the machine code by `crate::locate`.
+            Point::TmfReceived | Point::TmfSent | Point::TmfTxStart | Point::ConnClose => &[],
         }
     }
 

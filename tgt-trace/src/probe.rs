@@ -173,6 +173,11 @@ impl Tracer {
                     .symbol_offset(function)
                     .ok_or_else(|| format!("{function} is not exported")),
             };
+            // Never read with an offset the build's code does not prove.
+            let located = match opts.binary.unproved_for(path) {
+                Some(why) => Err(why),
+                None => located,
+            };
             let offset = located.as_ref().ok().copied();
             let mut point = ProbePoint {
                 name,

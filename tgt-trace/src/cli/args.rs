@@ -10,9 +10,10 @@ use tgt_trace::{
 
 #[derive(clap::Args, Clone)]
 pub struct AttachArgs {
-    /// The tgtd binary whose processes are traced.
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_TGTD)]
-    pub tgtd: PathBuf,
+    /// The tgtd binary whose processes are traced [default: with --pid, that
+    /// process's executable; else /usr/sbin/tgtd].
+    #[arg(long, value_name = "PATH")]
+    pub tgtd: Option<PathBuf>,
     /// Trace only this tgtd process (filtered in the kernel).
     #[arg(long, value_name = "PID")]
     pub pid: Option<NonZeroU32>,
@@ -30,8 +31,23 @@ pub struct AttachArgs {
 impl AttachArgs {
     /// What to trace: the binary is checked here, before anything attaches.
     pub fn trace_options(&self) -> anyhow::Result<TraceOptions> {
+        let path = match (&self.tgtd, self.pid) {
+            (Some(path), _) => path.clone(),
+            // The running process's own binary, whatever build it is.
+            (None, Some(pid)) => std::fs::read_link(format!("/proc/{pid}/exe")).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot read /proc/{pid}/exe ({e}): is process {pid} running? pass --tgtd PATH"
+                )
+            })?,
+            (None, None) => PathBuf::from(DEFAULT_TGTD),
+        };
+        let binary = TgtdBinary::inspect(&path)?;
+        // Refused when not even the TMF request's fields are proved.
+        if let Some(refusal) = binary.refusal() {
+            return Err(refusal.into());
+        }
         Ok(TraceOptions {
-            binary: TgtdBinary::inspect(&self.tgtd)?,
+            binary,
             pid: self.pid,
             set: self.probes,
             ring_bytes: self.ring_size,

@@ -7,6 +7,8 @@ use std::{path::PathBuf, process::ExitCode};
 use serde::Serialize;
 use tgt_trace::{
     locate::register_name,
+    points::Point,
+    proof::FieldProof,
     tgtd::{DEFAULT_TGTD, LayoutCheck, TgtdBinary},
 };
 
@@ -26,6 +28,15 @@ struct Facts {
     build_id: String,
     layout: LayoutCheck,
     points: Vec<Fact>,
+    /// Each field the probes read, proved from the machine code or not.
+    fields: Vec<FieldProof>,
+    /// Whether `record`, `tui` and `serve` trace this build (the TMF
+    /// request's fields are proved); probes whose fields are not proved are
+    /// left off either way.
+    traceable: bool,
+    /// Why not, when not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refused: Option<String>,
 }
 
 /// One point tgt-trace attaches to or reads, and whether it can.
@@ -77,7 +88,17 @@ impl Fact {
 fn facts(binary: &TgtdBinary) -> Facts {
     let mut points: Vec<Fact> = tgt_trace::tgtd::probe_functions()
         .iter()
-        .map(|&name| Fact::at(name, "the tgt core's path", binary.symbol_offset(name)))
+        .map(|&name| {
+            let gives = "the tgt core's path";
+            let unproved = Point::ALL
+                .iter()
+                .find(|p| p.function() == name)
+                .and_then(|&p| binary.unproved_for(p));
+            match unproved {
+                Some(why) => Fact::or(name, gives, format!("off: {why}")),
+                None => Fact::at(name, gives, binary.symbol_offset(name)),
+            }
+        })
         .collect();
     points.push(match binary.tmf_response_offset {
         Some(offset) => Fact::at("iscsi_tm_done", "TMF responses", Some(offset)),
@@ -147,11 +168,15 @@ fn facts(binary: &TgtdBinary) -> Facts {
             format!("off: {why}; the tmf probe set sees no covered commands"),
         ),
     });
+    let refused = binary.refusal().map(|e| e.to_string());
     Facts {
         tgtd: binary.path.display().to_string(),
         build_id: binary.build_id.clone(),
         layout: binary.layout.clone(),
         points,
+        fields: binary.proof.fields.clone(),
+        traceable: refused.is_none(),
+        refused,
     }
 }
 
@@ -163,10 +188,29 @@ impl ProbesArgs {
             println!("{}", serde_json::to_string_pretty(&facts)?);
             return Ok(ExitCode::SUCCESS);
         }
+        println!("{}: build id {}", facts.tgtd, facts.build_id);
+        if let Some(why) = &facts.refused {
+            println!("REFUSED: {why}");
+        }
+        let proved = facts.fields.iter().filter(|f| f.proved).count();
         println!(
-            "{}: build id {}, layout {:?}",
-            facts.tgtd, facts.build_id, facts.layout
+            "layout: {proved} of {} fields proved from the machine code",
+            facts.fields.len()
         );
+        for f in &facts.fields {
+            let name = match f.offset {
+                Some(offset) => format!("{} ({offset})", f.field),
+                None => f.field.to_string(),
+            };
+            match (&f.how, &f.why_not) {
+                (Some(how), _) => println!("  {name:<28} proved: {how}"),
+                (_, why) => println!(
+                    "  {name:<28} NOT PROVED: {}",
+                    why.as_deref().unwrap_or("not checked")
+                ),
+            }
+        }
+        println!("points:");
         for f in &facts.points {
             let mut line = format!("  {:<22} ", f.point);
             match (&f.why_not, f.offset) {

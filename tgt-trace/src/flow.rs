@@ -1,0 +1,555 @@
+//! Where a function's values come from: a small forward dataflow over its
+//! x86_64 machine code (decoded by `iced-x86`), enough to say "this load is
+//! 8 bytes at offset 168 of the pointer the function got as its second
+//! argument" whatever registers, spills and branches the compiler chose.
+//!
+//! Each register and each stack slot (addressed from the stack pointer at
+//! entry, so `-O0`'s `%rbp` frames and `-O2`'s `%rsp` spills look alike)
+//! holds a symbolic [`Val`]; facts from different paths are met by keeping
+//! what both agree on, so a fact holds on every path that reaches it.
+//! Switches compiled to jump tables are followed by giving each block no
+//! direct edge reaches the state at the function's indirect jumps.
+//!
+//! Used by `crate::proof` to prove the struct layout the probes read.
+
+use std::collections::BTreeMap;
+
+use iced_x86::{
+    FlowControl, Instruction, InstructionInfoFactory, Mnemonic, OpAccess, OpKind, Register,
+};
+
+/// A symbolic value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Val {
+    /// The function's `n`th integer argument (System V: rdi, rsi, rdx, rcx,
+    /// r8, r9), or a truncation or extension of it.
+    Arg(u8),
+    /// The stack pointer at entry plus this.
+    Sp(i64),
+    /// What was loaded from `[val + disp]`.
+    Load(Box<Val>, i64),
+    /// The address `val + disp` (`lea`).
+    Addr(Box<Val>, i64),
+    /// An element of the array at `val` (`[val + index*scale]`), loaded.
+    Elem(Box<Val>),
+    /// A RIP-relative address.
+    Global(u64),
+    /// What a call returned; the callee's address when direct.
+    Ret(Option<u64>),
+    Imm(u64),
+    /// A base register whose value is not known (a list walk's node):
+    /// accesses through it are recorded, nothing loaded from it is.
+    Unknown,
+}
+
+impl Val {
+    pub fn load(base: &Val, disp: i64) -> Val {
+        Val::Load(Box::new(base.clone()), disp)
+    }
+}
+
+/// A memory operand `[base + disp]`, or a register or immediate operand
+/// used beside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    /// Loaded into a register (`mov`, `movzx`, `movsx`, ...).
+    Read,
+    /// Stored to; `value` is what was stored.
+    Write,
+    /// Compared (`cmp`, `test`) with `value`.
+    Compare,
+    /// Read, changed and written back (`add $1, mem`, `inc mem`).
+    Update,
+    /// Its address taken (`lea`).
+    Address,
+}
+
+/// One memory access whose base register's value is known.
+#[derive(Debug, Clone)]
+pub struct Access {
+    pub ip: u64,
+    pub what: Use,
+    pub base: Val,
+    pub disp: i64,
+    /// Bytes.
+    pub size: usize,
+    /// The other operand's value: what was stored, what it was compared with.
+    pub value: Option<Val>,
+}
+
+/// A register compared with an immediate (`cmp $13, %eax`).
+#[derive(Debug, Clone)]
+pub struct Compare {
+    pub ip: u64,
+    pub value: Val,
+    pub imm: u64,
+}
+
+/// A call or a tail jump, with the argument registers' values.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub ip: u64,
+    /// The callee, when direct.
+    pub target: Option<u64>,
+    /// For `call *disp(%reg)`: the register's value and the displacement.
+    pub via: Option<(Val, i64)>,
+    pub args: [Option<Val>; 6],
+}
+
+/// What a function does with its values.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    pub accesses: Vec<Access>,
+    pub compares: Vec<Compare>,
+    pub calls: Vec<Call>,
+}
+
+impl Facts {
+    /// Accesses of `[base + disp]` of `size` bytes (any size when 0).
+    pub fn at<'a>(
+        &'a self,
+        what: Use,
+        base: &'a Val,
+        disp: usize,
+        size: usize,
+    ) -> impl Iterator<Item = &'a Access> + 'a {
+        self.accesses.iter().filter(move |a| {
+            a.what == what
+                && a.base == *base
+                && a.disp == disp as i64
+                && (size == 0 || a.size == size)
+        })
+    }
+
+    /// Whether any access of `[anything + disp]` of `size` bytes compares
+    /// it with `value`.
+    pub fn compared_with(&self, disp: usize, size: usize, value: &Val) -> bool {
+        self.accesses.iter().any(|a| {
+            a.what == Use::Compare
+                && a.disp == disp as i64
+                && a.size == size
+                && a.value.as_ref() == Some(value)
+        })
+    }
+}
+
+const ARG_REGS: [Register; 6] = [
+    Register::RDI,
+    Register::RSI,
+    Register::RDX,
+    Register::RCX,
+    Register::R8,
+    Register::R9,
+];
+
+const CALLER_SAVED: [Register; 9] = [
+    Register::RAX,
+    Register::RCX,
+    Register::RDX,
+    Register::RSI,
+    Register::RDI,
+    Register::R8,
+    Register::R9,
+    Register::R10,
+    Register::R11,
+];
+
+/// Registers and stack slots (by offset from the entry stack pointer).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct State {
+    regs: BTreeMap<Register, Val>,
+    slots: BTreeMap<i64, Val>,
+}
+
+impl State {
+    fn entry() -> State {
+        let mut regs = BTreeMap::new();
+        for (i, reg) in ARG_REGS.iter().enumerate() {
+            regs.insert(*reg, Val::Arg(i as u8));
+        }
+        regs.insert(Register::RSP, Val::Sp(0));
+        State {
+            regs,
+            slots: BTreeMap::new(),
+        }
+    }
+
+    /// What both paths agree on.
+    fn meet(&mut self, other: &State) -> bool {
+        let before = (self.regs.len(), self.slots.len());
+        self.regs.retain(|r, v| other.regs.get(r) == Some(v));
+        self.slots.retain(|s, v| other.slots.get(s) == Some(v));
+        before != (self.regs.len(), self.slots.len())
+    }
+
+    fn reg(&self, reg: Register) -> Option<Val> {
+        if reg == Register::None {
+            return None;
+        }
+        self.regs.get(&reg.full_register()).cloned()
+    }
+
+    fn set(&mut self, reg: Register, val: Option<Val>) {
+        let reg = reg.full_register();
+        match val {
+            Some(v) => {
+                self.regs.insert(reg, v);
+            }
+            None => {
+                self.regs.remove(&reg);
+            }
+        }
+    }
+}
+
+/// The memory operand of `insn`, as (base value, displacement), when its
+/// base is known; `Elem` for an indexed load from a known base.
+fn memory(state: &State, insn: &Instruction) -> Option<(Val, i64)> {
+    if insn.is_ip_rel_memory_operand() {
+        return Some((Val::Global(insn.ip_rel_memory_address()), 0));
+    }
+    let disp = insn.memory_displacement64() as i64;
+    let index = insn.memory_index();
+    let base = state.reg(insn.memory_base());
+    match (base, index) {
+        (Some(base), Register::None) => Some((base, disp)),
+        (None, Register::None) if insn.memory_base() != Register::None => {
+            Some((Val::Unknown, disp))
+        }
+        // `tgt_drivers[lid]`: an element of a known array.
+        (Some(base), _) if disp == 0 => Some((Val::Elem(Box::new(base)), 0)),
+        // A non-PIE array addressed by its absolute address.
+        (None, index) if index != Register::None && insn.memory_base() == Register::None => {
+            Some((Val::Elem(Box::new(Val::Global(disp as u64))), 0))
+        }
+        _ => None,
+    }
+}
+
+/// The value at a memory operand: a stack slot's, or a symbolic load.
+fn load(state: &State, base: &Val, disp: i64) -> Option<Val> {
+    match base {
+        Val::Sp(k) => state.slots.get(&(k + disp)).cloned(),
+        Val::Elem(_) if disp == 0 => Some(base.clone()),
+        Val::Unknown => None,
+        _ => Some(Val::load(base, disp)),
+    }
+}
+
+fn operand_value(state: &State, insn: &Instruction, op: u32) -> Option<Val> {
+    match insn.op_kind(op) {
+        OpKind::Register => state.reg(insn.op_register(op)),
+        OpKind::Immediate8
+        | OpKind::Immediate16
+        | OpKind::Immediate32
+        | OpKind::Immediate64
+        | OpKind::Immediate8to16
+        | OpKind::Immediate8to32
+        | OpKind::Immediate8to64
+        | OpKind::Immediate32to64 => Some(Val::Imm(insn.immediate(op))),
+        _ => None,
+    }
+}
+
+fn is_memory(insn: &Instruction, op: u32) -> bool {
+    insn.op_kind(op) == OpKind::Memory
+}
+
+/// Applies one instruction to `state`, recording into `facts` when given.
+fn step(
+    state: &mut State,
+    insn: &Instruction,
+    range: &std::ops::Range<u64>,
+    info: &mut InstructionInfoFactory,
+    mut facts: Option<&mut Facts>,
+) {
+    let mnemonic = insn.mnemonic();
+    let size = insn.memory_size().size();
+    let mem = (0..insn.op_count())
+        .any(|o| is_memory(insn, o))
+        .then(|| memory(state, insn))
+        .flatten();
+    let mut record = |what: Use, value: Option<Val>| {
+        if let (Some(f), Some((base, disp))) = (facts.as_deref_mut(), mem.clone())
+            && !matches!(base, Val::Sp(_))
+        {
+            f.accesses.push(Access {
+                ip: insn.ip(),
+                what,
+                base,
+                disp,
+                size,
+                value,
+            });
+        }
+    };
+    match mnemonic {
+        Mnemonic::Mov | Mnemonic::Movzx | Mnemonic::Movsx | Mnemonic::Movsxd
+            if insn.op_count() == 2 =>
+        {
+            if insn.op0_kind() == OpKind::Register {
+                let value = if is_memory(insn, 1) {
+                    record(Use::Read, None);
+                    mem.as_ref().and_then(|(b, d)| load(state, b, *d))
+                } else {
+                    operand_value(state, insn, 1)
+                };
+                state.set(insn.op0_register(), value);
+            } else if is_memory(insn, 0) {
+                let value = operand_value(state, insn, 1);
+                record(Use::Write, value.clone());
+                if let Some((Val::Sp(k), disp)) = &mem {
+                    match value {
+                        Some(v) => {
+                            state.slots.insert(k + disp, v);
+                        }
+                        None => {
+                            state.slots.remove(&(k + disp));
+                        }
+                    }
+                }
+            }
+            return;
+        }
+        Mnemonic::Lea => {
+            let value = match &mem {
+                Some((Val::Sp(k), d)) => Some(Val::Sp(k + d)),
+                Some((Val::Global(g), _)) => Some(Val::Global(*g)),
+                Some((Val::Unknown, _)) => None,
+                Some((b, d)) if insn.memory_index() == Register::None => {
+                    Some(Val::Addr(Box::new(b.clone()), *d))
+                }
+                _ => None,
+            };
+            record(Use::Address, None);
+            state.set(insn.op0_register(), value);
+            return;
+        }
+        Mnemonic::Cmp | Mnemonic::Test => {
+            if is_memory(insn, 0) {
+                record(Use::Compare, operand_value(state, insn, 1));
+            } else if is_memory(insn, 1) {
+                record(Use::Compare, operand_value(state, insn, 0));
+            } else if let (Some(value), Some(Val::Imm(imm)), Some(f)) = (
+                operand_value(state, insn, 0),
+                operand_value(state, insn, 1),
+                facts.as_deref_mut(),
+            ) {
+                f.compares.push(Compare {
+                    ip: insn.ip(),
+                    value,
+                    imm,
+                });
+            }
+            return;
+        }
+        Mnemonic::Push => {
+            let value = operand_value(state, insn, 0);
+            if let Some(Val::Sp(k)) = state.reg(Register::RSP) {
+                let k = k - 8;
+                match value {
+                    Some(v) => state.slots.insert(k, v),
+                    None => state.slots.remove(&k),
+                };
+                state.set(Register::RSP, Some(Val::Sp(k)));
+            }
+            return;
+        }
+        Mnemonic::Pop => {
+            if let Some(Val::Sp(k)) = state.reg(Register::RSP) {
+                let value = state.slots.get(&k).cloned();
+                state.set(insn.op0_register(), value);
+                state.set(Register::RSP, Some(Val::Sp(k + 8)));
+            }
+            return;
+        }
+        Mnemonic::Xor
+            if insn.op0_kind() == OpKind::Register
+                && insn.op1_kind() == OpKind::Register
+                && insn.op0_register() == insn.op1_register() =>
+        {
+            state.set(insn.op0_register(), Some(Val::Imm(0)));
+            return;
+        }
+        Mnemonic::Sub | Mnemonic::Add
+            if insn.op0_kind() == OpKind::Register
+                && insn.op0_register() == Register::RSP
+                && insn.op1_kind() != OpKind::Register =>
+        {
+            let delta = insn.immediate(1) as i64;
+            let sp = state.reg(Register::RSP);
+            state.set(
+                Register::RSP,
+                match sp {
+                    Some(Val::Sp(k)) if mnemonic == Mnemonic::Sub => Some(Val::Sp(k - delta)),
+                    Some(Val::Sp(k)) => Some(Val::Sp(k + delta)),
+                    _ => None,
+                },
+            );
+            return;
+        }
+        _ => {}
+    }
+    let flow = insn.flow_control();
+    if matches!(flow, FlowControl::Call | FlowControl::IndirectCall)
+        || (flow == FlowControl::IndirectBranch && is_memory(insn, 0))
+        || (flow == FlowControl::UnconditionalBranch
+            && insn.op0_kind() == OpKind::NearBranch64
+            && !range.contains(&insn.near_branch_target()))
+    {
+        let via = (flow != FlowControl::Call && flow != FlowControl::UnconditionalBranch)
+            .then(|| mem.clone())
+            .flatten();
+        let target = matches!(flow, FlowControl::Call | FlowControl::UnconditionalBranch)
+            .then(|| insn.near_branch_target());
+        if let Some(f) = facts {
+            f.calls.push(Call {
+                ip: insn.ip(),
+                target,
+                via,
+                args: ARG_REGS.map(|r| state.reg(r)),
+            });
+        }
+        if matches!(flow, FlowControl::Call | FlowControl::IndirectCall) {
+            for reg in CALLER_SAVED {
+                state.set(reg, None);
+            }
+            state.set(Register::RAX, Some(Val::Ret(target)));
+        }
+        return;
+    }
+    // Anything else: what it reads from or writes to memory is recorded,
+    // and every register it writes is forgotten.
+    if mem.is_some() {
+        let writes_memory = info
+            .info(insn)
+            .used_memory()
+            .iter()
+            .any(|m| matches!(m.access(), OpAccess::ReadWrite | OpAccess::Write));
+        record(
+            if writes_memory {
+                Use::Update
+            } else {
+                Use::Read
+            },
+            None,
+        );
+        if writes_memory && let Some((Val::Sp(k), disp)) = &mem {
+            state.slots.remove(&(k + disp));
+        }
+    }
+    let written: Vec<Register> = info
+        .info(insn)
+        .used_registers()
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.access(),
+                OpAccess::Write
+                    | OpAccess::ReadWrite
+                    | OpAccess::CondWrite
+                    | OpAccess::ReadCondWrite
+            )
+        })
+        .map(|r| r.register())
+        .filter(|r| r.is_gpr())
+        .collect();
+    for reg in written {
+        state.set(reg, None);
+    }
+}
+
+/// Follows the function made of `insns` (in address order, the first is its
+/// entry) and returns what it does with its values.
+pub fn analyze(insns: &[Instruction]) -> Facts {
+    let n = insns.len();
+    if n == 0 {
+        return Facts::default();
+    }
+    let (start, end) = (insns[0].ip(), insns[n - 1].next_ip());
+    let index_of = |ip: u64| insns.binary_search_by_key(&ip, |i| i.ip()).ok();
+    let successors = |i: usize| -> Vec<usize> {
+        let insn = &insns[i];
+        let mut next = Vec::new();
+        match insn.flow_control() {
+            FlowControl::Return | FlowControl::IndirectBranch | FlowControl::Exception => {}
+            FlowControl::UnconditionalBranch => {
+                let t = insn.near_branch_target();
+                if (start..end).contains(&t) {
+                    next.extend(index_of(t));
+                }
+            }
+            FlowControl::ConditionalBranch => {
+                let t = insn.near_branch_target();
+                if (start..end).contains(&t) {
+                    next.extend(index_of(t));
+                }
+                next.push(i + 1);
+            }
+            _ => next.push(i + 1),
+        }
+        next.retain(|&j| j < n);
+        next
+    };
+    let mut info = InstructionInfoFactory::new();
+    let mut states: Vec<Option<State>> = vec![None; n];
+    states[0] = Some(State::entry());
+    let mut work = vec![0usize];
+    loop {
+        while let Some(i) = work.pop() {
+            let Some(mut state) = states[i].clone() else {
+                continue;
+            };
+            step(&mut state, &insns[i], &(start..end), &mut info, None);
+            for j in successors(i) {
+                let changed = match &mut states[j] {
+                    Some(existing) => existing.meet(&state),
+                    slot @ None => {
+                        *slot = Some(state.clone());
+                        true
+                    }
+                };
+                if changed {
+                    work.push(j);
+                }
+            }
+        }
+        // Jump tables: the blocks nothing reached start from what the
+        // indirect jumps agree on.
+        let mut table: Option<State> = None;
+        for (i, insn) in insns.iter().enumerate() {
+            if insn.flow_control() == FlowControl::IndirectBranch
+                && !is_memory(insn, 0)
+                && let Some(s) = &states[i]
+            {
+                match &mut table {
+                    Some(t) => {
+                        t.meet(s);
+                    }
+                    None => table = Some(s.clone()),
+                }
+            }
+        }
+        let Some(table) = table else { break };
+        let unreached: Vec<usize> = (1..n)
+            .filter(|&i| states[i].is_none() && !successors(i - 1).contains(&i))
+            .filter(|&i| {
+                insns[i].mnemonic() != Mnemonic::Nop && insns[i].mnemonic() != Mnemonic::Int3
+            })
+            .collect();
+        if unreached.is_empty() {
+            break;
+        }
+        for i in unreached {
+            states[i] = Some(table.clone());
+            work.push(i);
+        }
+    }
+    let mut facts = Facts::default();
+    for (i, insn) in insns.iter().enumerate() {
+        if let Some(mut state) = states[i].clone() {
+            step(&mut state, insn, &(start..end), &mut info, Some(&mut facts));
+        }
+    }
+    facts
+}

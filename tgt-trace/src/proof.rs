@@ -1,0 +1,764 @@
+//! The struct layout the probes read, proved field by field from tgtd's own
+//! machine code, in the context tgt's source gives each field.
+//!
+//! A probe that reads `cmd->tag` at the wrong offset produces plausible
+//! garbage, so no offset is trusted on a build id or a byte pattern: each is
+//! shown to be what the code does with the value tgt's source says it does.
+//! [`crate::flow`] follows each function's values (arguments, spills,
+//! loads); a field is proved when the access it names is there, at the
+//! offset `tgt_trace_common::layout` gives, on the value the source says:
+//!
+//! | field | proved in | by (tgt source) |
+//! |---|---|---|
+//! | `target_cmd_queue(tid, cmd)` args, `scsi_cmd.cmd_itn_id` (120) | `target_cmd_queue` | `itn_id = cmd->cmd_itn_id`: an 8-byte load from its second argument |
+//! | `scsi_cmd.lun` (156) | `target_cmd_queue` | `scsi_get_devid(target->lid, cmd->lun)`: the field's address passed to a call, or its 8 bytes loaded |
+//! | `scsi_cmd.scb` (144) | `scsi_cmd_perform` | `op = cmd->scb[0]`: a byte loaded through the pointer at 144 of the second argument |
+//! | `scsi_cmd.attribute` (164) | `target_cmd_perform` | `cmd->attribute` read, 4 bytes, from its second argument |
+//! | `target_cmd_io_done(cmd, result)` args, `scsi_cmd.result` (176) | `target_cmd_io_done` | `scsi_set_result(cmd, result)`: the second argument stored at 176 of the first |
+//! | `tgt_driver.cmd_end_notify` (104) | `target_cmd_io_done` | `tgt_drivers[lid]->cmd_end_notify(cmd->cmd_itn_id, result, cmd)` |
+//! | `scsi_cmd.mreq` (184) | `target_cmd_done` | `mreq = cmd->mreq`, 8 bytes from its argument |
+//! | `mgmt_req.busy` (8), `.function` (12), `.result` (16) | `target_cmd_done` | `!--mreq->busy`; `mreq->function == ABORT_TASK`; `mreq->result = ...` |
+//! | `tgt_driver.mgmt_end_notify` (112) | `target_cmd_done` | `tgt_drivers[...]->mgmt_end_notify(mreq)` |
+//! | `target_mgmt_request` args, `mgmt_req.mid` (0) | `target_mgmt_request` | `mreq->mid = req_id` (third argument), `mreq->function = function` (fourth), on what the allocation returned; `target->tid == tid` (first) |
+//! | `target_mgmt_request` itn_id, tag, lun_buf; `scsi_cmd.tag` (168) | `target_mgmt_request`, `abort_task_set` | `abort_task_set(mreq, target, itn_id, tag, ...)` with the second and sixth arguments, which compares `cmd->tag == tag` (or the same compare inlined); `lun_buf` (fifth) passed on |
+//! | `iscsi_task.conn` (104), `iscsi_connection.state` (0) | `iscsi_tm_done` | `task = mreq->mid; task->conn->state == STATE_CLOSE` |
+//! | `it_nexus_create(tid, itn_id, host_no, info)` args | `it_nexus_create` | `itn->itn_id = itn_id` (second argument) on the allocation |
+//! | `it_nexus_destroy(tid, itn_id)` args | `it_nexus_destroy` | `it_nexus_lookup(tid, itn_id)` with its first two arguments, which compares `itn->itn_id` with the second |
+//!
+//! A field that cannot be proved is reported by name with what was looked
+//! for; the probe points that read it are not attached
+//! ([`crate::points::Point::needs`]), and tracing is refused when the TMF
+//! request itself cannot be read.
+
+use std::collections::{BTreeSet, HashMap};
+
+use iced_x86::{Decoder, DecoderOptions, Instruction};
+use object::{Object as _, ObjectSection as _};
+use serde::Serialize;
+use tgt_trace_common::{layout, tmf};
+
+use crate::flow::{self, Facts, Use, Val};
+
+/// A fact the probes rely on.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+pub enum Field {
+    #[serde(rename = "target_cmd_queue(tid, cmd)")]
+    QueueArgs,
+    #[serde(rename = "scsi_cmd.cmd_itn_id")]
+    CmdItnId,
+    #[serde(rename = "scsi_cmd.lun")]
+    CmdLun,
+    #[serde(rename = "scsi_cmd_perform(host_no, cmd)")]
+    PerformArgs,
+    #[serde(rename = "scsi_cmd.scb")]
+    CmdScb,
+    #[serde(rename = "scsi_cmd.attribute")]
+    CmdAttribute,
+    #[serde(rename = "target_cmd_io_done(cmd, result)")]
+    IoDoneArgs,
+    #[serde(rename = "scsi_cmd.result")]
+    CmdResult,
+    #[serde(rename = "tgt_driver.cmd_end_notify")]
+    DriverCmdEndNotify,
+    #[serde(rename = "target_cmd_done(cmd)")]
+    DoneArgs,
+    #[serde(rename = "scsi_cmd.mreq")]
+    CmdMreq,
+    #[serde(rename = "mgmt_req.busy")]
+    MreqBusy,
+    #[serde(rename = "mgmt_req.function")]
+    MreqFunction,
+    #[serde(rename = "mgmt_req.result")]
+    MreqResult,
+    #[serde(rename = "tgt_driver.mgmt_end_notify")]
+    DriverMgmtEndNotify,
+    #[serde(rename = "target_mgmt_request(tid, itn_id, req_id, function, lun_buf, tag)")]
+    MgmtArgs,
+    #[serde(rename = "mgmt_req.mid")]
+    MreqMid,
+    #[serde(rename = "scsi_cmd.tag")]
+    CmdTag,
+    #[serde(rename = "iscsi_task.conn")]
+    TaskConn,
+    #[serde(rename = "iscsi_connection.state")]
+    ConnState,
+    #[serde(rename = "it_nexus_create(tid, itn_id, host_no, info)")]
+    NexusCreateArgs,
+    #[serde(rename = "it_nexus_destroy(tid, itn_id)")]
+    NexusDestroyArgs,
+}
+
+impl Field {
+    pub const ALL: [Field; 22] = [
+        Field::QueueArgs,
+        Field::CmdItnId,
+        Field::CmdLun,
+        Field::PerformArgs,
+        Field::CmdScb,
+        Field::CmdAttribute,
+        Field::IoDoneArgs,
+        Field::CmdResult,
+        Field::DriverCmdEndNotify,
+        Field::DoneArgs,
+        Field::CmdMreq,
+        Field::MreqBusy,
+        Field::MreqFunction,
+        Field::MreqResult,
+        Field::DriverMgmtEndNotify,
+        Field::MgmtArgs,
+        Field::MreqMid,
+        Field::CmdTag,
+        Field::TaskConn,
+        Field::ConnState,
+        Field::NexusCreateArgs,
+        Field::NexusDestroyArgs,
+    ];
+
+    /// The name in messages and `probes --json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::QueueArgs => "target_cmd_queue(tid, cmd)",
+            Field::CmdItnId => "scsi_cmd.cmd_itn_id",
+            Field::CmdLun => "scsi_cmd.lun",
+            Field::PerformArgs => "scsi_cmd_perform(host_no, cmd)",
+            Field::CmdScb => "scsi_cmd.scb",
+            Field::CmdAttribute => "scsi_cmd.attribute",
+            Field::IoDoneArgs => "target_cmd_io_done(cmd, result)",
+            Field::CmdResult => "scsi_cmd.result",
+            Field::DriverCmdEndNotify => "tgt_driver.cmd_end_notify",
+            Field::DoneArgs => "target_cmd_done(cmd)",
+            Field::CmdMreq => "scsi_cmd.mreq",
+            Field::MreqBusy => "mgmt_req.busy",
+            Field::MreqFunction => "mgmt_req.function",
+            Field::MreqResult => "mgmt_req.result",
+            Field::DriverMgmtEndNotify => "tgt_driver.mgmt_end_notify",
+            Field::MgmtArgs => "target_mgmt_request(tid, itn_id, req_id, function, lun_buf, tag)",
+            Field::MreqMid => "mgmt_req.mid",
+            Field::CmdTag => "scsi_cmd.tag",
+            Field::TaskConn => "iscsi_task.conn",
+            Field::ConnState => "iscsi_connection.state",
+            Field::NexusCreateArgs => "it_nexus_create(tid, itn_id, host_no, info)",
+            Field::NexusDestroyArgs => "it_nexus_destroy(tid, itn_id)",
+        }
+    }
+
+    /// The offset the probes read it at, for struct fields.
+    pub fn offset(self) -> Option<usize> {
+        Some(match self {
+            Field::CmdItnId => layout::CMD_ITN_ID,
+            Field::CmdLun => layout::CMD_LUN,
+            Field::CmdScb => layout::CMD_SCB,
+            Field::CmdAttribute => layout::CMD_ATTRIBUTE,
+            Field::CmdResult => layout::CMD_RESULT,
+            Field::DriverCmdEndNotify => layout::DRIVER_CMD_END_NOTIFY,
+            Field::CmdMreq => layout::CMD_MREQ,
+            Field::MreqBusy => layout::MREQ_BUSY,
+            Field::MreqFunction => layout::MREQ_FUNCTION,
+            Field::MreqResult => layout::MREQ_RESULT,
+            Field::DriverMgmtEndNotify => layout::DRIVER_MGMT_END_NOTIFY,
+            Field::MreqMid => layout::MREQ_MID,
+            Field::CmdTag => layout::CMD_TAG,
+            Field::TaskConn => layout::ISCSI_TASK_CONN,
+            Field::ConnState => layout::ISCSI_CONN_STATE,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for Field {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One field: proved, with where; or not, with what was looked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldProof {
+    pub field: Field,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<usize>,
+    pub proved: bool,
+    /// Where it was proved (the instruction's address and what it does).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub how: Option<String>,
+    /// What was looked for and not found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why_not: Option<String>,
+}
+
+/// Every field, proved or not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LayoutProof {
+    pub fields: Vec<FieldProof>,
+}
+
+impl LayoutProof {
+    pub fn proved(&self, field: Field) -> bool {
+        self.fields.iter().any(|f| f.field == field && f.proved)
+    }
+
+    pub fn unproved(&self) -> impl Iterator<Item = &FieldProof> {
+        self.fields.iter().filter(|f| !f.proved)
+    }
+
+    /// The first of `fields` not proved, with why: what a probe that reads
+    /// them is missing.
+    pub fn first_unproved(&self, fields: &[Field]) -> Option<&FieldProof> {
+        fields
+            .iter()
+            .find_map(|&field| self.fields.iter().find(|f| f.field == field && !f.proved))
+    }
+}
+
+/// The code of `.text`, decoded, and where its functions start.
+pub struct Code {
+    insns: Vec<Instruction>,
+    /// Exported functions: name → (address, size).
+    exported: HashMap<String, (u64, u64)>,
+    /// Every known function start (exported, and direct call targets), so
+    /// a static function ends where the next one begins.
+    starts: BTreeSet<u64>,
+}
+
+impl Code {
+    pub fn new(file: &object::File<'_>, exported: &HashMap<String, (u64, u64)>) -> Option<Code> {
+        let text = file.section_by_name(".text")?;
+        let data = text.data().ok()?;
+        let mut decoder = Decoder::with_ip(64, data, text.address(), DecoderOptions::NONE);
+        let mut insns = Vec::with_capacity(data.len() / 4);
+        while decoder.can_decode() {
+            insns.push(decoder.decode());
+        }
+        let mut starts: BTreeSet<u64> = exported.values().map(|&(a, _)| a).collect();
+        let range = text.address()..text.address() + text.size();
+        starts.extend(
+            insns
+                .iter()
+                .filter(|i| i.mnemonic() == iced_x86::Mnemonic::Call)
+                .filter(|i| i.op0_kind() == iced_x86::OpKind::NearBranch64)
+                .map(|i| i.near_branch_target())
+                .filter(|t| range.contains(t)),
+        );
+        Some(Code {
+            insns,
+            exported: exported.clone(),
+            starts,
+        })
+    }
+
+    /// The instructions of the function at `address`: to its symbol's size,
+    /// or to the next known function.
+    fn function(&self, address: u64, size: Option<u64>) -> &[Instruction] {
+        let end = size
+            .filter(|&s| s > 0)
+            .map(|s| address + s)
+            .unwrap_or_else(|| {
+                self.starts
+                    .range(address + 1..)
+                    .next()
+                    .copied()
+                    .unwrap_or(u64::MAX)
+            });
+        let at = |a: u64| self.insns.partition_point(|n| n.ip() < a);
+        &self.insns[at(address)..at(end)]
+    }
+
+    fn exported(&self, name: &str) -> Result<Facts, String> {
+        let &(address, size) = self
+            .exported
+            .get(name)
+            .ok_or_else(|| format!("{name} is not exported"))?;
+        Ok(flow::analyze(self.function(address, Some(size))))
+    }
+
+    fn at(&self, address: u64) -> Facts {
+        flow::analyze(self.function(address, None))
+    }
+}
+
+type Proved = Result<String, String>;
+
+fn found<'a>(mut it: impl Iterator<Item = &'a flow::Access>, what: &str) -> Proved {
+    it.next()
+        .map(|a| format!("{what} at {:#x}", a.ip))
+        .ok_or_else(|| format!("no {what}"))
+}
+
+fn both(a: Proved, b: Proved) -> Proved {
+    match (a, b) {
+        (Ok(a), Ok(b)) => Ok(format!("{a}; {b}")),
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    }
+}
+
+/// Proves every field; `tm_done` is `iscsi_tm_done`'s address when the
+/// iSCSI driver's table gave it.
+pub fn prove(code: &Code, tm_done: Option<u64>) -> LayoutProof {
+    let mut proofs: HashMap<Field, Proved> = HashMap::new();
+    let a0 = Val::Arg(0);
+    let a1 = Val::Arg(1);
+
+    // target_cmd_queue(int tid, struct scsi_cmd *cmd)
+    match code.exported("target_cmd_queue") {
+        Err(e) => {
+            for f in [Field::QueueArgs, Field::CmdItnId, Field::CmdLun] {
+                proofs.insert(f, Err(e.clone()));
+            }
+        }
+        Ok(q) => {
+            let itn = found(
+                q.at(Use::Read, &a1, layout::CMD_ITN_ID, 8),
+                "target_cmd_queue: 8-byte load of cmd->cmd_itn_id from its second argument",
+            );
+            proofs.insert(Field::QueueArgs, itn.clone());
+            proofs.insert(Field::CmdItnId, itn);
+            let lun_addr = Val::Addr(Box::new(a1.clone()), layout::CMD_LUN as i64);
+            let lun = q
+                .calls
+                .iter()
+                .find(|c| c.args.iter().any(|a| a.as_ref() == Some(&lun_addr)))
+                .map(|c| format!("target_cmd_queue passes &cmd->lun to a call at {:#x}", c.ip))
+                .ok_or(())
+                .or_else(|()| {
+                    found(
+                        q.at(Use::Read, &a1, layout::CMD_LUN, 8),
+                        "target_cmd_queue: 8-byte load of cmd->lun",
+                    )
+                })
+                .map_err(|_| {
+                    "target_cmd_queue neither passes &cmd->lun (cmd + 156) to scsi_get_devid \
+                     nor loads its 8 bytes"
+                        .to_owned()
+                });
+            proofs.insert(Field::CmdLun, lun);
+        }
+    }
+
+    // scsi_cmd_perform(int host_no, struct scsi_cmd *cmd): op = cmd->scb[0]
+    let scb = code.exported("scsi_cmd_perform").and_then(|p| {
+        let ptr = Val::load(&a1, layout::CMD_SCB as i64);
+        found(
+            p.at(Use::Read, &ptr, 0, 1),
+            "scsi_cmd_perform: byte load of cmd->scb[0] through its second argument",
+        )
+    });
+    proofs.insert(Field::PerformArgs, scb.clone());
+    proofs.insert(Field::CmdScb, scb);
+
+    // target_cmd_perform(int tid, struct scsi_cmd *cmd): cmd->attribute
+    proofs.insert(
+        Field::CmdAttribute,
+        code.exported("target_cmd_perform").and_then(|p| {
+            found(
+                p.accesses.iter().filter(|a| {
+                    a.base == a1
+                        && a.disp == layout::CMD_ATTRIBUTE as i64
+                        && a.size == 4
+                        && matches!(a.what, Use::Read | Use::Compare)
+                }),
+                "target_cmd_perform: 4-byte read of cmd->attribute from its second argument",
+            )
+        }),
+    );
+
+    // target_cmd_io_done(struct scsi_cmd *cmd, int result)
+    match code.exported("target_cmd_io_done") {
+        Err(e) => {
+            for f in [
+                Field::IoDoneArgs,
+                Field::CmdResult,
+                Field::DriverCmdEndNotify,
+            ] {
+                proofs.insert(f, Err(e.clone()));
+            }
+        }
+        Ok(d) => {
+            let result = found(
+                d.at(Use::Write, &a0, layout::CMD_RESULT, 4)
+                    .filter(|a| a.value.as_ref() == Some(&a1)),
+                "target_cmd_io_done: scsi_set_result(cmd, result), its second argument stored \
+                 at cmd + 176",
+            );
+            proofs.insert(Field::IoDoneArgs, result.clone());
+            proofs.insert(Field::CmdResult, result);
+            let itn = Val::load(&a0, layout::CMD_ITN_ID as i64);
+            let notify = d
+                .calls
+                .iter()
+                .find(|c| {
+                    c.via
+                        .as_ref()
+                        .is_some_and(|(_, disp)| *disp == layout::DRIVER_CMD_END_NOTIFY as i64)
+                        && c.args[0].as_ref() == Some(&itn)
+                        && c.args[1].as_ref() == Some(&a1)
+                        && c.args[2].as_ref() == Some(&a0)
+                })
+                .map(|c| {
+                    format!(
+                        "target_cmd_io_done calls cmd_end_notify(cmd->cmd_itn_id, result, cmd) \
+                         through the driver's slot at {:#x}",
+                        c.ip
+                    )
+                })
+                .ok_or_else(|| {
+                    "target_cmd_io_done does not call the driver's slot 104 with \
+                     (cmd->cmd_itn_id, result, cmd)"
+                        .to_owned()
+                });
+            proofs.insert(Field::DriverCmdEndNotify, notify);
+        }
+    }
+
+    // target_cmd_done(struct scsi_cmd *cmd)
+    match code.exported("target_cmd_done") {
+        Err(e) => {
+            for f in [
+                Field::DoneArgs,
+                Field::CmdMreq,
+                Field::MreqBusy,
+                Field::MreqFunction,
+                Field::MreqResult,
+                Field::DriverMgmtEndNotify,
+            ] {
+                proofs.insert(f, Err(e.clone()));
+            }
+        }
+        Ok(d) => {
+            let mreq = Val::load(&a0, layout::CMD_MREQ as i64);
+            let load = found(
+                d.at(Use::Read, &a0, layout::CMD_MREQ, 8),
+                "target_cmd_done: mreq = cmd->mreq, 8 bytes from its argument",
+            );
+            proofs.insert(Field::DoneArgs, load.clone());
+            proofs.insert(Field::CmdMreq, load);
+            proofs.insert(
+                Field::MreqBusy,
+                found(
+                    d.accesses.iter().filter(|a| {
+                        a.base == mreq
+                            && a.disp == layout::MREQ_BUSY as i64
+                            && a.size == 4
+                            && matches!(a.what, Use::Write | Use::Update)
+                    }),
+                    "target_cmd_done: --mreq->busy, a 4-byte write at mreq + 8",
+                ),
+            );
+            let function = Val::load(&mreq, layout::MREQ_FUNCTION as i64);
+            let abort = u64::from(tmf::ABORT_TASK);
+            let compared = d
+                .at(Use::Compare, &mreq, layout::MREQ_FUNCTION, 4)
+                .find(|a| a.value == Some(Val::Imm(abort)))
+                .map(|a| a.ip)
+                .or_else(|| {
+                    d.compares
+                        .iter()
+                        .find(|c| c.value == function && c.imm == abort)
+                        .map(|c| c.ip)
+                });
+            proofs.insert(
+                Field::MreqFunction,
+                compared
+                    .map(|ip| format!("target_cmd_done: mreq->function == ABORT_TASK at {ip:#x}"))
+                    .ok_or_else(|| {
+                        format!(
+                            "target_cmd_done does not compare mreq + 12 with ABORT_TASK \
+                             ({abort:#x})"
+                        )
+                    }),
+            );
+            proofs.insert(
+                Field::MreqResult,
+                found(
+                    d.at(Use::Write, &mreq, layout::MREQ_RESULT, 4),
+                    "target_cmd_done: mreq->result = ..., a 4-byte store at mreq + 16",
+                ),
+            );
+            let notify = d
+                .calls
+                .iter()
+                .find(|c| {
+                    c.via
+                        .as_ref()
+                        .is_some_and(|(_, disp)| *disp == layout::DRIVER_MGMT_END_NOTIFY as i64)
+                        && c.args[0].as_ref() == Some(&mreq)
+                })
+                .map(|c| {
+                    format!(
+                        "target_cmd_done calls mgmt_end_notify(mreq) through the driver's \
+                         slot at {:#x}",
+                        c.ip
+                    )
+                })
+                .ok_or_else(|| {
+                    "target_cmd_done does not call the driver's slot 112 with cmd->mreq".to_owned()
+                });
+            proofs.insert(Field::DriverMgmtEndNotify, notify);
+        }
+    }
+
+    // target_mgmt_request(int tid, uint64_t itn_id, uint64_t req_id,
+    //                     int function, uint8_t *lun_buf, uint64_t tag, ...)
+    match code.exported("target_mgmt_request") {
+        Err(e) => {
+            for f in [Field::MgmtArgs, Field::MreqMid, Field::CmdTag] {
+                proofs.insert(f, Err(e.clone()));
+            }
+        }
+        Ok(m) => {
+            let (a2, a3, a4, a5) = (Val::Arg(2), Val::Arg(3), Val::Arg(4), Val::Arg(5));
+            let stored = |value: &Val, disp: usize, size: usize| {
+                m.accesses.iter().find(|a| {
+                    a.what == Use::Write
+                        && matches!(a.base, Val::Ret(_))
+                        && a.disp == disp as i64
+                        && a.size == size
+                        && a.value.as_ref() == Some(value)
+                })
+            };
+            let mid = stored(&a2, layout::MREQ_MID, 8)
+                .map(|a| format!("target_mgmt_request: mreq->mid = req_id at {:#x}", a.ip))
+                .ok_or_else(|| {
+                    "target_mgmt_request does not store its third argument (req_id) at \
+                     offset 0 of the allocated mgmt_req"
+                        .to_owned()
+                });
+            let function = stored(&a3, layout::MREQ_FUNCTION, 4)
+                .map(|a| format!("mreq->function = function at {:#x}", a.ip))
+                .ok_or_else(|| {
+                    "target_mgmt_request does not store its fourth argument (function) at \
+                     offset 12 of the allocated mgmt_req"
+                        .to_owned()
+                });
+            // target_lookup(tid), inlined or called: target->tid == tid.
+            let compares_tid = |f: &Facts| f.compared_with(layout::TARGET_TID, 4, &a0);
+            let tid = (compares_tid(&m)
+                || m.calls.iter().any(|c| {
+                    c.args[0].as_ref() == Some(&a0)
+                        && c.target.is_some_and(|t| compares_tid(&code.at(t)))
+                }))
+            .then(|| "target->tid compared with its first argument (target_lookup)".to_owned())
+            .ok_or_else(|| {
+                "target_mgmt_request does not compare target->tid (+8) with its first \
+                 argument, inlined or in a function it passes it to"
+                    .to_owned()
+            });
+            // scsi_get_devid(target->lid, lun_buf), or abort_task_set(...,
+            // itn_id, .., lun_buf, ..) for a LUN RESET.
+            let lun_buf = m
+                .calls
+                .iter()
+                .find(|c| {
+                    c.args[1].as_ref() == Some(&a4)
+                        || (c.args[4].as_ref() == Some(&a4) && c.args[2].as_ref() == Some(&a1))
+                })
+                .map(|c| {
+                    format!(
+                        "lun_buf passed to scsi_get_devid or abort_task_set at {:#x}",
+                        c.ip
+                    )
+                })
+                .ok_or_else(|| {
+                    "target_mgmt_request does not pass its fifth argument (lun_buf) to \
+                     scsi_get_devid or abort_task_set"
+                        .to_owned()
+                });
+            // abort_task_set(mreq, target, itn_id, tag, lun, tag_check):
+            // called with the second and sixth arguments, it compares
+            // cmd->tag with its fourth; or the same, inlined.
+            let tag = m
+                .calls
+                .iter()
+                .filter(|c| c.args[2].as_ref() == Some(&a1) && c.args[3].as_ref() == Some(&a5))
+                .find_map(|c| {
+                    let callee = code.at(c.target?);
+                    callee
+                        .compared_with(layout::CMD_TAG, 8, &Val::Arg(3))
+                        .then(|| {
+                            format!(
+                                "abort_task_set({:#x}), called at {:#x} with (.., itn_id, tag, ..), \
+                                 compares cmd->tag at +168 with tag",
+                                c.target.unwrap_or(0),
+                                c.ip
+                            )
+                        })
+                })
+                .or_else(|| {
+                    m.compared_with(layout::CMD_TAG, 8, &a5)
+                        .then(|| "target_mgmt_request compares cmd->tag (+168) with tag".to_owned())
+                })
+                .ok_or_else(|| {
+                    "neither abort_task_set (called with itn_id and tag) nor \
+                     target_mgmt_request compares an 8-byte field at 168 with the TMF's tag"
+                        .to_owned()
+                });
+            let itn = (m
+                .calls
+                .iter()
+                .any(|c| c.args[2].as_ref() == Some(&a1) && c.args[3].as_ref() == Some(&a5))
+                || m.compared_with(layout::ITN_ITN_ID, 8, &a1))
+            .then(|| "itn_id and tag passed to abort_task_set".to_owned())
+            .ok_or_else(|| {
+                "target_mgmt_request does not pass (itn_id, tag), its second and sixth \
+                 arguments, to abort_task_set"
+                    .to_owned()
+            });
+            let args = [mid.clone(), function, tid, lun_buf, itn]
+                .into_iter()
+                .reduce(both)
+                .unwrap_or_else(|| Err("nothing".to_owned()));
+            proofs.insert(Field::MgmtArgs, args);
+            proofs.insert(Field::MreqMid, mid);
+            proofs.insert(Field::CmdTag, tag);
+        }
+    }
+
+    // iscsi_tm_done(struct mgmt_req *mreq): task = mreq->mid;
+    // task->conn->state == STATE_CLOSE
+    let conn = match tm_done {
+        None => Err(
+            "iscsi_tm_done was not found through the iSCSI driver's table (tgt_driver \
+             .name \"iscsi\", .default_bst \"rdwr\")"
+                .to_owned(),
+        ),
+        Some(address) => {
+            let t = code.at(address);
+            let task = Val::load(&a0, layout::MREQ_MID as i64);
+            let conn = Val::load(&task, layout::ISCSI_TASK_CONN as i64);
+            let loads_conn = found(
+                t.at(Use::Read, &task, layout::ISCSI_TASK_CONN, 8),
+                "iscsi_tm_done: task->conn, 8 bytes at 104 of mreq->mid",
+            );
+            let state = t
+                .at(Use::Compare, &conn, layout::ISCSI_CONN_STATE, 4)
+                .find(|a| a.value == Some(Val::Imm(layout::ISCSI_STATE_CLOSE as u64)))
+                .map(|a| format!("conn->state == STATE_CLOSE at {:#x}", a.ip))
+                .or_else(|| {
+                    let state = Val::load(&conn, layout::ISCSI_CONN_STATE as i64);
+                    t.compares
+                        .iter()
+                        .find(|c| c.value == state && c.imm == layout::ISCSI_STATE_CLOSE as u64)
+                        .map(|c| format!("conn->state == STATE_CLOSE at {:#x}", c.ip))
+                })
+                .ok_or_else(|| {
+                    "iscsi_tm_done does not compare task->conn->state (+0) with STATE_CLOSE"
+                        .to_owned()
+                });
+            Ok((loads_conn, state))
+        }
+    };
+    match conn {
+        Err(e) => {
+            proofs.insert(Field::TaskConn, Err(e.clone()));
+            proofs.insert(Field::ConnState, Err(e));
+        }
+        Ok((task_conn, state)) => {
+            proofs.insert(Field::TaskConn, task_conn);
+            proofs.insert(Field::ConnState, state);
+        }
+    }
+
+    // it_nexus_create(int tid, uint64_t itn_id, int host_no, char *info):
+    // itn->itn_id = itn_id on the allocation.
+    proofs.insert(
+        Field::NexusCreateArgs,
+        code.exported("it_nexus_create").and_then(|c| {
+            found(
+                c.accesses.iter().filter(|a| {
+                    a.what == Use::Write
+                        && matches!(a.base, Val::Ret(_))
+                        && a.disp == layout::ITN_ITN_ID as i64
+                        && a.size == 8
+                        && a.value.as_ref() == Some(&a1)
+                }),
+                "it_nexus_create: itn->itn_id = itn_id (second argument)",
+            )
+        }),
+    );
+    // it_nexus_destroy(int tid, uint64_t itn_id): it_nexus_lookup(tid, itn_id)
+    proofs.insert(
+        Field::NexusDestroyArgs,
+        code.exported("it_nexus_destroy").and_then(|c| {
+            let compares_itn = |f: &Facts, itn: &Val| f.compared_with(layout::ITN_ITN_ID, 8, itn);
+            c.calls
+                .iter()
+                .find(|call| {
+                    call.args[0].as_ref() == Some(&a0)
+                        && call.args[1].as_ref() == Some(&a1)
+                        && call.target.is_some_and(|t| compares_itn(&code.at(t), &a1))
+                })
+                .map(|call| format!("it_nexus_lookup(tid, itn_id) at {:#x}", call.ip))
+                .or_else(|| {
+                    compares_itn(&c, &a1)
+                        .then(|| "itn->itn_id == itn_id (inlined lookup)".to_owned())
+                })
+                .ok_or_else(|| {
+                    "it_nexus_destroy does not look its nexus up by itn_id (its second argument \
+                     compared with it_nexus.itn_id)"
+                        .to_owned()
+                })
+        }),
+    );
+
+    LayoutProof {
+        fields: Field::ALL
+            .iter()
+            .map(|&field| {
+                let proof = proofs
+                    .remove(&field)
+                    .unwrap_or_else(|| Err("not checked".to_owned()));
+                FieldProof {
+                    field,
+                    offset: field.offset(),
+                    proved: proof.is_ok(),
+                    how: proof.as_ref().ok().cloned(),
+                    why_not: proof.err(),
+                }
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object::ObjectSymbol as _;
+
+    /// The layout of the tgtd this machine runs, proved from its code.
+    pub(crate) fn prove_file(path: &str) -> Option<LayoutProof> {
+        let data = std::fs::read(path).ok()?;
+        let file = object::File::parse(&*data).ok()?;
+        let exported: HashMap<String, (u64, u64)> = file
+            .dynamic_symbols()
+            .filter(|s| s.is_definition())
+            .filter_map(|s| Some((s.name().ok()?.to_owned(), (s.address(), s.size()))))
+            .collect();
+        let code = Code::new(&file, &exported)?;
+        let tm_done = crate::tgtd::iscsi_mgmt_end_notify(&file);
+        Some(prove(&code, tm_done))
+    }
+
+    #[test]
+    fn debian_tgtd_is_proved_field_by_field() {
+        let Some(proof) = prove_file(crate::tgtd::DEFAULT_TGTD) else {
+            eprintln!("skipped: no tgtd at {}", crate::tgtd::DEFAULT_TGTD);
+            return;
+        };
+        for f in &proof.fields {
+            eprintln!("{}: {:?} {:?}", f.field, f.how, f.why_not);
+        }
+        let unproved: Vec<_> = proof.unproved().collect();
+        assert!(unproved.is_empty(), "{unproved:#?}");
+    }
+}
