@@ -37,8 +37,9 @@ pub enum Val {
     /// What a call returned; the callee's address when direct.
     Ret(Option<u64>),
     Imm(u64),
-    /// A base register whose value is not known (a list walk's node):
-    /// accesses through it are recorded, nothing loaded from it is.
+    /// A base register whose value is not known (a list walk's node).
+    /// `Load(Unknown, d)` is "something loaded at `d` from some pointer":
+    /// enough to say what a value was compared with, never where it points.
     Unknown,
 }
 
@@ -77,12 +78,20 @@ pub struct Access {
     pub value: Option<Val>,
 }
 
-/// A register compared with an immediate (`cmp $13, %eax`).
+/// Two registers, or a register and an immediate, compared (`cmp $13,
+/// %eax`, `cmp %r15, %rax`).
 #[derive(Debug, Clone)]
 pub struct Compare {
     pub ip: u64,
-    pub value: Val,
-    pub imm: u64,
+    pub a: Val,
+    pub b: Val,
+}
+
+impl Compare {
+    /// Whether it compares these two, in either order.
+    pub fn of(&self, x: &Val, y: &Val) -> bool {
+        (self.a == *x && self.b == *y) || (self.a == *y && self.b == *x)
+    }
 }
 
 /// A call or a tail jump, with the argument registers' values.
@@ -231,7 +240,6 @@ fn load(state: &State, base: &Val, disp: i64) -> Option<Val> {
     match base {
         Val::Sp(k) => state.slots.get(&(k + disp)).cloned(),
         Val::Elem(_) if disp == 0 => Some(base.clone()),
-        Val::Unknown => None,
         _ => Some(Val::load(base, disp)),
     }
 }
@@ -260,6 +268,7 @@ fn step(
     state: &mut State,
     insn: &Instruction,
     range: &std::ops::Range<u64>,
+    clobbers: &dyn Fn(u64) -> Option<Vec<Register>>,
     info: &mut InstructionInfoFactory,
     mut facts: Option<&mut Facts>,
 ) {
@@ -326,19 +335,36 @@ fn step(
             return;
         }
         Mnemonic::Cmp | Mnemonic::Test => {
-            if is_memory(insn, 0) {
+            // `-O0` compares a loaded value with a variable in its frame:
+            // the variable's value is what is compared.
+            let slot = match &mem {
+                Some((Val::Sp(k), disp)) => state.slots.get(&(k + disp)).cloned(),
+                _ => None,
+            };
+            if let Some(a) = slot {
+                let other = if is_memory(insn, 0) { 1 } else { 0 };
+                if let (Some(b), Some(f)) =
+                    (operand_value(state, insn, other), facts.as_deref_mut())
+                {
+                    f.compares.push(Compare {
+                        ip: insn.ip(),
+                        a,
+                        b,
+                    });
+                }
+            } else if is_memory(insn, 0) {
                 record(Use::Compare, operand_value(state, insn, 1));
             } else if is_memory(insn, 1) {
                 record(Use::Compare, operand_value(state, insn, 0));
-            } else if let (Some(value), Some(Val::Imm(imm)), Some(f)) = (
+            } else if let (Some(a), Some(b), Some(f)) = (
                 operand_value(state, insn, 0),
                 operand_value(state, insn, 1),
                 facts.as_deref_mut(),
             ) {
                 f.compares.push(Compare {
                     ip: insn.ip(),
-                    value,
-                    imm,
+                    a,
+                    b,
                 });
             }
             return;
@@ -391,14 +417,25 @@ fn step(
         _ => {}
     }
     let flow = insn.flow_control();
+    // `call *%rax` / `jmp *%rax` where %rax was loaded from a struct:
+    // a call through that slot (clang loads the pointer first).
+    let via_register = match (flow, insn.op0_kind()) {
+        (FlowControl::IndirectCall | FlowControl::IndirectBranch, OpKind::Register) => {
+            match state.reg(insn.op0_register()) {
+                Some(Val::Load(base, disp)) => Some((*base, disp)),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
     if matches!(flow, FlowControl::Call | FlowControl::IndirectCall)
-        || (flow == FlowControl::IndirectBranch && is_memory(insn, 0))
+        || (flow == FlowControl::IndirectBranch && (is_memory(insn, 0) || via_register.is_some()))
         || (flow == FlowControl::UnconditionalBranch
             && insn.op0_kind() == OpKind::NearBranch64
             && !range.contains(&insn.near_branch_target()))
     {
         let via = (flow != FlowControl::Call && flow != FlowControl::UnconditionalBranch)
-            .then(|| mem.clone())
+            .then(|| via_register.or_else(|| mem.clone()))
             .flatten();
         let target = matches!(flow, FlowControl::Call | FlowControl::UnconditionalBranch)
             .then(|| insn.near_branch_target());
@@ -411,8 +448,20 @@ fn step(
             });
         }
         if matches!(flow, FlowControl::Call | FlowControl::IndirectCall) {
-            for reg in CALLER_SAVED {
-                state.set(reg, None);
+            // gcc's -fipa-ra keeps values in caller-saved registers across
+            // a call to a function of the same unit that does not write
+            // them: only what the callee writes is lost.
+            match target.and_then(clobbers) {
+                Some(written) => {
+                    for reg in written {
+                        state.set(reg, None);
+                    }
+                }
+                None => {
+                    for reg in CALLER_SAVED {
+                        state.set(reg, None);
+                    }
+                }
             }
             state.set(Register::RAX, Some(Val::Ret(target)));
         }
@@ -460,8 +509,10 @@ fn step(
 }
 
 /// Follows the function made of `insns` (in address order, the first is its
-/// entry) and returns what it does with its values.
-pub fn analyze(insns: &[Instruction]) -> Facts {
+/// entry) and returns what it does with its values. `clobbers` gives the
+/// registers a direct callee writes, when known; else a call is taken to
+/// write every caller-saved register.
+pub fn analyze(insns: &[Instruction], clobbers: &dyn Fn(u64) -> Option<Vec<Register>>) -> Facts {
     let n = insns.len();
     if n == 0 {
         return Facts::default();
@@ -500,7 +551,14 @@ pub fn analyze(insns: &[Instruction]) -> Facts {
             let Some(mut state) = states[i].clone() else {
                 continue;
             };
-            step(&mut state, &insns[i], &(start..end), &mut info, None);
+            step(
+                &mut state,
+                &insns[i],
+                &(start..end),
+                clobbers,
+                &mut info,
+                None,
+            );
             for j in successors(i) {
                 let changed = match &mut states[j] {
                     Some(existing) => existing.meet(&state),
@@ -519,7 +577,6 @@ pub fn analyze(insns: &[Instruction]) -> Facts {
         let mut table: Option<State> = None;
         for (i, insn) in insns.iter().enumerate() {
             if insn.flow_control() == FlowControl::IndirectBranch
-                && !is_memory(insn, 0)
                 && let Some(s) = &states[i]
             {
                 match &mut table {
@@ -548,8 +605,85 @@ pub fn analyze(insns: &[Instruction]) -> Facts {
     let mut facts = Facts::default();
     for (i, insn) in insns.iter().enumerate() {
         if let Some(mut state) = states[i].clone() {
-            step(&mut state, insn, &(start..end), &mut info, Some(&mut facts));
+            step(
+                &mut state,
+                insn,
+                &(start..end),
+                clobbers,
+                &mut info,
+                Some(&mut facts),
+            );
         }
     }
     facts
+}
+
+/// The caller-saved registers `insns` write (for a callee's clobbers; the
+/// ABI has it restore the others, which its pushes and pops also write).
+pub fn written_registers(insns: &[Instruction]) -> Vec<Register> {
+    let mut info = InstructionInfoFactory::new();
+    let mut out: Vec<Register> = Vec::new();
+    for insn in insns {
+        for r in info.info(insn).used_registers() {
+            let reg = r.register().full_register();
+            if CALLER_SAVED.contains(&reg)
+                && matches!(
+                    r.access(),
+                    OpAccess::Write
+                        | OpAccess::ReadWrite
+                        | OpAccess::CondWrite
+                        | OpAccess::ReadCondWrite
+                )
+                && !out.contains(&reg)
+            {
+                out.push(reg);
+            }
+        }
+    }
+    out
+}
+
+/// `val` as the caller sees it, given the caller's argument values at the
+/// call: the callee's arguments replaced; what lives on the callee's own
+/// stack has no meaning outside it.
+pub fn substitute(val: &Val, args: &[Option<Val>; 6]) -> Option<Val> {
+    Some(match val {
+        Val::Arg(i) => args.get(usize::from(*i))?.clone()?,
+        Val::Sp(_) => return None,
+        Val::Load(b, d) => Val::Load(Box::new(substitute(b, args)?), *d),
+        Val::Addr(b, d) => Val::Addr(Box::new(substitute(b, args)?), *d),
+        Val::Elem(b) => Val::Elem(Box::new(substitute(b, args)?)),
+        other => other.clone(),
+    })
+}
+
+impl Facts {
+    /// Adds a callee's facts, as seen from a call with `args`.
+    pub fn absorb(&mut self, callee: &Facts, args: &[Option<Val>; 6]) {
+        for a in &callee.accesses {
+            if let Some(base) = substitute(&a.base, args) {
+                self.accesses.push(Access {
+                    base,
+                    value: a.value.as_ref().and_then(|v| substitute(v, args)),
+                    ..a.clone()
+                });
+            }
+        }
+        for c in &callee.compares {
+            if let (Some(a), Some(b)) = (substitute(&c.a, args), substitute(&c.b, args)) {
+                self.compares.push(Compare { ip: c.ip, a, b });
+            }
+        }
+        for c in &callee.calls {
+            self.calls.push(Call {
+                ip: c.ip,
+                target: c.target,
+                via: c
+                    .via
+                    .as_ref()
+                    .and_then(|(v, d)| Some((substitute(v, args)?, *d))),
+                args: c.args.clone().map(|a| a.and_then(|v| substitute(&v, args))),
+            });
+        }
+    }
 }

@@ -30,9 +30,13 @@
 //! ([`crate::points::Point::needs`]), and tracing is refused when the TMF
 //! request itself cannot be read.
 
-use std::collections::{BTreeSet, HashMap};
+use std::{
+    cell::RefCell,
+    collections::{BTreeSet, HashMap},
+    rc::Rc,
+};
 
-use iced_x86::{Decoder, DecoderOptions, Instruction};
+use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Register};
 use object::{Object as _, ObjectSection as _};
 use serde::Serialize;
 use tgt_trace_common::{layout, tmf};
@@ -230,7 +234,15 @@ pub struct Code {
     /// Every known function start (exported, and direct call targets), so
     /// a static function ends where the next one begins.
     starts: BTreeSet<u64>,
+    text: std::ops::Range<u64>,
+    facts: RefCell<HashMap<(u64, u8), Rc<Facts>>>,
+    clobbers: RefCell<HashMap<u64, Option<Vec<Register>>>>,
 }
+
+/// How deep the facts of called functions are followed: `-O0` calls
+/// tgt's one-line accessors (`scsi_set_result`, `scsi_get_data_dir`) and
+/// static helpers that `-O2` inlines.
+const CALL_DEPTH: u8 = 2;
 
 impl Code {
     pub fn new(file: &object::File<'_>, exported: &HashMap<String, (u64, u64)>) -> Option<Code> {
@@ -255,6 +267,9 @@ impl Code {
             insns,
             exported: exported.clone(),
             starts,
+            text: range,
+            facts: RefCell::default(),
+            clobbers: RefCell::default(),
         })
     }
 
@@ -275,17 +290,91 @@ impl Code {
         &self.insns[at(address)..at(end)]
     }
 
-    fn exported(&self, name: &str) -> Result<Facts, String> {
+    /// The registers a function of `.text` writes, when it calls nothing
+    /// (else unknown: every caller-saved one).
+    fn clobbers(&self, target: u64) -> Option<Vec<Register>> {
+        if let Some(known) = self.clobbers.borrow().get(&target) {
+            return known.clone();
+        }
+        let written = self.text.contains(&target).then(|| {
+            let body = self.function(target, None);
+            let leaves = body.iter().any(|i| {
+                matches!(
+                    i.flow_control(),
+                    FlowControl::Call | FlowControl::IndirectCall | FlowControl::IndirectBranch
+                ) || (i.flow_control() == FlowControl::UnconditionalBranch
+                    && !(body[0].ip()..body[body.len() - 1].next_ip())
+                        .contains(&i.near_branch_target()))
+            });
+            (!body.is_empty() && !leaves).then(|| flow::written_registers(body))
+        });
+        let written = written.flatten();
+        self.clobbers.borrow_mut().insert(target, written.clone());
+        written
+    }
+
+    /// What the function at `address` does, with the facts of the
+    /// functions it calls directly (to `depth`) seen from each call.
+    fn facts(&self, address: u64, size: Option<u64>, depth: u8) -> Rc<Facts> {
+        if let Some(f) = self.facts.borrow().get(&(address, depth)) {
+            return f.clone();
+        }
+        let mut facts = flow::analyze(self.function(address, size), &|t| self.clobbers(t));
+        if depth > 0 {
+            let calls = facts.calls.clone();
+            for call in calls {
+                if let Some(target) = call
+                    .target
+                    .filter(|t| self.text.contains(t) && *t != address)
+                {
+                    let callee = self.facts(target, None, depth - 1);
+                    facts.absorb(&callee, &call.args);
+                }
+            }
+        }
+        let facts = Rc::new(facts);
+        self.facts
+            .borrow_mut()
+            .insert((address, depth), facts.clone());
+        facts
+    }
+
+    fn exported(&self, name: &str) -> Result<Rc<Facts>, String> {
         let &(address, size) = self
             .exported
             .get(name)
             .ok_or_else(|| format!("{name} is not exported"))?;
-        Ok(flow::analyze(self.function(address, Some(size))))
+        Ok(self.facts(address, Some(size), CALL_DEPTH))
     }
 
-    fn at(&self, address: u64) -> Facts {
-        flow::analyze(self.function(address, None))
+    fn at(&self, address: u64) -> Rc<Facts> {
+        self.facts(address, None, CALL_DEPTH)
     }
+}
+
+/// Whether `value` is compared with what is at one of `offsets` of some
+/// pointer: a compare with memory there, or with a register loaded from
+/// there. Offsets relative to a list node (clang walks `list_head`s
+/// without forming the container) are passed by the caller.
+fn compared(f: &Facts, value: &Val, offsets: &[i64], size: usize) -> Option<u64> {
+    f.accesses
+        .iter()
+        .find(|a| {
+            a.what == Use::Compare
+                && offsets.contains(&a.disp)
+                && (size == 0 || a.size == size)
+                && a.value.as_ref() == Some(value)
+        })
+        .map(|a| a.ip)
+        .or_else(|| {
+            f.compares
+                .iter()
+                .find(|c| {
+                    let loaded = |v: &Val| matches!(v, Val::Load(_, d) if offsets.contains(d));
+                    (c.a == *value && loaded(&c.b)) || (c.b == *value && loaded(&c.a))
+                })
+                .map(|c| c.ip)
+        })
 }
 
 type Proved = Result<String, String>;
@@ -464,7 +553,7 @@ pub fn prove(code: &Code, tm_done: Option<u64>) -> LayoutProof {
                 .or_else(|| {
                     d.compares
                         .iter()
-                        .find(|c| c.value == function && c.imm == abort)
+                        .find(|c| c.of(&function, &Val::Imm(abort)))
                         .map(|c| c.ip)
                 });
             proofs.insert(
@@ -541,19 +630,19 @@ pub fn prove(code: &Code, tm_done: Option<u64>) -> LayoutProof {
                      offset 12 of the allocated mgmt_req"
                         .to_owned()
                 });
-            // target_lookup(tid), inlined or called: target->tid == tid.
-            let compares_tid = |f: &Facts| f.compared_with(layout::TARGET_TID, 4, &a0);
-            let tid = (compares_tid(&m)
-                || m.calls.iter().any(|c| {
-                    c.args[0].as_ref() == Some(&a0)
-                        && c.target.is_some_and(|t| compares_tid(&code.at(t)))
-                }))
-            .then(|| "target->tid compared with its first argument (target_lookup)".to_owned())
-            .ok_or_else(|| {
-                "target_mgmt_request does not compare target->tid (+8) with its first \
-                 argument, inlined or in a function it passes it to"
-                    .to_owned()
-            });
+            // target_lookup(tid), inlined or called: target->tid == tid,
+            // through the target or its target_siblings node.
+            let tid_at = [
+                layout::TARGET_TID as i64,
+                layout::TARGET_TID as i64 - layout::TARGET_SIBLINGS as i64,
+            ];
+            let tid = compared(&m, &a0, &tid_at, 4)
+                .map(|ip| format!("target->tid compared with its first argument at {ip:#x}"))
+                .ok_or_else(|| {
+                    "target_mgmt_request does not compare target->tid (+8) with its first \
+                     argument, inlined or in a function it calls"
+                        .to_owned()
+                });
             // scsi_get_devid(target->lid, lun_buf), or abort_task_set(...,
             // itn_id, .., lun_buf, ..) for a LUN RESET.
             let lun_buf = m
@@ -574,46 +663,37 @@ pub fn prove(code: &Code, tm_done: Option<u64>) -> LayoutProof {
                      scsi_get_devid or abort_task_set"
                         .to_owned()
                 });
-            // abort_task_set(mreq, target, itn_id, tag, lun, tag_check):
-            // called with the second and sixth arguments, it compares
-            // cmd->tag with its fourth; or the same, inlined.
-            let tag = m
-                .calls
-                .iter()
-                .filter(|c| c.args[2].as_ref() == Some(&a1) && c.args[3].as_ref() == Some(&a5))
-                .find_map(|c| {
-                    let callee = code.at(c.target?);
-                    callee
-                        .compared_with(layout::CMD_TAG, 8, &Val::Arg(3))
-                        .then(|| {
-                            format!(
-                                "abort_task_set({:#x}), called at {:#x} with (.., itn_id, tag, ..), \
-                                 compares cmd->tag at +168 with tag",
-                                c.target.unwrap_or(0),
-                                c.ip
-                            )
-                        })
-                })
-                .or_else(|| {
-                    m.compared_with(layout::CMD_TAG, 8, &a5)
-                        .then(|| "target_mgmt_request compares cmd->tag (+168) with tag".to_owned())
+            // abort_task_set(mreq, target, itn_id, tag, lun, tag_check)
+            // compares cmd->tag with its tag (the facts of the functions
+            // target_mgmt_request calls are seen with its arguments), through
+            // the command or its c_hlist node.
+            let tag_at = [
+                layout::CMD_TAG as i64,
+                layout::CMD_TAG as i64 - layout::CMD_C_HLIST as i64,
+            ];
+            let tag = compared(&m, &a5, &tag_at, 8)
+                .map(|ip| {
+                    format!(
+                        "cmd->tag (+168) compared with target_mgmt_request's sixth argument at \
+                         {ip:#x} (abort_task_set)"
+                    )
                 })
                 .ok_or_else(|| {
-                    "neither abort_task_set (called with itn_id and tag) nor \
-                     target_mgmt_request compares an 8-byte field at 168 with the TMF's tag"
+                    "nothing target_mgmt_request runs compares an 8-byte field at 168 of a \
+                     command with the TMF's tag, its sixth argument"
                         .to_owned()
                 });
-            let itn = (m
-                .calls
-                .iter()
-                .any(|c| c.args[2].as_ref() == Some(&a1) && c.args[3].as_ref() == Some(&a5))
-                || m.compared_with(layout::ITN_ITN_ID, 8, &a1))
-            .then(|| "itn_id and tag passed to abort_task_set".to_owned())
-            .ok_or_else(|| {
-                "target_mgmt_request does not pass (itn_id, tag), its second and sixth \
-                 arguments, to abort_task_set"
-                    .to_owned()
-            });
+            let itn_at = [
+                layout::ITN_ITN_ID as i64,
+                layout::ITN_ITN_ID as i64 - layout::ITN_NEXUS_SIBLINGS as i64,
+            ];
+            let itn = compared(&m, &a1, &itn_at, 8)
+                .map(|ip| format!("itn->itn_id compared with its second argument at {ip:#x}"))
+                .ok_or_else(|| {
+                    "nothing target_mgmt_request runs compares it_nexus.itn_id with its \
+                     second argument"
+                        .to_owned()
+                });
             let args = [mid.clone(), function, tid, lun_buf, itn]
                 .into_iter()
                 .reduce(both)
@@ -648,7 +728,7 @@ pub fn prove(code: &Code, tm_done: Option<u64>) -> LayoutProof {
                     let state = Val::load(&conn, layout::ISCSI_CONN_STATE as i64);
                     t.compares
                         .iter()
-                        .find(|c| c.value == state && c.imm == layout::ISCSI_STATE_CLOSE as u64)
+                        .find(|c| c.of(&state, &Val::Imm(layout::ISCSI_STATE_CLOSE as u64)))
                         .map(|c| format!("conn->state == STATE_CLOSE at {:#x}", c.ip))
                 })
                 .ok_or_else(|| {
@@ -690,18 +770,16 @@ pub fn prove(code: &Code, tm_done: Option<u64>) -> LayoutProof {
     proofs.insert(
         Field::NexusDestroyArgs,
         code.exported("it_nexus_destroy").and_then(|c| {
-            let compares_itn = |f: &Facts, itn: &Val| f.compared_with(layout::ITN_ITN_ID, 8, itn);
-            c.calls
-                .iter()
-                .find(|call| {
-                    call.args[0].as_ref() == Some(&a0)
-                        && call.args[1].as_ref() == Some(&a1)
-                        && call.target.is_some_and(|t| compares_itn(&code.at(t), &a1))
-                })
-                .map(|call| format!("it_nexus_lookup(tid, itn_id) at {:#x}", call.ip))
-                .or_else(|| {
-                    compares_itn(&c, &a1)
-                        .then(|| "itn->itn_id == itn_id (inlined lookup)".to_owned())
+            let itn_at = [
+                layout::ITN_ITN_ID as i64,
+                layout::ITN_ITN_ID as i64 - layout::ITN_NEXUS_SIBLINGS as i64,
+            ];
+            compared(&c, &a1, &itn_at, 8)
+                .map(|ip| {
+                    format!(
+                        "it_nexus_lookup(tid, itn_id): itn->itn_id compared with its second \
+                         argument at {ip:#x}"
+                    )
                 })
                 .ok_or_else(|| {
                     "it_nexus_destroy does not look its nexus up by itn_id (its second argument \

@@ -23,6 +23,11 @@ use crate::locate::{TaskPoint, TmfWalk};
 /// The path Debian installs tgtd at.
 pub const DEFAULT_TGTD: &str = "/usr/sbin/tgtd";
 
+/// Without these nothing useful is left to trace: the TMF request itself
+/// (`target_mgmt_request`'s arguments and `mgmt_req.mid`) and `scsi_cmd.tag`,
+/// by which every command and every aborted one is known.
+pub const REQUIRED: [Field; 3] = [Field::MgmtArgs, Field::MreqMid, Field::CmdTag];
+
 /// The exported functions the probes attach to, by path of the tgt core.
 pub mod symbol {
     pub const QUEUE: &str = "target_cmd_queue";
@@ -257,12 +262,11 @@ impl TgtdBinary {
         })
     }
 
-    /// Why this build cannot be traced at all: the TMF request probe's
-    /// fields are not all proved. Other unproved fields only switch off the
-    /// probes that read them ([`TgtdBinary::unproved_for`]).
+    /// Why this build cannot be traced at all: a field of [`REQUIRED`] is
+    /// not proved. Other unproved fields only switch off the probes that
+    /// read them ([`TgtdBinary::unproved_for`]).
     pub fn refusal(&self) -> Option<TgtdError> {
-        let needed = Point::TmfRequest.needs();
-        self.proof.first_unproved(needed)?;
+        self.proof.first_unproved(&REQUIRED)?;
         Some(TgtdError::Unproved {
             path: self.path.clone(),
             build_id: self.build_id.clone(),
