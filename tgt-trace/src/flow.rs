@@ -221,6 +221,8 @@ fn memory(state: &State, insn: &Instruction) -> Option<(Val, i64)> {
     let index = insn.memory_index();
     let base = state.reg(insn.memory_base());
     match (base, index) {
+        // `[p + 24 - 16]` is `[p + 8]`, whichever way the compiler formed it.
+        (Some(Val::Addr(base, d)), Register::None) => Some((*base, d + disp)),
         (Some(base), Register::None) => Some((base, disp)),
         (None, Register::None) if insn.memory_base() != Register::None => {
             Some((Val::Unknown, disp))
@@ -232,6 +234,22 @@ fn memory(state: &State, insn: &Instruction) -> Option<(Val, i64)> {
             Some((Val::Elem(Box::new(Val::Global(disp as u64))), 0))
         }
         _ => None,
+    }
+}
+
+/// `val + delta`, kept in one `Addr`.
+fn offset(val: Val, delta: i64) -> Val {
+    match val {
+        Val::Sp(k) => Val::Sp(k + delta),
+        Val::Addr(b, d) => {
+            if d + delta == 0 {
+                *b
+            } else {
+                Val::Addr(b, d + delta)
+            }
+        }
+        other if delta == 0 => other,
+        other => Val::Addr(Box::new(other), delta),
     }
 }
 
@@ -324,9 +342,8 @@ fn step(
             let value = match &mem {
                 Some((Val::Sp(k), d)) => Some(Val::Sp(k + d)),
                 Some((Val::Global(g), _)) => Some(Val::Global(*g)),
-                Some((Val::Unknown, _)) => None,
                 Some((b, d)) if insn.memory_index() == Register::None => {
-                    Some(Val::Addr(Box::new(b.clone()), *d))
+                    Some(offset(b.clone(), *d))
                 }
                 _ => None,
             };
@@ -389,6 +406,26 @@ fn step(
             }
             return;
         }
+        // `cmd->state & (1UL << TGT_CMD_PROCESSED)` as `-O0` computes it:
+        // a bit test, then the register holds something else.
+        Mnemonic::And
+            if insn.op0_kind() == OpKind::Register
+                && !matches!(insn.op1_kind(), OpKind::Register | OpKind::Memory) =>
+        {
+            if let (Some(a), Some(b), Some(f)) = (
+                operand_value(state, insn, 0),
+                operand_value(state, insn, 1),
+                facts.as_deref_mut(),
+            ) {
+                f.compares.push(Compare {
+                    ip: insn.ip(),
+                    a,
+                    b,
+                });
+            }
+            state.set(insn.op0_register(), None);
+            return;
+        }
         Mnemonic::Xor
             if insn.op0_kind() == OpKind::Register
                 && insn.op1_kind() == OpKind::Register
@@ -397,21 +434,17 @@ fn step(
             state.set(insn.op0_register(), Some(Val::Imm(0)));
             return;
         }
+        // Pointer arithmetic: the stack pointer, and `container_of` done
+        // with `sub $24, %rax` (`-O0`) as with `lea -24(%rax)`.
         Mnemonic::Sub | Mnemonic::Add
             if insn.op0_kind() == OpKind::Register
-                && insn.op0_register() == Register::RSP
-                && insn.op1_kind() != OpKind::Register =>
+                && insn.op0_register().is_gpr64()
+                && !matches!(insn.op1_kind(), OpKind::Register | OpKind::Memory) =>
         {
-            let delta = insn.immediate(1) as i64;
-            let sp = state.reg(Register::RSP);
-            state.set(
-                Register::RSP,
-                match sp {
-                    Some(Val::Sp(k)) if mnemonic == Mnemonic::Sub => Some(Val::Sp(k - delta)),
-                    Some(Val::Sp(k)) => Some(Val::Sp(k + delta)),
-                    _ => None,
-                },
-            );
+            let imm = insn.immediate(1) as i64;
+            let delta = if mnemonic == Mnemonic::Sub { -imm } else { imm };
+            let value = state.reg(insn.op0_register()).map(|v| offset(v, delta));
+            state.set(insn.op0_register(), value);
             return;
         }
         _ => {}
@@ -546,6 +579,10 @@ pub fn analyze(insns: &[Instruction], clobbers: &dyn Fn(u64) -> Option<Vec<Regis
     let mut states: Vec<Option<State>> = vec![None; n];
     states[0] = Some(State::entry());
     let mut work = vec![0usize];
+    // Facts are recorded at every visit: each holds on some path through
+    // the function (a loop's first iteration included, whose values the
+    // meet at its head would otherwise lose).
+    let mut facts = Facts::default();
     loop {
         while let Some(i) = work.pop() {
             let Some(mut state) = states[i].clone() else {
@@ -557,7 +594,7 @@ pub fn analyze(insns: &[Instruction], clobbers: &dyn Fn(u64) -> Option<Vec<Regis
                 &(start..end),
                 clobbers,
                 &mut info,
-                None,
+                Some(&mut facts),
             );
             for j in successors(i) {
                 let changed = match &mut states[j] {
@@ -602,19 +639,6 @@ pub fn analyze(insns: &[Instruction], clobbers: &dyn Fn(u64) -> Option<Vec<Regis
             work.push(i);
         }
     }
-    let mut facts = Facts::default();
-    for (i, insn) in insns.iter().enumerate() {
-        if let Some(mut state) = states[i].clone() {
-            step(
-                &mut state,
-                insn,
-                &(start..end),
-                clobbers,
-                &mut info,
-                Some(&mut facts),
-            );
-        }
-    }
     facts
 }
 
@@ -646,43 +670,50 @@ pub fn written_registers(insns: &[Instruction]) -> Vec<Register> {
 /// `val` as the caller sees it, given the caller's argument values at the
 /// call: the callee's arguments replaced; what lives on the callee's own
 /// stack has no meaning outside it.
-pub fn substitute(val: &Val, args: &[Option<Val>; 6]) -> Option<Val> {
-    Some(match val {
-        Val::Arg(i) => args.get(usize::from(*i))?.clone()?,
-        Val::Sp(_) => return None,
-        Val::Load(b, d) => Val::Load(Box::new(substitute(b, args)?), *d),
-        Val::Addr(b, d) => Val::Addr(Box::new(substitute(b, args)?), *d),
-        Val::Elem(b) => Val::Elem(Box::new(substitute(b, args)?)),
+/// An argument the caller does not know, or the callee's own frame, is
+/// `Unknown`: still some pointer, never equal to a known value.
+pub fn substitute(val: &Val, args: &[Option<Val>; 6]) -> Val {
+    match val {
+        Val::Arg(i) => args
+            .get(usize::from(*i))
+            .cloned()
+            .flatten()
+            .unwrap_or(Val::Unknown),
+        Val::Sp(_) => Val::Unknown,
+        Val::Load(b, d) => Val::Load(Box::new(substitute(b, args)), *d),
+        Val::Addr(b, d) => Val::Addr(Box::new(substitute(b, args)), *d),
+        Val::Elem(b) => Val::Elem(Box::new(substitute(b, args))),
         other => other.clone(),
-    })
+    }
 }
 
 impl Facts {
     /// Adds a callee's facts, as seen from a call with `args`.
     pub fn absorb(&mut self, callee: &Facts, args: &[Option<Val>; 6]) {
+        let known = |v: Val| (v != Val::Unknown).then_some(v);
         for a in &callee.accesses {
-            if let Some(base) = substitute(&a.base, args) {
-                self.accesses.push(Access {
-                    base,
-                    value: a.value.as_ref().and_then(|v| substitute(v, args)),
-                    ..a.clone()
-                });
-            }
+            self.accesses.push(Access {
+                base: substitute(&a.base, args),
+                value: a.value.as_ref().and_then(|v| known(substitute(v, args))),
+                ..a.clone()
+            });
         }
         for c in &callee.compares {
-            if let (Some(a), Some(b)) = (substitute(&c.a, args), substitute(&c.b, args)) {
-                self.compares.push(Compare { ip: c.ip, a, b });
-            }
+            self.compares.push(Compare {
+                ip: c.ip,
+                a: substitute(&c.a, args),
+                b: substitute(&c.b, args),
+            });
         }
         for c in &callee.calls {
             self.calls.push(Call {
                 ip: c.ip,
                 target: c.target,
-                via: c
-                    .via
-                    .as_ref()
-                    .and_then(|(v, d)| Some((substitute(v, args)?, *d))),
-                args: c.args.clone().map(|a| a.and_then(|v| substitute(&v, args))),
+                via: c.via.as_ref().map(|(v, d)| (substitute(v, args), *d)),
+                args: c
+                    .args
+                    .clone()
+                    .map(|a| a.and_then(|v| known(substitute(&v, args)))),
             });
         }
     }

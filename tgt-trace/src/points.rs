@@ -173,6 +173,7 @@ impl Point {
             ],
             Point::Perform => &[F::PerformArgs, F::CmdItnId, F::CmdTag],
             Point::Result => &[
+                F::IoDoneAborts,
                 F::IoDoneArgs,
                 F::CmdResult,
                 F::CmdItnId,

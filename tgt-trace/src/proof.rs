@@ -102,10 +102,15 @@ pub enum Field {
     NexusCreateArgs,
     #[serde(rename = "it_nexus_destroy(tid, itn_id)")]
     NexusDestroyArgs,
+    /// Not a field: the call the `kspace_exec` probe relies on to see an
+    /// aborted command's result. A compiler that inlines
+    /// `target_cmd_io_done` into `abort_task_set` hides it.
+    #[serde(rename = "abort_task_set calls target_cmd_io_done(cmd, TASK_ABORTED)")]
+    IoDoneAborts,
 }
 
 impl Field {
-    pub const ALL: [Field; 22] = [
+    pub const ALL: [Field; 23] = [
         Field::QueueArgs,
         Field::CmdItnId,
         Field::CmdLun,
@@ -128,6 +133,7 @@ impl Field {
         Field::ConnState,
         Field::NexusCreateArgs,
         Field::NexusDestroyArgs,
+        Field::IoDoneAborts,
     ];
 
     /// The name in messages and `probes --json`.
@@ -155,6 +161,7 @@ impl Field {
             Field::ConnState => "iscsi_connection.state",
             Field::NexusCreateArgs => "it_nexus_create(tid, itn_id, host_no, info)",
             Field::NexusDestroyArgs => "it_nexus_destroy(tid, itn_id)",
+            Field::IoDoneAborts => "abort_task_set calls target_cmd_io_done(cmd, TASK_ABORTED)",
         }
     }
 
@@ -240,9 +247,10 @@ pub struct Code {
 }
 
 /// How deep the facts of called functions are followed: `-O0` calls
-/// tgt's one-line accessors (`scsi_set_result`, `scsi_get_data_dir`) and
-/// static helpers that `-O2` inlines.
-const CALL_DEPTH: u8 = 2;
+/// tgt's one-line accessors (`scsi_set_result`, `cmd_processed`) and the
+/// static helpers that `-O2` inlines (`target_mgmt_request` →
+/// `abort_task_set` → `abort_cmd` → `cmd_processed`).
+const CALL_DEPTH: u8 = 3;
 
 impl Code {
     pub fn new(file: &object::File<'_>, exported: &HashMap<String, (u64, u64)>) -> Option<Code> {
@@ -694,6 +702,29 @@ pub fn prove(code: &Code, tm_done: Option<u64>) -> LayoutProof {
                      second argument"
                         .to_owned()
                 });
+            // abort_cmd: target_cmd_io_done(cmd, TASK_ABORTED), called
+            // (the kspace_exec probe sees it) or inlined (it does not).
+            let io_done = code.exported.get("target_cmd_io_done").map(|&(a, _)| a);
+            let task_aborted = Some(Val::Imm(tgt_trace_common::TASK_ABORTED as u64));
+            proofs.insert(
+                Field::IoDoneAborts,
+                m.calls
+                    .iter()
+                    .find(|c| {
+                        c.target.is_some() && c.target == io_done && c.args[1] == task_aborted
+                    })
+                    .map(|c| {
+                        format!(
+                            "target_cmd_io_done(cmd, TASK_ABORTED) called at {:#x}",
+                            c.ip
+                        )
+                    })
+                    .ok_or_else(|| {
+                        "abort_task_set does not call target_cmd_io_done(cmd, TASK_ABORTED): \
+                         inlined, an aborted command's result never reaches the kspace_exec probe"
+                            .to_owned()
+                    }),
+            );
             let args = [mid.clone(), function, tid, lun_buf, itn]
                 .into_iter()
                 .reduce(both)
@@ -806,6 +837,178 @@ pub fn prove(code: &Code, tm_done: Option<u64>) -> LayoutProof {
             })
             .collect(),
     }
+}
+
+/// Proves what the `tmf` set's walk reads (`layout::TARGET_*`, `ITN_*`,
+/// `CMD_C_HLIST`, `CMD_STATE`, `CMD_PROCESSED_BIT`) and finds the static
+/// `target_list`, from what `target_mgmt_request` runs (with the
+/// `target_lookup` and `abort_task_set` it calls or inlines):
+///
+/// - `target_list`: the one global whose first node, less `target_siblings`
+///   (24), has its `tid` (8) compared with the first argument
+///   (`list_for_each_entry(target, &target_list, target_siblings) if
+///   (target->tid == tid)`).
+/// - `abort_task_set`'s walk, as tgt writes it: `target->it_nexus_list`
+///   (56) and each nexus's `cmd_list` (16) read as list heads, nodes turned
+///   back into containers through `nexus_siblings` (40) and `c_hlist` (8)
+///   (either subtracted, or folded into the offsets of the fields read
+///   through the node, as clang does), `itn->itn_id` (0) compared with the
+///   nexus id argument, `cmd->tag` (168) with the tag argument,
+///   `cmd_processed(cmd)` as `testb $2` of `cmd->state` (56), `cmd->mreq`
+///   (184) stored, and `target_cmd_io_done(cmd, TASK_ABORTED)` called.
+pub fn prove_walk(code: &Code) -> Result<crate::locate::TmfWalk, String> {
+    let &(entry, _) = code
+        .exported
+        .get("target_mgmt_request")
+        .ok_or("target_mgmt_request is not exported")?;
+    let &(io_done, _) = code
+        .exported
+        .get("target_cmd_io_done")
+        .ok_or("target_cmd_io_done is not exported")?;
+    let m = code.exported("target_mgmt_request")?;
+    let (a0, a1, a5) = (Val::Arg(0), Val::Arg(1), Val::Arg(5));
+
+    // target_list, through target_lookup.
+    let tid_at = layout::TARGET_TID as i64 - layout::TARGET_SIBLINGS as i64;
+    let mut lists: Vec<u64> = m
+        .accesses
+        .iter()
+        .filter_map(|a| match (&a.base, a.what, a.disp, a.size) {
+            (Val::Global(g), Use::Read, 0, 8) => Some(*g),
+            _ => None,
+        })
+        .filter(|&g| {
+            let first = Val::load(&Val::Global(g), 0);
+            m.accesses.iter().any(|a| {
+                a.what == Use::Compare
+                    && a.base == first
+                    && a.disp == tid_at
+                    && a.value.as_ref() == Some(&a0)
+            }) || m
+                .compares
+                .iter()
+                .any(|c| c.of(&a0, &Val::load(&first, tid_at)))
+        })
+        .collect();
+    lists.sort_unstable();
+    lists.dedup();
+    let list = match lists[..] {
+        [one] => one,
+        [] => {
+            return Err(format!(
+                "target_mgmt_request does not walk a global list comparing each \
+                 target.tid ({}) through target.target_siblings ({}) with its first argument \
+                 (target_lookup)",
+                layout::TARGET_TID,
+                layout::TARGET_SIBLINGS
+            ));
+        }
+        _ => return Err(format!("target_lookup's list is ambiguous: {lists:x?}")),
+    };
+
+    // abort_task_set's reads; each offset also as clang folds the node's
+    // offset into it.
+    let any = |what: Use, offsets: &[i64], size: usize| {
+        m.accesses
+            .iter()
+            .any(|a| a.what == what && offsets.contains(&a.disp) && (size == 0 || a.size == size))
+    };
+    let node = |field: usize, member: usize| [field as i64, field as i64 - member as i64];
+    let cmd_field = |field: usize| node(field, layout::CMD_C_HLIST);
+    let itn_field = |field: usize| node(field, layout::ITN_NEXUS_SIBLINGS);
+    let target_field = |field: usize| node(field, layout::TARGET_SIBLINGS);
+    let compared_arg =
+        |value: &Val, offsets: &[i64], size: usize| compared(&m, value, offsets, size).is_some();
+    // target_cmd_io_done(cmd, TASK_ABORTED), called, or inlined (clang):
+    // the driver's cmd_end_notify(.., TASK_ABORTED, cmd).
+    let task_aborted = Some(Val::Imm(tgt_trace_common::TASK_ABORTED as u64));
+    let aborted = m.calls.iter().any(|c| {
+        c.args[1] == task_aborted
+            && (c.target == Some(io_done)
+                || c.via
+                    .as_ref()
+                    .is_some_and(|(_, d)| *d == layout::DRIVER_CMD_END_NOTIFY as i64))
+    });
+    let proofs: [(String, bool); 8] = [
+        (
+            format!("target.it_nexus_list ({}) read", layout::TARGET_IT_NEXUS_LIST),
+            any(Use::Read, &target_field(layout::TARGET_IT_NEXUS_LIST), 8),
+        ),
+        (
+            format!(
+                "it_nexus.itn_id ({}) compared with the nexus id, through nexus_siblings ({})",
+                layout::ITN_ITN_ID,
+                layout::ITN_NEXUS_SIBLINGS
+            ),
+            compared_arg(&a1, &itn_field(layout::ITN_ITN_ID), 8),
+        ),
+        (
+            format!(
+                "it_nexus.cmd_list ({}) read, through nexus_siblings",
+                layout::ITN_CMD_LIST
+            ),
+            any(Use::Read, &itn_field(layout::ITN_CMD_LIST), 8),
+        ),
+        (
+            format!(
+                "scsi_cmd.tag ({}) compared with the tag, through c_hlist ({})",
+                layout::CMD_TAG,
+                layout::CMD_C_HLIST
+            ),
+            compared_arg(&a5, &cmd_field(layout::CMD_TAG), 8),
+        ),
+        (
+            format!("scsi_cmd.lun ({}) read as 8 bytes", layout::CMD_LUN),
+            any(Use::Read, &cmd_field(layout::CMD_LUN), 8)
+                || any(Use::Compare, &cmd_field(layout::CMD_LUN), 8)
+                // memcmp(cmd->lun, lun, sizeof(cmd->lun)), called.
+                || m.calls.iter().any(|c| {
+                    c.args[2] == Some(Val::Imm(8))
+                        && c.args[..2].iter().any(|a| {
+                            matches!(a, Some(Val::Addr(_, d)) if cmd_field(layout::CMD_LUN).contains(d))
+                        })
+                }),
+        ),
+        (
+            format!(
+                "cmd_processed: testb ${}, scsi_cmd.state ({})",
+                layout::CMD_PROCESSED_BIT,
+                layout::CMD_STATE
+            ),
+            m.accesses.iter().any(|a| {
+                a.what == Use::Compare
+                    && cmd_field(layout::CMD_STATE).contains(&a.disp)
+                    && a.value == Some(Val::Imm(layout::CMD_PROCESSED_BIT))
+            }) || m.compares.iter().any(|c| {
+                matches!(&c.a, Val::Load(_, d) if cmd_field(layout::CMD_STATE).contains(d))
+                    && c.b == Val::Imm(layout::CMD_PROCESSED_BIT)
+            }),
+        ),
+        (
+            format!("scsi_cmd.mreq ({}) stored", layout::CMD_MREQ),
+            any(Use::Write, &cmd_field(layout::CMD_MREQ), 8),
+        ),
+        (
+            "target_cmd_io_done(cmd, TASK_ABORTED), called or inlined".to_owned(),
+            aborted,
+        ),
+    ];
+    let missing: Vec<String> = proofs
+        .into_iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(what, _)| what)
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "what target_mgmt_request runs (abort_task_set) does not show {}",
+            missing.join(", ")
+        ));
+    }
+    let delta = i64::try_from(list).ok().zip(i64::try_from(entry).ok());
+    let (list, entry) = delta.ok_or("addresses out of range")?;
+    Ok(crate::locate::TmfWalk {
+        target_list_from_entry: list - entry,
+    })
 }
 
 #[cfg(test)]

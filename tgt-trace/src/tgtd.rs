@@ -138,7 +138,7 @@ pub struct TgtdBinary {
     pub tmf_tx_start: Result<TaskPoint, String>,
     pub conn_close: Result<u64, String>,
     /// Where the `tmf` probe set's walk of tgtd's task lists starts, with
-    /// its offsets proved (`crate::locate::tmf_walk`), or why not.
+    /// its offsets proved (`crate::proof::prove_walk`), or why not.
     pub tmf_walk: Result<TmfWalk, String>,
 }
 
@@ -204,10 +204,11 @@ impl TgtdBinary {
             .iter()
             .map(|(name, s)| (name.clone(), (s.address, s.size)))
             .collect();
-        let proof = match crate::proof::Code::new(&file, &exported) {
-            Some(code) => crate::proof::prove(&code, tm_done),
-            None => return Err(not_elf("it has no .text section".to_owned())),
+        let Some(code) = crate::proof::Code::new(&file, &exported) else {
+            return Err(not_elf("it has no .text section".to_owned()));
         };
+        let proof = crate::proof::prove(&code, tm_done);
+        let tmf_walk = crate::proof::prove_walk(&code);
         let tmf_response_reads_connection =
             proof.proved(Field::TaskConn) && proof.proved(Field::ConnState);
         let layout = LayoutCheck::MachineCode {
@@ -217,7 +218,6 @@ impl TgtdBinary {
                 .collect(),
         };
         let points = crate::locate::iscsi_points(&file, &exported);
-        let tmf_walk = crate::locate::tmf_walk(&file, &exported);
         let to_file = |p: Result<TaskPoint, String>| {
             p.and_then(|p| {
                 file_offset(&file, p.address)
