@@ -13,6 +13,7 @@ pub mod event;
 pub mod existing;
 pub mod locate;
 pub mod pipeline;
+pub mod plausible;
 pub mod points;
 pub mod probe;
 pub mod reader;
