@@ -60,7 +60,13 @@ pub mod tui;
 /// the walk), the header's probe point `tmf_walk`, and the drop count
 /// `walk_truncated`. Versions 1 to 5 are still read; a version 5 `tmf`
 /// trace's covered sets come from its releases, as before.
-pub const SCHEMA_VERSION: u32 = 6;
+///
+/// 7 added `layout_violations` on `summary` and `matched_summary` lines
+/// (and in `report --json`): what the runtime layout plausibility checks
+/// ([`plausible`]) found, by check, with the first few examples. Absent
+/// when nothing was found; versions 1 to 6 are still read (replay runs the
+/// checks over their events).
+pub const SCHEMA_VERSION: u32 = 7;
 
 /// The oldest trace format this version reads.
 pub const OLDEST_SCHEMA_VERSION: u32 = 1;

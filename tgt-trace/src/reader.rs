@@ -363,7 +363,7 @@ mod tests {
     #[test]
     fn an_unknown_schema_version_is_named() {
         let err = reader(
-            &HEADER.replace("\"schema_version\":1", "\"schema_version\":7"),
+            &HEADER.replace("\"schema_version\":1", "\"schema_version\":8"),
             false,
         )
         .err()
@@ -372,7 +372,7 @@ mod tests {
             matches!(
                 err,
                 ReadError::UnsupportedVersion {
-                    found: 7,
+                    found: 8,
                     supported: SCHEMA_VERSION,
                     ..
                 }

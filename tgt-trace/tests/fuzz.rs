@@ -1596,6 +1596,7 @@ fn header_mutation() -> impl Strategy<Value = HeaderMutation> {
                 "5",
                 "6",
                 "7",
+                "8",
                 "-1",
                 "1.0",
                 "\"3\"",
