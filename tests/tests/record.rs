@@ -60,6 +60,7 @@ fn check(probe_set: &str) {
         "drops: {:?}",
         trace.summary.drops
     );
+    support::assert_no_layout_violations(&trace);
     assert!(
         account.len() > 100,
         "tgtd logged only {} commands: is -d 1 working?",

@@ -190,6 +190,7 @@ fn libiscsi_tmfs_are_traced_request_to_response(probe_set: &str) {
         "drops: {:?}",
         trace.summary.drops
     );
+    support::assert_no_layout_violations(&trace);
     let response_probe = trace
         .header
         .probes

@@ -337,6 +337,7 @@ fn write_trace(
         duration_ns: synth.now_ns().saturating_sub(start_ns),
         stopped_by: "synthetic".to_owned(),
         sinks: Vec::new(),
+        layout_violations: Default::default(),
     };
     line(&mut out, &Line::Summary(summary))?;
     out.flush()?;

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use crate::{
     correlate::Summary,
+    plausible::LayoutViolations,
     points::{Point, ProbePoint, attached},
     stats::LatencySummary,
     trace::Drops,
@@ -331,6 +332,9 @@ pub struct Evidence<'a> {
     pub summary: &'a Summary,
     pub drops: Drops,
     pub probes: &'a [ProbePoint],
+    /// What the runtime layout checks found: any violation makes every
+    /// measurement untrustworthy, as lost events do.
+    pub layout_violations: &'a LayoutViolations,
     /// Fewest samples for a quantile q: at least this and 1/(1-q).
     pub min_samples: u64,
 }
@@ -377,6 +381,9 @@ impl Evidence<'_> {
     fn measure(&self, metric: &Metric) -> Result<f64, String> {
         if self.drops.total() > 0 {
             return Err(format!("the trace dropped {} events", self.drops.total()));
+        }
+        if self.layout_violations.total() > 0 {
+            return Err(self.layout_violations.inconclusive_reason());
         }
         match metric {
             Metric::Count(name) => {
@@ -709,6 +716,40 @@ mod tests {
             "tmf.ABORT_TASK.p99.9"
         );
         assert!(parse_compared("orphans").is_err());
+    }
+
+    #[test]
+    fn a_layout_violation_makes_every_check_inconclusive() {
+        let summary = Summary {
+            counts: Default::default(),
+            histograms: Default::default(),
+        };
+        fn ev<'a>(summary: &'a Summary, found: &'a LayoutViolations) -> Evidence<'a> {
+            Evidence {
+                summary,
+                drops: Drops::default(),
+                probes: &[],
+                layout_violations: found,
+                min_samples: 1,
+            }
+        }
+        let mut found = LayoutViolations::default();
+        let budget = Budget::parse("orphans==0").expect("parses");
+        assert_eq!(check(&budget, &ev(&summary, &found)).verdict, Verdict::Pass);
+        found.untracked = 5;
+        assert_eq!(
+            check(&budget, &ev(&summary, &found)).verdict,
+            Verdict::Pass,
+            "commands not tracked are no violation"
+        );
+        found.counts.insert("tmf_result".to_owned(), 2);
+        let Verdict::Inconclusive(why) = check(&budget, &ev(&summary, &found)).verdict else {
+            panic!("not inconclusive");
+        };
+        assert!(
+            why.contains("tmf_result 2") && why.contains("run `tgt-trace probes`"),
+            "{why}"
+        );
     }
 
     #[test]

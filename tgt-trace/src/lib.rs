@@ -14,6 +14,7 @@ pub mod existing;
 pub mod flow;
 pub mod locate;
 pub mod pipeline;
+pub mod plausible;
 pub mod points;
 pub mod probe;
 pub mod proof;
@@ -64,8 +65,12 @@ pub mod tui;
 ///
 /// 7 made the header's `tgtd_layout` say how the layout was proved:
 /// `{"by": "machine_code", "unproved": [...]}`, each field shown from the
-/// build's own code (`proof`). Versions 1 to 6 (`known_build`,
-/// `code_fingerprint`) are still read.
+/// build's own code (`proof`); older values (`known_build`,
+/// `code_fingerprint`) are still read. It also added `layout_violations`
+/// on `summary` and `matched_summary` lines (and in `report --json`): what
+/// the runtime layout plausibility checks ([`plausible`]) found, by check,
+/// with the first few examples; absent when nothing was found. Versions 1
+/// to 6 are still read (replay runs the checks over their events).
 pub const SCHEMA_VERSION: u32 = 7;
 
 /// The oldest trace format this version reads.

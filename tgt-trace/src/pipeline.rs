@@ -17,6 +17,7 @@ use std::time::Duration;
 use crate::{
     correlate::{self, Config, Coverage, Matcher, Record},
     event::Event,
+    plausible::{Checker, LayoutViolations},
     sink::{Sink, SinkError},
     trace::{Drops, Header, MatchedSummary, SinkLoss, Summary},
 };
@@ -29,6 +30,10 @@ pub struct Driver<'a> {
     records: Vec<Record>,
     /// The stream clock: the latest event timestamp.
     now_ns: u64,
+    /// The runtime layout checks, over every event ([`crate::plausible`]).
+    plausible: Checker,
+    /// The violation count the sinks were last told.
+    violations_told: u64,
 }
 
 impl<'a> Driver<'a> {
@@ -46,6 +51,8 @@ impl<'a> Driver<'a> {
             sinks,
             records: Vec::new(),
             now_ns: 0,
+            plausible: Checker::default(),
+            violations_told: 0,
         }
     }
 
@@ -56,6 +63,28 @@ impl<'a> Driver<'a> {
 
     pub fn matcher(&self) -> Option<&Matcher> {
         self.matcher.as_ref()
+    }
+
+    /// What the runtime layout checks found so far.
+    pub fn layout_violations(&self) -> &LayoutViolations {
+        self.plausible.violations()
+    }
+
+    /// Tells the sinks the violations, when there are new ones.
+    fn tell_violations(&mut self) -> Result<(), SinkError> {
+        let total = self.plausible.total();
+        if total == self.violations_told {
+            return Ok(());
+        }
+        self.violations_told = total;
+        let found = self.plausible.violations();
+        for sink in &mut self.sinks {
+            sink.layout_violations(found).map_err(|source| SinkError {
+                sink: sink.name(),
+                source,
+            })?;
+        }
+        Ok(())
     }
 
     fn each(
@@ -79,6 +108,7 @@ impl<'a> Driver<'a> {
     /// concluded, in order.
     pub fn event(&mut self, event: &Event) -> Result<(), SinkError> {
         self.now_ns = self.now_ns.max(event.ts_ns());
+        self.plausible.push(event);
         if let Some(matcher) = &mut self.matcher {
             matcher.push(event, &mut self.records);
         }
@@ -118,6 +148,7 @@ impl<'a> Driver<'a> {
             matcher.advance(self.now_ns, &mut self.records);
         }
         self.hand_records()?;
+        self.tell_violations()?;
         let matcher = self.matcher.as_ref();
         for sink in &mut self.sinks {
             sink.batch_end(matcher).map_err(|source| SinkError {
@@ -141,6 +172,7 @@ impl<'a> Driver<'a> {
             complete: false,
             skipped_lines: 0,
             sinks: self.losses(),
+            layout_violations: self.plausible.violations().clone(),
         };
         self.each(|s| s.matched_summary(&line))
     }
@@ -170,6 +202,7 @@ impl<'a> Driver<'a> {
             None => None,
         };
         self.hand_records()?;
+        self.tell_violations()?;
         let matcher = self.matcher.as_ref();
         for sink in &mut self.sinks {
             sink.finished(matcher).map_err(|source| SinkError {
@@ -186,6 +219,7 @@ impl<'a> Driver<'a> {
                 complete,
                 skipped_lines,
                 sinks: self.losses(),
+                layout_violations: self.plausible.violations().clone(),
             };
             self.each(|s| s.matched_summary(&line))?;
         }

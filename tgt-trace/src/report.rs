@@ -6,6 +6,7 @@ pub use crate::source::file::{ReplayError, Replayed};
 use crate::{
     correlate::{Config, OrphanRecord, Record, Summary},
     pipeline::Driver,
+    plausible::LayoutViolations,
     reader::{ReadError, TraceReader},
     sink::records::RecordsSink,
     source::file,
@@ -51,6 +52,11 @@ pub struct ReportJson {
     /// What each of the recording's sinks could not take.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sinks: Vec<SinkLoss>,
+    /// What the runtime layout checks found (absent when nothing): any
+    /// violation means tgt-trace may be reading this tgtd with a wrong
+    /// struct layout.
+    #[serde(default, skip_serializing_if = "LayoutViolations::is_empty")]
+    pub layout_violations: LayoutViolations,
 }
 
 impl Replayed {
@@ -63,6 +69,7 @@ impl Replayed {
             complete: self.complete,
             skipped_lines: self.skipped,
             sinks: self.sinks.clone(),
+            layout_violations: self.layout_violations.clone(),
         })
     }
 
@@ -76,6 +83,7 @@ impl Replayed {
             complete: self.complete,
             skipped_lines: self.skipped,
             sinks: self.sinks.clone(),
+            layout_violations: self.layout_violations.clone(),
         })
     }
 }
@@ -178,5 +186,28 @@ pub fn render_text(replayed: &Replayed, orphans: &[OrphanRecord]) -> String {
             String::new()
         }
     );
+    layout_text(&mut t, &replayed.layout_violations);
     t
+}
+
+/// The runtime layout checks' findings, when there are any.
+fn layout_text(t: &mut String, found: &LayoutViolations) {
+    if found.total() > 0 {
+        let _ = writeln!(t, "\nLAYOUT: {}", found.inconclusive_reason());
+        for v in &found.examples {
+            let _ = writeln!(
+                t,
+                "  {} at {} (pid {}, {} ns): {}",
+                v.check, v.event, v.pid, v.ts_ns, v.detail
+            );
+        }
+    }
+    if found.untracked > 0 {
+        let _ = writeln!(
+            t,
+            "\nlayout checks: {} commands were not tracked (more in flight than the checker \
+             holds); their identity was not checked",
+            found.untracked
+        );
+    }
 }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     correlate::{self, CommandRecord, OrphanRecord, Record, TmfRecord},
     event::Event,
+    plausible::LayoutViolations,
     points::{KernelCounters, ProbePoint, ProbeSet},
     tgtd::LayoutCheck,
 };
@@ -62,6 +63,9 @@ pub struct MatchedSummary {
     /// What each of the recording's sinks could not take so far.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sinks: Vec<SinkLoss>,
+    /// What the runtime layout checks found so far (absent when nothing).
+    #[serde(default, skip_serializing_if = "LayoutViolations::is_empty")]
+    pub layout_violations: LayoutViolations,
 }
 
 /// The first line: what was traced, and how.
@@ -103,6 +107,11 @@ pub struct Summary {
     /// lost lines are also in `drops.sink_slow`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sinks: Vec<SinkLoss>,
+    /// Events that broke a runtime layout check (`crate::plausible`): by
+    /// check, with the first few as examples. Absent when none did, and in
+    /// traces before schema 7.
+    #[serde(default, skip_serializing_if = "LayoutViolations::is_empty")]
+    pub layout_violations: LayoutViolations,
 }
 
 /// What one sink of a recording could not take, and why. A sink never holds

@@ -118,6 +118,38 @@ fn drops_make_every_budget_inconclusive() {
     assert!(text.contains("dropped 3 events"), "{text}");
 }
 
+/// Issue 17: a release naming its command with another tag than its queue
+/// did (what a wrong `scsi_cmd` layout looks like) makes every budget
+/// inconclusive, naming the check and the fix; the untouched real trace
+/// has no violation.
+#[test]
+fn a_layout_violation_makes_every_budget_inconclusive() {
+    let trace = variant(
+        "layout",
+        r#""kind":"cmd_release","ts_ns":1956714104550,"pid":16522,"itn_id":17,"tag":3698272285"#,
+        r#""kind":"cmd_release","ts_ns":1956714104550,"pid":16522,"itn_id":17,"tag":3698272286"#,
+    );
+    let (code, text) = check(&trace, &["orphans==0", "command.max<=1s"]);
+    assert_eq!(code, 2, "{text}");
+    assert_eq!(text.matches("cmd_identity 1").count(), 2, "{text}");
+    assert!(
+        text.contains("wrong struct layout; run `tgt-trace probes` and report the build"),
+        "{text}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_tgt-trace"))
+        .args(["report", "--json"])
+        .arg(&trace)
+        .output()
+        .expect("tgt-trace runs");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(
+        report["layout_violations"]["counts"]["cmd_identity"], 1,
+        "{report}"
+    );
+    let (code, text) = check(&golden(), &["orphans==0"]);
+    assert_eq!(code, 0, "{text}");
+}
+
 #[test]
 fn a_missing_probe_is_inconclusive() {
     let trace = variant(

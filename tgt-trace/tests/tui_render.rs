@@ -244,6 +244,7 @@ fn screens_with_drops() {
         duration_ns: 21_752_139,
         stopped_by: "signal".to_owned(),
         sinks: Vec::new(),
+        layout_violations: Default::default(),
     }));
     snapshot_every_view("drops", app_from(&header, lines));
 }

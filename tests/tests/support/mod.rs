@@ -25,6 +25,27 @@ pub struct Trace {
     pub summary: Summary,
 }
 
+/// Issue 17: the runtime layout checks never fire on real traffic. Both
+/// as the recording wrote them in its summary line and as the checker finds
+/// them over the trace's events again.
+pub fn assert_no_layout_violations(trace: &Trace) {
+    let found = &trace.summary.layout_violations;
+    assert!(
+        found.counts.is_empty(),
+        "layout violations in the summary line: {found:?}"
+    );
+    let mut checker = tgt_trace::plausible::Checker::default();
+    for event in &trace.events {
+        checker.push(event);
+    }
+    assert_eq!(
+        checker.violations().total(),
+        0,
+        "layout violations over the events: {:?}",
+        checker.violations()
+    );
+}
+
 /// Reads a trace, panicking with the line that is wrong.
 pub fn read_trace(path: &Path) -> Trace {
     let text =

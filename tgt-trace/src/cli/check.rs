@@ -54,6 +54,7 @@ struct Weighed {
     drops: tgt_trace::trace::Drops,
     probes: Vec<tgt_trace::points::ProbePoint>,
     complete: bool,
+    layout_violations: tgt_trace::plausible::LayoutViolations,
 }
 
 impl Weighed {
@@ -66,6 +67,7 @@ impl Weighed {
             drops: replayed.drops,
             probes,
             complete: replayed.complete,
+            layout_violations: replayed.layout_violations,
         })
     }
 
@@ -74,6 +76,7 @@ impl Weighed {
             summary: &self.summary,
             drops: self.drops,
             probes: &self.probes,
+            layout_violations: &self.layout_violations,
             min_samples,
         }
     }

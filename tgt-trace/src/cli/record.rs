@@ -107,6 +107,20 @@ impl RecordArgs {
             s.duration_ns as f64 / 1e9,
             s.stopped_by
         );
+        let found = &s.layout_violations;
+        if found.total() > 0 {
+            eprintln!("tgt-trace: LAYOUT: {}", found.inconclusive_reason());
+            for v in &found.examples {
+                eprintln!("tgt-trace:   {} at {}: {}", v.check, v.event, v.detail);
+            }
+        }
+        if found.untracked > 0 {
+            eprintln!(
+                "tgt-trace: {} commands were not tracked by the layout checks (more in flight \
+                 than they hold); their identity was not checked",
+                found.untracked
+            );
+        }
         Ok(match outcome.command_status {
             Some(status) => ExitCode::from(status.code().map_or(exit::FAILURE, |c| c as u8)),
             None => ExitCode::SUCCESS,

@@ -41,6 +41,7 @@ use prometheus_client::{
 use crate::{
     correlate::{Matcher, Measured, Record, orphan_name, outcome_name},
     event::{Event, OpClass},
+    plausible::{Check, LayoutViolations},
     probe::monotonic_ns,
     trace::{Drops, Header, MatchedSummary, SinkLoss},
 };
@@ -120,6 +121,9 @@ pub struct Live {
     lost: Mutex<Vec<(String, u64)>>,
     /// Every probe point, attached or not; set once.
     probes: Mutex<Vec<(&'static str, bool)>>,
+    /// Runtime layout check violations, by check name; changes only when
+    /// one fires.
+    layout_violations: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 impl Live {
@@ -442,6 +446,13 @@ impl Sink for MetricsSink {
         Ok(())
     }
 
+    fn layout_violations(&mut self, found: &LayoutViolations) -> io::Result<()> {
+        if let Ok(mut shown) = self.live.layout_violations.lock() {
+            shown.clone_from(&found.counts);
+        }
+        Ok(())
+    }
+
     fn finished(&mut self, matcher: Option<&Matcher>) -> io::Result<()> {
         // The probes were detached before the last drain.
         self.refresh(matcher);
@@ -505,6 +516,24 @@ impl Collector for Scraped {
         )?;
         for (cause, n) in &lost {
             ConstCounter::new(*n).encode(family.encode_family(&[("cause", cause.as_str())])?)?;
+        }
+        let violations = live
+            .layout_violations
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default();
+        let mut family = encoder.encode_descriptor(
+            "layout_violations",
+            "Events that broke a runtime layout plausibility check, by check (every \
+             check is listed, at 0 while it holds); any non-zero count means tgt-trace \
+             may be reading tgtd with a wrong struct layout: run `tgt-trace probes` and \
+             report the build",
+            None,
+            MetricType::Counter,
+        )?;
+        for check in Check::ALL {
+            let n = violations.get(check.name()).copied().unwrap_or(0);
+            ConstCounter::new(n).encode(family.encode_family(&[("check", check.name())])?)?;
         }
         let probes = live.probes.lock().map(|p| p.clone()).unwrap_or_default();
         let mut family = encoder.encode_descriptor(
@@ -996,5 +1025,25 @@ mod tests {
         );
         assert!(value(&text, "tgttrace_process_resident_memory_bytes", &[]).unwrap_or(0.0) > 0.0);
         assert!(value(&text, "tgttrace_process_cpu_seconds_total", &[]).is_some());
+    }
+
+    #[test]
+    fn layout_violations_are_counted_by_check_every_check_listed() {
+        let (mut sink, exposition) = metrics(Options::default());
+        let text = exposition.encode(false).expect("encodes");
+        let violations = |text: &str, check: &str| {
+            value(
+                text,
+                "tgttrace_layout_violations_total",
+                &[&format!("check=\"{check}\"")],
+            )
+        };
+        assert_eq!(violations(&text, "cmd_identity"), Some(0.0), "{text}");
+        let mut found = LayoutViolations::default();
+        found.counts.insert("cmd_identity".to_owned(), 3);
+        sink.layout_violations(&found).expect("taken");
+        let text = exposition.encode(false).expect("encodes");
+        assert_eq!(violations(&text, "cmd_identity"), Some(3.0), "{text}");
+        assert_eq!(violations(&text, "lun_format"), Some(0.0), "{text}");
     }
 }

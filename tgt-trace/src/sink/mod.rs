@@ -21,6 +21,7 @@ use std::{future::Future, io, pin::Pin, time::Duration};
 use crate::{
     correlate::{Matcher, Record},
     event::Event,
+    plausible::LayoutViolations,
     trace::{Drops, Header, MatchedSummary, SinkLoss, Summary},
 };
 
@@ -81,6 +82,12 @@ pub trait Sink {
     /// could not take. Cheaper than a `matched_summary`, and sent without
     /// the matcher.
     fn drops(&mut self, _drops: &Drops, _sinks: &[SinkLoss]) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// The runtime layout checks found new violations (at the end of the
+    /// batch that found them): the counts so far.
+    fn layout_violations(&mut self, _found: &LayoutViolations) -> io::Result<()> {
         Ok(())
     }
 

@@ -4,6 +4,7 @@
 use crate::{
     correlate::{Record, Summary},
     pipeline::Driver,
+    plausible::LayoutViolations,
     reader::{ReadError, TraceReader},
     sink::SinkError,
     trace::{Drops, Line, MatchedSummary, SinkLoss},
@@ -23,6 +24,10 @@ pub struct Replayed {
     pub last_ts_ns: u64,
     /// What the recording's sinks could not take, from its summary line.
     pub sinks: Vec<SinkLoss>,
+    /// What the runtime layout checks found: over the trace's events, as
+    /// this run replayed them (so also for traces before schema 7); for a
+    /// trace without events, as the recording's summary says.
+    pub layout_violations: LayoutViolations,
 }
 
 /// The trace's lines, fed one by one. A trace recorded with `record
@@ -48,6 +53,9 @@ impl FileSource {
                 self.replayed.drops = s.drops;
                 self.replayed.complete = true;
                 self.replayed.sinks.clone_from(&s.sinks);
+                self.replayed
+                    .layout_violations
+                    .clone_from(&s.layout_violations);
                 driver.summary(&s)
             }
             // What `record --matched` concluded live is concluded again here,
@@ -77,11 +85,19 @@ impl FileSource {
             Some(m) if !self.events_seen => {
                 self.replayed.summary = Some(m.summary);
                 self.replayed.last_ts_ns = m.at_ns;
+                // A cut-short trace's last word on them is its final
+                // matched summary's.
+                if !self.replayed.complete {
+                    self.replayed.layout_violations = m.layout_violations;
+                }
             }
             _ => {
                 self.replayed.summary =
                     driver.finish(self.replayed.drops, self.replayed.complete, skipped)?;
                 self.replayed.last_ts_ns = driver.now_ns();
+                if self.events_seen {
+                    self.replayed.layout_violations = driver.layout_violations().clone();
+                }
             }
         }
         Ok(self.replayed)

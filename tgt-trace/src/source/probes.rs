@@ -232,6 +232,7 @@ pub async fn run(
         duration_ns: probe::monotonic_ns().saturating_sub(header.start_monotonic_ns),
         stopped_by: stopped_by.to_owned(),
         sinks: driver.losses(),
+        layout_violations: driver.layout_violations().clone(),
     };
     driver.summary(&summary)?;
     // A bounded final flush: what a reader has not taken by then is

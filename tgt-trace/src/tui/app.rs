@@ -9,6 +9,7 @@ use super::feed::{ArrivalKey, Batch, Ended, OpenTmf, TraceInfo, Update};
 use crate::{
     correlate::{CommandOutcome, Counts, InFlight, OrphanRecord, Record, Summary, TmfRecord},
     event::OpClass,
+    plausible::LayoutViolations,
     stats::StatsSummary,
     trace::{Drops, SinkLoss},
 };
@@ -317,6 +318,8 @@ pub struct Data {
     pub drops: Drops,
     /// What the recording's sinks (the screen among them) could not take.
     pub sinks: Vec<SinkLoss>,
+    /// What the runtime layout checks found.
+    pub layout_violations: LayoutViolations,
     /// Lines of the trace that could not be read, and why (the last one).
     pub problem: Option<String>,
 }
@@ -342,6 +345,7 @@ impl Default for Data {
             },
             drops: Drops::default(),
             sinks: Vec::new(),
+            layout_violations: LayoutViolations::default(),
             problem: None,
         }
     }
@@ -407,6 +411,9 @@ impl Data {
         }
         if !batch.sinks.is_empty() {
             self.sinks = batch.sinks;
+        }
+        if let Some(found) = batch.layout_violations {
+            self.layout_violations = found;
         }
     }
 
@@ -569,6 +576,11 @@ impl App {
     /// What the screen shows.
     pub fn data(&self) -> &Data {
         self.frozen.as_ref().unwrap_or(&self.live)
+    }
+
+    /// What the trace told so far, paused or not.
+    pub fn latest(&self) -> &Data {
+        &self.live
     }
 
     pub fn paused(&self) -> bool {

@@ -19,6 +19,7 @@ use crate::{
     correlate::{Config, InFlight, Matcher, Record, Summary},
     event::{Event, OpClass},
     pipeline::Driver,
+    plausible::LayoutViolations,
     points::ProbePoint,
     sink::{Closing, Sink},
     source::file::FileSource,
@@ -114,6 +115,8 @@ pub struct Batch {
     pub drops: Option<Drops>,
     /// What the recording's sinks, the screen among them, could not take.
     pub sinks: Vec<SinkLoss>,
+    /// The runtime layout checks' findings, when they changed.
+    pub layout_violations: Option<LayoutViolations>,
 }
 
 impl Batch {
@@ -134,6 +137,7 @@ impl Batch {
             summary: next.summary,
             drops: next.drops.or(self.drops),
             sinks: next.sinks,
+            layout_violations: next.layout_violations.or(self.layout_violations),
             ..self
         }
     }
@@ -148,6 +152,7 @@ struct Gathered {
     tmf_requests: u64,
     records: Vec<Record>,
     drops: Option<Drops>,
+    layout_violations: Option<LayoutViolations>,
 }
 
 /// Where the screen's batches go.
@@ -246,6 +251,7 @@ impl Screen {
             summary: matcher.map(Matcher::summary).unwrap_or_default(),
             drops: gathered.drops,
             sinks,
+            layout_violations: gathered.layout_violations,
         }
     }
 }
@@ -308,6 +314,11 @@ impl Sink for Screen {
             .filter(|l| l.sink != self.name())
             .cloned()
             .collect();
+        Ok(())
+    }
+
+    fn layout_violations(&mut self, found: &LayoutViolations) -> std::io::Result<()> {
+        self.batch.layout_violations = Some(found.clone());
         Ok(())
     }
 

@@ -257,6 +257,11 @@ async fn session(args: TuiArgs, config: Config, source: Source) -> Result<(), Tu
         }
     };
     drop(guard);
+    // The screen is gone: what it showed in red stays said.
+    let found = &app.latest().layout_violations;
+    if found.total() > 0 {
+        eprintln!("tgt-trace: LAYOUT: {}", found.inconclusive_reason());
+    }
     if let Some((handle, stop, path)) = recording {
         if !handle.is_finished() {
             // A signal stops the recording too (it has its own handlers);

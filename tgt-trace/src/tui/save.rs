@@ -68,6 +68,7 @@ pub fn visible_lines(app: &App) -> Vec<Line> {
             complete: false,
             skipped_lines: 0,
             sinks: data.sinks.clone(),
+            layout_violations: data.layout_violations.clone(),
         }))],
     }
 }

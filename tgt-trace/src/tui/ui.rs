@@ -130,6 +130,18 @@ fn render_header(app: &App, data: &Data, area: Rect, buf: &mut Buffer) {
             ALERT,
         ));
     }
+    // Shown only when a runtime layout check fired: the numbers on this
+    // screen may then be read from the wrong bytes (see `plausible`).
+    let violations = data.layout_violations.total();
+    if violations > 0 {
+        second.push(Span::styled(
+            format!(
+                "  LAYOUT? {violations} implausible ({}): run `tgt-trace probes`",
+                data.layout_violations.describe()
+            ),
+            ALERT,
+        ));
+    }
     // What a sink other than the trace file could not take: the screen
     // itself, when it fell behind the recording.
     for loss in data.sinks.iter().filter(|l| l.sink != "ndjson") {
