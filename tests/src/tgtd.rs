@@ -16,8 +16,16 @@ use std::{
 /// pid so that concurrent test binaries do not collide.
 static NEXT_CONTROL: AtomicU16 = AtomicU16::new(0);
 
+/// The environment variable naming the tgtd binary the tests start instead
+/// of Debian's `/usr/sbin/tgtd`: one of `cargo xtask tgtd-builds`'
+/// variants (issue 17). Only the daemon changes: tgtadm stays Debian's,
+/// built from the same tgt 1.0.85 source, and tgt-trace, pointed at tgtd
+/// by `--pid`, finds the binary through `/proc/PID/exe`.
+pub const TGTD_ENV: &str = "TGT_TRACE_TGTD";
+
 #[derive(Debug, Clone)]
 pub struct TgtdOptions {
+    /// `$TGT_TRACE_TGTD` when set, else `/usr/sbin/tgtd`.
     pub tgtd: PathBuf,
     /// Extra environment for tgtd (LD_PRELOAD of the slow-I/O library, ...).
     pub env: Vec<(String, String)>,
@@ -30,7 +38,9 @@ pub struct TgtdOptions {
 impl Default for TgtdOptions {
     fn default() -> Self {
         TgtdOptions {
-            tgtd: PathBuf::from("/usr/sbin/tgtd"),
+            tgtd: std::env::var_os(TGTD_ENV)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/usr/sbin/tgtd")),
             env: Vec::new(),
             debug: false,
             target_iqn: "iqn.2026-11.io.tgt-trace:scratch".to_owned(),

@@ -11,6 +11,7 @@ mod owned;
 mod setup;
 mod soak;
 mod soak_tui;
+mod tgtd_builds;
 
 use std::process::{Command, ExitCode};
 
@@ -71,6 +72,9 @@ enum Job {
         #[arg(long, default_value_t = 20_000)]
         cases: u32,
     },
+    /// Build tgtd from Debian's source in several ways (gcc -O0..-Os, CET, LTO, clang, a
+    /// corrupted layout) into target/tgtd-builds/, with manifest.json (issue 17).
+    TgtdBuilds,
     /// Build the Debian package (release binary, man pages, unit, rules) into target/debian/.
     Deb,
     /// Start a scratch tgtd on 127.0.0.1, drive a workload that causes aborts, and trace it live.
@@ -101,7 +105,7 @@ fn main() -> ExitCode {
     let signals = match &cli.job {
         Job::Demo { .. } | Job::Soak { .. } => Some(owned::Mode::Cooperative),
         Job::Bench { .. } => Some(owned::Mode::Immediate),
-        Job::Setup | Job::Test { .. } | Job::Fuzz { .. } | Job::Deb => None,
+        Job::Setup | Job::Test { .. } | Job::Fuzz { .. } | Job::Deb | Job::TgtdBuilds => None,
     };
     if let Some(mode) = signals
         && let Err(err) = owned::install(mode)
@@ -133,6 +137,7 @@ fn main() -> ExitCode {
             }
         }),
         Job::Fuzz { cases } => fuzz::run(cases),
+        Job::TgtdBuilds => tgtd_builds::run().map(|_| ()),
         Job::Deb => setup::run()
             .and_then(|()| build_release(&["tgt-trace"]))
             .and_then(|()| deploy::package())
@@ -260,6 +265,8 @@ fn test(no_e2e: bool, e2e_filter: Option<&str>) -> anyhow::Result<()> {
         return Ok(());
     }
     setup::require_root("the end-to-end tests start tgtd and load eBPF probes")?;
+    // Before the end-to-end tests: tests/tests/builds.rs reads its manifest.
+    let builds = tgtd_builds::run()?;
     build_release(&["tgt-trace", "tgt-slowio"])?;
     let mut e2e = cargo();
     e2e.args([
@@ -286,9 +293,13 @@ fn test(no_e2e: bool, e2e_filter: Option<&str>) -> anyhow::Result<()> {
         &mut e2e,
     )?;
     if e2e_filter.is_some() {
-        eprintln!("xtask: the package's install test skipped (--e2e-filter)");
+        eprintln!(
+            "xtask: the scenarios on each tgtd build and the package's install test skipped \
+             (--e2e-filter)"
+        );
         return Ok(());
     }
+    tgtd_builds::scenarios_per_build(&builds, &root().join("target/release/tgt-trace"))?;
     // The release build above is the one packaged: no second build.
     eprintln!("xtask: deploy: the package, installed, checked and purged");
     let deb = deploy::package()?;
