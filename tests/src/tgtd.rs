@@ -19,8 +19,10 @@ static NEXT_CONTROL: AtomicU16 = AtomicU16::new(0);
 /// The environment variable naming the tgtd binary the tests start instead
 /// of Debian's `/usr/sbin/tgtd`: one of `cargo xtask tgtd-builds`'
 /// variants (issue 17). Only the daemon changes: tgtadm stays Debian's,
-/// built from the same tgt 1.0.85 source, and tgt-trace, pointed at tgtd
-/// by `--pid`, finds the binary through `/proc/PID/exe`.
+/// built from the same tgt 1.0.85 source. tgt-trace refuses a `--pid`
+/// whose `/proc/PID/exe` is not its `--tgtd` (default `/usr/sbin/tgtd`), so
+/// the tests that trace another build pass `--tgtd` [`Tgtd::binary`] (as
+/// tests/tests/support does); the others trace Debian's tgtd only.
 pub const TGTD_ENV: &str = "TGT_TRACE_TGTD";
 
 #[derive(Debug, Clone)]
@@ -51,6 +53,7 @@ impl Default for TgtdOptions {
 /// A running tgtd with one target (tid 1), bound to all initiators.
 pub struct Tgtd {
     child: Child,
+    binary: PathBuf,
     pub control: u16,
     pub portal: SocketAddrV4,
     pub target_iqn: String,
@@ -90,6 +93,7 @@ impl Tgtd {
             })?;
         let mut tgtd = Tgtd {
             child,
+            binary: opts.tgtd.clone(),
             control,
             portal,
             target_iqn: opts.target_iqn.clone(),
@@ -114,6 +118,12 @@ impl Tgtd {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The tgtd binary this daemon runs: what `tgt-trace --tgtd` must name
+    /// for `--pid` to be accepted.
+    pub fn binary(&self) -> &Path {
+        &self.binary
     }
 
     /// Adds a file-backed LUN of `bytes` bytes (rdwr backing store).
