@@ -64,7 +64,8 @@ fn probes(variant: &Variant) -> Verdict {
         .expect("tgt-trace runs");
     let facts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
-            "{}: probes --json printed no JSON ({e}; {}): {}",
+            "{}: probes --json printed no JSON ({e}; {}); issue 17's contract is one JSON \
+             object for every build, refusals included (traceable: false, refused: why):\n{}",
             variant.name,
             out.status,
             String::from_utf8_lossy(&out.stderr)
