@@ -16,8 +16,18 @@ use std::{
 /// pid so that concurrent test binaries do not collide.
 static NEXT_CONTROL: AtomicU16 = AtomicU16::new(0);
 
+/// The environment variable naming the tgtd binary the tests start instead
+/// of Debian's `/usr/sbin/tgtd`: one of `cargo xtask tgtd-builds`'
+/// variants (issue 17). Only the daemon changes: tgtadm stays Debian's,
+/// built from the same tgt 1.0.85 source. tgt-trace refuses a `--pid`
+/// whose `/proc/PID/exe` is not its `--tgtd` (default `/usr/sbin/tgtd`), so
+/// the tests that trace another build pass `--tgtd` [`Tgtd::binary`] (as
+/// tests/tests/support does); the others trace Debian's tgtd only.
+pub const TGTD_ENV: &str = "TGT_TRACE_TGTD";
+
 #[derive(Debug, Clone)]
 pub struct TgtdOptions {
+    /// `$TGT_TRACE_TGTD` when set, else `/usr/sbin/tgtd`.
     pub tgtd: PathBuf,
     /// Extra environment for tgtd (LD_PRELOAD of the slow-I/O library, ...).
     pub env: Vec<(String, String)>,
@@ -30,7 +40,9 @@ pub struct TgtdOptions {
 impl Default for TgtdOptions {
     fn default() -> Self {
         TgtdOptions {
-            tgtd: PathBuf::from("/usr/sbin/tgtd"),
+            tgtd: std::env::var_os(TGTD_ENV)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/usr/sbin/tgtd")),
             env: Vec::new(),
             debug: false,
             target_iqn: "iqn.2026-11.io.tgt-trace:scratch".to_owned(),
@@ -41,6 +53,7 @@ impl Default for TgtdOptions {
 /// A running tgtd with one target (tid 1), bound to all initiators.
 pub struct Tgtd {
     child: Child,
+    binary: PathBuf,
     pub control: u16,
     pub portal: SocketAddrV4,
     pub target_iqn: String,
@@ -80,6 +93,7 @@ impl Tgtd {
             })?;
         let mut tgtd = Tgtd {
             child,
+            binary: opts.tgtd.clone(),
             control,
             portal,
             target_iqn: opts.target_iqn.clone(),
@@ -104,6 +118,12 @@ impl Tgtd {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The tgtd binary this daemon runs: what `tgt-trace --tgtd` must name
+    /// for `--pid` to be accepted.
+    pub fn binary(&self) -> &Path {
+        &self.binary
     }
 
     /// Adds a file-backed LUN of `bytes` bytes (rdwr backing store).

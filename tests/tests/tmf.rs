@@ -46,8 +46,7 @@ fn the_tmf_set_puts_no_probe_on_the_command_path() {
     tgtd.add_lun(1, 16 << 20).expect("LUN 1");
     let out = tgtd.dir.join("zero-hits.ndjson");
     let mut recording = Recording::start(&tgtd, &out, &["--probes", "tmf"]);
-    let binary = TgtdBinary::inspect(std::path::Path::new(tgt_trace::tgtd::DEFAULT_TGTD))
-        .expect("tgtd inspected");
+    let binary = TgtdBinary::inspect(tgtd.binary()).expect("tgtd inspected");
     let ours = uprobe_offsets(recording.pid());
     let offset = |name: &str| binary.symbol_offset(name).expect("exported");
     assert!(

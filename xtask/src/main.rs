@@ -11,6 +11,7 @@ mod owned;
 mod setup;
 mod soak;
 mod soak_tui;
+mod tgtd_builds;
 
 use std::process::{Command, ExitCode};
 
@@ -71,6 +72,15 @@ enum Job {
         #[arg(long, default_value_t = 20_000)]
         cases: u32,
     },
+    /// Build tgtd from Debian's source in several ways (gcc -O0..-Os, CET, LTO, clang, a
+    /// corrupted layout) into target/tgtd-builds/, with manifest.json (issue 17).
+    TgtdBuilds {
+        /// Then, as `cargo xtask test` does, run the TMF scenarios on each build
+        /// `tgt-trace probes` calls traceable (builds tgt-trace in release first;
+        /// `TGT_TRACE_BIN` names another tgt-trace to test).
+        #[arg(long)]
+        scenarios: bool,
+    },
     /// Build the Debian package (release binary, man pages, unit, rules) into target/debian/.
     Deb,
     /// Start a scratch tgtd on 127.0.0.1, drive a workload that causes aborts, and trace it live.
@@ -101,7 +111,9 @@ fn main() -> ExitCode {
     let signals = match &cli.job {
         Job::Demo { .. } | Job::Soak { .. } => Some(owned::Mode::Cooperative),
         Job::Bench { .. } => Some(owned::Mode::Immediate),
-        Job::Setup | Job::Test { .. } | Job::Fuzz { .. } | Job::Deb => None,
+        Job::Setup | Job::Test { .. } | Job::Fuzz { .. } | Job::Deb | Job::TgtdBuilds { .. } => {
+            None
+        }
     };
     if let Some(mode) = signals
         && let Err(err) = owned::install(mode)
@@ -133,6 +145,18 @@ fn main() -> ExitCode {
             }
         }),
         Job::Fuzz { cases } => fuzz::run(cases),
+        Job::TgtdBuilds { scenarios } => tgtd_builds::run().and_then(|builds| {
+            if !scenarios {
+                return Ok(());
+            }
+            setup::run()?;
+            build_release(&["tgt-trace", "tgt-slowio"])?;
+            // The tgt-trace under test, as the e2e tests take it.
+            let tgt_trace = std::env::var_os("TGT_TRACE_BIN")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| root().join("target/release/tgt-trace"));
+            tgtd_builds::scenarios_per_build(&builds, &tgt_trace)
+        }),
         Job::Deb => setup::run()
             .and_then(|()| build_release(&["tgt-trace"]))
             .and_then(|()| deploy::package())
@@ -260,6 +284,8 @@ fn test(no_e2e: bool, e2e_filter: Option<&str>) -> anyhow::Result<()> {
         return Ok(());
     }
     setup::require_root("the end-to-end tests start tgtd and load eBPF probes")?;
+    // Before the end-to-end tests: tests/tests/builds.rs reads its manifest.
+    let builds = tgtd_builds::run()?;
     build_release(&["tgt-trace", "tgt-slowio"])?;
     let mut e2e = cargo();
     e2e.args([
@@ -273,6 +299,8 @@ fn test(no_e2e: bool, e2e_filter: Option<&str>) -> anyhow::Result<()> {
     ])
     .args(["--test-threads=1"])
     .env("TGT_TRACE_BIN", root().join("target/release/tgt-trace"))
+    // Debian's tgtd: the other builds get their own runs below.
+    .env_remove(tgt_trace_e2e::tgtd::TGTD_ENV)
     // The demo's end-to-end test runs this very xtask.
     .env(
         "XTASK_BIN",
@@ -286,9 +314,13 @@ fn test(no_e2e: bool, e2e_filter: Option<&str>) -> anyhow::Result<()> {
         &mut e2e,
     )?;
     if e2e_filter.is_some() {
-        eprintln!("xtask: the package's install test skipped (--e2e-filter)");
+        eprintln!(
+            "xtask: the scenarios on each tgtd build and the package's install test skipped \
+             (--e2e-filter)"
+        );
         return Ok(());
     }
+    tgtd_builds::scenarios_per_build(&builds, &root().join("target/release/tgt-trace"))?;
     // The release build above is the one packaged: no second build.
     eprintln!("xtask: deploy: the package, installed, checked and purged");
     let deb = deploy::package()?;

@@ -96,7 +96,9 @@ pub fn read_trace(path: &Path) -> Trace {
 /// command starts only once the probes are attached.
 pub fn record(tgtd: &Tgtd, out: &Path, extra: &[&str], command: &[&str]) -> ExitStatus {
     Command::new(tgt_trace_bin())
-        .args(["record", "--pid", &tgtd.pid().to_string(), "-o"])
+        .args(["record", "--pid", &tgtd.pid().to_string(), "--tgtd"])
+        .arg(tgtd.binary())
+        .arg("-o")
         .arg(out)
         .args(extra)
         .arg("--")
@@ -117,7 +119,9 @@ impl Recording {
     /// header line is written after attaching).
     pub fn start(tgtd: &Tgtd, out: &Path, extra: &[&str]) -> Recording {
         let child = Command::new(tgt_trace_bin())
-            .args(["record", "--pid", &tgtd.pid().to_string(), "-o"])
+            .args(["record", "--pid", &tgtd.pid().to_string(), "--tgtd"])
+            .arg(tgtd.binary())
+            .arg("-o")
             .arg(out)
             .args(extra)
             .stdin(Stdio::null())
