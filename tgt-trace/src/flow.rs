@@ -541,6 +541,64 @@ fn step(
     }
 }
 
+/// The instructions control can go to after `insns[i]`, by direct edges.
+fn successors(insns: &[Instruction], i: usize) -> Vec<usize> {
+    let n = insns.len();
+    let (start, end) = (insns[0].ip(), insns[n - 1].next_ip());
+    let index_of = |ip: u64| insns.binary_search_by_key(&ip, |i| i.ip()).ok();
+    let insn = &insns[i];
+    let mut next = Vec::new();
+    match insn.flow_control() {
+        FlowControl::Return | FlowControl::IndirectBranch | FlowControl::Exception => {}
+        FlowControl::UnconditionalBranch => {
+            let t = insn.near_branch_target();
+            if (start..end).contains(&t) {
+                next.extend(index_of(t));
+            }
+        }
+        FlowControl::ConditionalBranch => {
+            let t = insn.near_branch_target();
+            if (start..end).contains(&t) {
+                next.extend(index_of(t));
+            }
+            next.push(i + 1);
+        }
+        _ => next.push(i + 1),
+    }
+    next.retain(|&j| j < n);
+    next
+}
+
+/// Whether every path from the function's entry to the instruction at `b`
+/// passes the one at `a` (an indirect jump may go to any block no direct
+/// edge reaches, as for a jump table).
+pub fn dominates(insns: &[Instruction], a: u64, b: u64) -> bool {
+    let n = insns.len();
+    let index_of = |ip: u64| insns.binary_search_by_key(&ip, |i| i.ip()).ok();
+    let (Some(a), Some(b)) = (index_of(a), index_of(b)) else {
+        return false;
+    };
+    let leaders: Vec<usize> = (1..n)
+        .filter(|&i| !successors(insns, i - 1).contains(&i))
+        .collect();
+    let mut seen = vec![false; n];
+    let mut work = vec![0usize];
+    while let Some(i) = work.pop() {
+        if i == a || seen[i] {
+            continue;
+        }
+        if i == b {
+            return false;
+        }
+        seen[i] = true;
+        if insns[i].flow_control() == FlowControl::IndirectBranch {
+            work.extend(leaders.iter().copied());
+        }
+        work.extend(successors(insns, i));
+    }
+    true
+}
+
 /// Follows the function made of `insns` (in address order, the first is its
 /// entry) and returns what it does with its values. `clobbers` gives the
 /// registers a direct callee writes, when known; else a call is taken to
@@ -550,31 +608,7 @@ pub fn analyze(insns: &[Instruction], clobbers: &dyn Fn(u64) -> Option<Vec<Regis
     if n == 0 {
         return Facts::default();
     }
-    let (start, end) = (insns[0].ip(), insns[n - 1].next_ip());
-    let index_of = |ip: u64| insns.binary_search_by_key(&ip, |i| i.ip()).ok();
-    let successors = |i: usize| -> Vec<usize> {
-        let insn = &insns[i];
-        let mut next = Vec::new();
-        match insn.flow_control() {
-            FlowControl::Return | FlowControl::IndirectBranch | FlowControl::Exception => {}
-            FlowControl::UnconditionalBranch => {
-                let t = insn.near_branch_target();
-                if (start..end).contains(&t) {
-                    next.extend(index_of(t));
-                }
-            }
-            FlowControl::ConditionalBranch => {
-                let t = insn.near_branch_target();
-                if (start..end).contains(&t) {
-                    next.extend(index_of(t));
-                }
-                next.push(i + 1);
-            }
-            _ => next.push(i + 1),
-        }
-        next.retain(|&j| j < n);
-        next
-    };
+    let successors = |i: usize| successors(insns, i);
     let mut info = InstructionInfoFactory::new();
     let mut states: Vec<Option<State>> = vec![None; n];
     states[0] = Some(State::entry());
@@ -591,7 +625,7 @@ pub fn analyze(insns: &[Instruction], clobbers: &dyn Fn(u64) -> Option<Vec<Regis
             step(
                 &mut state,
                 &insns[i],
-                &(start..end),
+                &(insns[0].ip()..insns[n - 1].next_ip()),
                 clobbers,
                 &mut info,
                 Some(&mut facts),

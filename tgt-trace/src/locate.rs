@@ -3,24 +3,21 @@
 //! read there.
 //!
 //! tgt's iSCSI layer (`usr/iscsi/iscsid.c`) decides about TMFs in static
-//! functions that gcc inlines: `iscsi_tm_execute` (answers CLEAR ACA, CLEAR
-//! TASK SET, the target resets and TASK REASSIGN itself, hands the rest to
-//! `target_mgmt_request`) and `iscsi_task_tx_done` (frees a task once its
-//! response PDU has been written). Both are found by what tgt's source makes
-//! them do next to exported functions, with a real decoder (`iced-x86`), not
-//! by byte patterns:
+//! functions that compilers inline: `iscsi_task_tx_done` (frees a task once
+//! its response PDU has been written) and `iscsi_tm_tx_start` (fills in the
+//! response header). They are found by what tgt's source makes them do
+//! next to exported functions, with a real decoder (`iced-x86`), not by byte
+//! patterns:
 //!
-//! - **received**: `switch (req->flags & ISCSI_FLAG_TM_FUNC_MASK)` is a
-//!   byte load at displacement 1 of the task, masked with 0x7f and compared
-//!   with 8 (the highest function it knows, TASK REASSIGN), followed in the
-//!   same code by the call to `target_mgmt_request` whose arguments are
-//!   loaded from `task->req.lun` (8, fifth argument), `task->req.rtt` (20,
-//!   sixth), `conn->session->tsih` (second) and `session->target->tid`
-//!   (first), and by the store of the iSCSI layer's own answer to
-//!   `task->result`.
 //! - **sent**: the call to `iscsi_free_task` that is followed by
 //!   `if (op == ISCSI_OP_LOGOUT) conn->state = STATE_CLOSE;`: a compare with 6
 //!   and a store of 10 to the connection's first field.
+//! - **tx start**: the 16-bit store of the response's opcode and flags into
+//!   `conn->rsp.bhs`, followed by the byte store of the response code.
+//!
+//! (The received point, `conn_close`'s offsets and the TMF walk are proved
+//! on the dataflow of `crate::proof`, which follows values whatever the
+//! compiler did with them.)
 //!
 //! A point is used only when exactly one place in `.text` fits; anything
 //! else is reported as missing with the reason, and the probes it would feed
@@ -28,7 +25,7 @@
 
 use std::collections::HashMap;
 
-use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
+use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 use object::{Object as _, ObjectSection as _};
 use tgt_trace_common::{layout, pt_regs};
 
@@ -45,18 +42,11 @@ pub struct TaskPoint {
 /// What was found; each `Err` says why a point is missing.
 #[derive(Debug, Clone)]
 pub struct IscsiPoints {
-    pub received: Result<TaskPoint, String>,
     pub sent: Result<TaskPoint, String>,
     /// The start of a TMF response's transmission; `task_reg` holds the
     /// connection there.
     pub tx_start: Result<TaskPoint, String>,
-    /// `conn_close` reads `conn->closed` at 4 and `conn->session` at 40.
-    pub conn_close: Result<(), String>,
 }
-
-/// How far after the function read the call to `target_mgmt_request` may be
-/// (Debian's build: 43 instructions).
-const RECEIVED_WINDOW: usize = 96;
 
 /// Decodes `.text` and looks for the points. `exported` maps exported
 /// function names to (address, size).
@@ -67,29 +57,19 @@ pub fn iscsi_points(
     let Some(text) = file.section_by_name(".text") else {
         let reason = "the binary has no .text section".to_owned();
         return IscsiPoints {
-            received: Err(reason.clone()),
             sent: Err(reason.clone()),
-            tx_start: Err(reason.clone()),
-            conn_close: Err(reason),
+            tx_start: Err(reason),
         };
     };
     let code = text.data().unwrap_or_default();
     let insns = decode(code, text.address());
     let addr = |name: &str| exported.get(name).map(|&(a, _)| a);
     IscsiPoints {
-        received: match addr("target_mgmt_request") {
-            Some(target) => received_point(&insns, target),
-            None => Err("target_mgmt_request is not exported".to_owned()),
-        },
         sent: match addr("iscsi_free_task") {
             Some(target) => sent_point(&insns, target),
             None => Err("iscsi_free_task is not exported".to_owned()),
         },
         tx_start: tx_start_point(&insns, |address| read_u16(file, address)),
-        conn_close: match exported.get("conn_close") {
-            Some(&(a, size)) => conn_close_reads(&insns, a, size),
-            None => Err("conn_close is not exported".to_owned()),
-        },
     }
 }
 
@@ -137,18 +117,7 @@ fn memory_disp(insn: &Instruction) -> Option<(Register, u64)> {
         .then(|| (insn.memory_base(), insn.memory_displacement64()))
 }
 
-/// Whether `insn` writes the 32/64-bit register `reg` from memory at `disp`
-/// (a load, or `lea` with `lea`), as when it loads a call argument.
-fn loads(insn: &Instruction, reg: Register, disp: u64, lea: bool) -> bool {
-    let is_lea = insn.mnemonic() == Mnemonic::Lea;
-    insn.op_count() == 2
-        && insn.op0_kind() == OpKind::Register
-        && insn.op0_register().full_register() == reg.full_register()
-        && is_lea == lea
-        && memory_disp(insn).is_some_and(|(_, d)| d == disp)
-}
-
-fn pt_regs_index(reg: Register) -> Option<u8> {
+pub(crate) fn pt_regs_index(reg: Register) -> Option<u8> {
     Some(match reg.full_register() {
         Register::R15 => pt_regs::R15,
         Register::R14 => pt_regs::R14,
@@ -186,119 +155,6 @@ fn unique<T>(mut found: Vec<T>, what: &str) -> Result<T, String> {
             "{what} fits {n} places in the machine code; tgt-trace uses none of them"
         )),
     }
-}
-
-/// The read of the TMF function in `iscsi_tm_execute`; see the module doc.
-fn received_point(insns: &[Instruction], mgmt_request: u64) -> Result<TaskPoint, String> {
-    let mut found = Vec::new();
-    let mut unproved = Vec::new();
-    for (i, insn) in insns.iter().enumerate() {
-        let reads_flags = insn.mnemonic() == Mnemonic::Movzx
-            && insn.memory_size() == iced_x86::MemorySize::UInt8
-            && memory_disp(insn)
-                .is_some_and(|(base, d)| d == layout::ISCSI_TASK_FLAGS as u64 && base.is_gpr64());
-        if !reads_flags {
-            continue;
-        }
-        let dest = insn.op0_register().full_register();
-        let next = &insns[i + 1..insns.len().min(i + 5)];
-        let masked = next.iter().position(|n| {
-            n.mnemonic() == Mnemonic::And
-                && n.op0_kind() == OpKind::Register
-                && n.op0_register().full_register() == dest
-                && imm(n, 1) == Some(u64::from(layout::ISCSI_TMF_FUNCTION_MASK))
-        });
-        let Some(masked) = masked else { continue };
-        let compared = next[masked + 1..]
-            .iter()
-            .any(|n| n.mnemonic() == Mnemonic::Cmp && imm(n, 1) == Some(8));
-        if !compared {
-            continue;
-        }
-        let window = &insns[i..insns.len().min(i + RECEIVED_WINDOW)];
-        let Some(call) = window.iter().position(|n| calls(n, mgmt_request)) else {
-            continue;
-        };
-        let before_call = &window[..call];
-        // The arguments of target_mgmt_request(tid, itn_id, req_id, function,
-        // lun_buf, tag, host_no), in the System V order.
-        let proofs: [(&str, bool); 7] = [
-            (
-                "iscsi_task.req.lun (fifth argument, lea 8)",
-                before_call
-                    .iter()
-                    .any(|n| loads(n, Register::R8, layout::ISCSI_TASK_LUN as u64, true)),
-            ),
-            (
-                "iscsi_task.req.rtt (sixth argument, 20)",
-                before_call
-                    .iter()
-                    .any(|n| loads(n, Register::R9, layout::ISCSI_TASK_RTT as u64, false)),
-            ),
-            (
-                "iscsi_session.tsih (second argument, 70)",
-                before_call.iter().any(|n| {
-                    loads(n, Register::RSI, layout::ISCSI_SESSION_TSIH as u64, false)
-                        && n.memory_size() == iced_x86::MemorySize::UInt16
-                }),
-            ),
-            (
-                "iscsi_target.tid (first argument, 224)",
-                before_call
-                    .iter()
-                    .any(|n| loads(n, Register::RDI, layout::ISCSI_TARGET_TID as u64, false)),
-            ),
-            (
-                "iscsi_connection.session (40) and iscsi_session.target (56)",
-                before_call.iter().any(|n| {
-                    memory_disp(n).is_some_and(|(_, d)| d == layout::ISCSI_CONN_SESSION as u64)
-                }) && before_call.iter().any(|n| {
-                    memory_disp(n).is_some_and(|(_, d)| d == layout::ISCSI_SESSION_TARGET as u64)
-                }),
-            ),
-            (
-                "iscsi_task.flags (160) |= TASK_in_scsi after the call",
-                window[call..].iter().take(16).any(|n| {
-                    memory_disp(n).is_some_and(|(_, d)| d == layout::ISCSI_TASK_TASK_FLAGS as u64)
-                }) && window[call..].iter().take(16).any(|n| {
-                    n.mnemonic() == Mnemonic::Or && imm(n, 1) == Some(layout::ISCSI_TASK_IN_SCSI)
-                }),
-            ),
-            (
-                "iscsi_task.conn (104) and iscsi_task.result (168)",
-                window.iter().any(|n| {
-                    memory_disp(n).is_some_and(|(_, d)| d == layout::ISCSI_TASK_CONN as u64)
-                }) && window.iter().any(|n| {
-                    n.code() == Code::Mov_rm32_r32
-                        && memory_disp(n)
-                            .is_some_and(|(_, d)| d == layout::ISCSI_TASK_RESULT as u64)
-                }),
-            ),
-        ];
-        let failed: Vec<&str> = proofs
-            .iter()
-            .filter(|(_, ok)| !ok)
-            .map(|(f, _)| *f)
-            .collect();
-        if !failed.is_empty() {
-            unproved.push(format!(
-                "the TMF dispatch at {:#x} does not show {}",
-                insn.ip(),
-                failed.join(", ")
-            ));
-            continue;
-        }
-        if let Some(task_reg) = pt_regs_index(insn.memory_base()) {
-            found.push(TaskPoint {
-                address: insn.ip(),
-                task_reg,
-            });
-        }
-    }
-    if found.is_empty() && !unproved.is_empty() {
-        return Err(unproved.join("; "));
-    }
-    unique(found, "iscsi_tm_execute's read of the TMF function")
 }
 
 /// The `iscsi_free_task` call of `iscsi_task_tx_done`; see the module doc.
@@ -401,43 +257,6 @@ fn tx_start_point(
         }
     }
     unique(found, "iscsi_tm_tx_start's store of the response header")
-}
-
-fn conn_close_reads(insns: &[Instruction], address: u64, size: u64) -> Result<(), String> {
-    let body: Vec<&Instruction> = insns
-        .iter()
-        .filter(|n| n.ip() >= address && n.ip() < address + size.max(1))
-        .collect();
-    let closed = body.iter().take(16).any(|n| {
-        memory_disp(n)
-            .is_some_and(|(base, d)| base == Register::RDI && d == layout::ISCSI_CONN_CLOSED as u64)
-    });
-    let session = body
-        .iter()
-        .any(|n| memory_disp(n).is_some_and(|(_, d)| d == layout::ISCSI_CONN_SESSION as u64));
-    // `list_for_each_entry_safe(task, tmp, &conn->session->pending_cmd_list,
-    // c_list)`: the list right after `cmd_list` in `struct iscsi_session`,
-    // which is how its offset is known.
-    let pending = (layout::ISCSI_SESSION_CMD_LIST + 16) as u64;
-    let walks_pending = body.iter().any(|n| {
-        n.mnemonic() == Mnemonic::Lea && memory_disp(n).is_some_and(|(_, d)| d == pending)
-    });
-    if !walks_pending {
-        return Err(format!(
-            "conn_close does not walk session->pending_cmd_list at offset {pending}"
-        ));
-    }
-    match (closed, session) {
-        (true, true) => Ok(()),
-        (false, _) => Err(format!(
-            "conn_close does not test conn->closed at offset {}",
-            layout::ISCSI_CONN_CLOSED
-        )),
-        (_, false) => Err(format!(
-            "conn_close never reads conn->session at offset {}",
-            layout::ISCSI_CONN_SESSION
-        )),
-    }
 }
 
 #[cfg(test)]

@@ -1011,6 +1011,203 @@ pub fn prove_walk(code: &Code) -> Result<crate::locate::TmfWalk, String> {
     })
 }
 
+/// `conn_close(struct iscsi_connection *conn)` (tgt `usr/iscsi/conn.c`)
+/// tests `conn->closed` (4), reads `conn->session` (40) and walks the
+/// session's `pending_cmd_list` (112: right after `cmd_list` at 96), whose
+/// tasks it frees unsent: the offsets its probe and the session walk read.
+pub fn prove_conn_close(code: &Code) -> Result<(), String> {
+    let c = code.exported("conn_close")?;
+    let conn = Val::Arg(0);
+    let session = Val::load(&conn, layout::ISCSI_CONN_SESSION as i64);
+    let pending = (layout::ISCSI_SESSION_CMD_LIST + 16) as i64;
+    let touches = |base: &Val, disp: i64, size: usize| {
+        c.accesses
+            .iter()
+            .any(|a| a.base == *base && a.disp == disp && a.size == size)
+    };
+    if !touches(&conn, layout::ISCSI_CONN_CLOSED as i64, 4) {
+        return Err(format!(
+            "conn_close does not test conn->closed at offset {}",
+            layout::ISCSI_CONN_CLOSED
+        ));
+    }
+    if !touches(&conn, layout::ISCSI_CONN_SESSION as i64, 8) {
+        return Err(format!(
+            "conn_close never reads conn->session at offset {}",
+            layout::ISCSI_CONN_SESSION
+        ));
+    }
+    if !touches(&session, pending, 8) {
+        return Err(format!(
+            "conn_close does not walk session->pending_cmd_list at offset {pending}"
+        ));
+    }
+    Ok(())
+}
+
+/// Where `iscsi_tm_execute` (static, `usr/iscsi/iscsid.c`; inlined or not)
+/// reads the TMF's function (`req->flags & ISCSI_FLAG_TM_FUNC_MASK`), with
+/// the register holding the task there, proved from its call of
+/// `target_mgmt_request`: with the task `t` it passes `t` itself as the
+/// request id, `&t->req.lun` (8) as `lun_buf`, `t->req.rtt` (20) as the tag,
+/// `t->conn->session->tsih` (104, 40, 70) as the nexus and
+/// `t->conn->session->target->tid` (56, 224) as the target; it masks the
+/// byte at 1 of the same `t` with 0x7f. Every path of the code is followed
+/// (`crate::flow`), so the compiler's choice of registers, spills and
+/// branch layout does not matter.
+pub fn prove_received(code: &Code) -> Result<crate::locate::TaskPoint, String> {
+    let &(mgmt, _) = code
+        .exported
+        .get("target_mgmt_request")
+        .ok_or("target_mgmt_request is not exported")?;
+    let call_sites: Vec<u64> = code
+        .insns
+        .iter()
+        .filter(|i| {
+            i.flow_control() == FlowControl::Call
+                && i.op0_kind() == iced_x86::OpKind::NearBranch64
+                && i.near_branch_target() == mgmt
+        })
+        .map(|i| i.ip())
+        .collect();
+    let mut found = Vec::new();
+    let mut unproved = Vec::new();
+    for site in call_sites {
+        let Some(&start) = code.starts.range(..=site).next_back() else {
+            continue;
+        };
+        let f = code.facts(start, None, 0);
+        let Some(call) = f.calls.iter().find(|c| c.ip == site) else {
+            continue;
+        };
+        let Some(task) = call.args[2].clone().filter(|t| !mentions_unknown(t)) else {
+            continue;
+        };
+        // The session: through `t->conn`, or through the connection the
+        // enclosing function already holds (clang); `t->conn` is then
+        // proved by its own read.
+        let via_task = Val::load(
+            &Val::load(&task, layout::ISCSI_TASK_CONN as i64),
+            layout::ISCSI_CONN_SESSION as i64,
+        );
+        let session = match &call.args[1] {
+            Some(Val::Load(s, d)) if *d == layout::ISCSI_SESSION_TSIH as i64 => match &**s {
+                Val::Load(_, d) if *d == layout::ISCSI_CONN_SESSION as i64 => (**s).clone(),
+                _ => via_task.clone(),
+            },
+            _ => via_task.clone(),
+        };
+        let conn_read = f
+            .at(Use::Read, &task, layout::ISCSI_TASK_CONN, 8)
+            .next()
+            .is_some();
+        let target = Val::load(&session, layout::ISCSI_SESSION_TARGET as i64);
+        let args: [(&str, Val, usize); 4] = [
+            (
+                "t->conn->session->target->tid (first argument)",
+                Val::load(&target, layout::ISCSI_TARGET_TID as i64),
+                0,
+            ),
+            (
+                "t->conn->session->tsih (second argument)",
+                Val::load(&session, layout::ISCSI_SESSION_TSIH as i64),
+                1,
+            ),
+            (
+                "&t->req.lun (fifth argument)",
+                Val::Addr(Box::new(task.clone()), layout::ISCSI_TASK_LUN as i64),
+                4,
+            ),
+            (
+                "t->req.rtt (sixth argument)",
+                Val::load(&task, layout::ISCSI_TASK_RTT as i64),
+                5,
+            ),
+        ];
+        let mut missing: Vec<&str> = args
+            .iter()
+            .filter(|(_, want, at)| call.args[*at].as_ref() != Some(want))
+            .map(|(what, _, _)| *what)
+            .collect();
+        if !conn_read {
+            missing.push("t->conn (104) read");
+        }
+        // The read of `req->flags` that the mask follows (the nearest one
+        // before it; the same byte is read elsewhere for other reasons).
+        let flags = Val::load(&task, layout::ISCSI_TASK_FLAGS as i64);
+        let mask = Val::Imm(u64::from(layout::ISCSI_TMF_FUNCTION_MASK));
+        let mut reads_all: Vec<u64> = f
+            .at(Use::Read, &task, layout::ISCSI_TASK_FLAGS, 1)
+            .map(|a| a.ip)
+            .collect();
+        reads_all.sort_unstable();
+        reads_all.dedup();
+        let mut reads: Vec<u64> = f
+            .compares
+            .iter()
+            .filter(|c| c.of(&flags, &mask))
+            .filter_map(|c| reads_all.iter().rev().find(|&&r| r < c.ip).copied())
+            .collect();
+        reads.sort_unstable();
+        reads.dedup();
+        // Masked more than once (`-O0` also masks it for the message of
+        // an unknown function): the switch's read is the one on every path
+        // to the call.
+        if reads.len() > 1 {
+            let body = code.function(start, None);
+            reads.retain(|&r| flow::dominates(body, r, site));
+        }
+        if reads.is_empty() {
+            missing.push("t->req.flags (1) masked with ISCSI_FLAG_TM_FUNC_MASK");
+        }
+        if f.at(Use::Write, &task, layout::ISCSI_TASK_RESULT, 4)
+            .next()
+            .is_none()
+        {
+            missing.push("t->result (168) stored");
+        }
+        if !missing.is_empty() {
+            unproved.push(format!(
+                "the call of target_mgmt_request at {site:#x} does not show {}",
+                missing.join(", ")
+            ));
+            continue;
+        }
+        for ip in reads {
+            let at = code.insns.partition_point(|n| n.ip() < ip);
+            if let Some(task_reg) = code
+                .insns
+                .get(at)
+                .and_then(|n| crate::locate::pt_regs_index(n.memory_base()))
+                && !found
+                    .iter()
+                    .any(|p: &crate::locate::TaskPoint| p.address == ip)
+            {
+                found.push(crate::locate::TaskPoint {
+                    address: ip,
+                    task_reg,
+                });
+            }
+        }
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 if !unproved.is_empty() => Err(unproved.join("; ")),
+        0 => Err("iscsi_tm_execute's call of target_mgmt_request was not found".to_owned()),
+        n => Err(format!(
+            "iscsi_tm_execute's read of the TMF function fits {n} places; tgt-trace uses none"
+        )),
+    }
+}
+
+fn mentions_unknown(v: &Val) -> bool {
+    match v {
+        Val::Unknown | Val::Sp(_) | Val::Imm(_) => true,
+        Val::Load(b, _) | Val::Addr(b, _) | Val::Elem(b) => mentions_unknown(b),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

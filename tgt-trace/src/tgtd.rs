@@ -225,10 +225,10 @@ impl TgtdBinary {
                     .ok_or_else(|| format!("{:#x} is not in a loadable segment", p.address))
             })
         };
-        let tmf_received = to_file(points.received);
+        let tmf_received = to_file(crate::proof::prove_received(&code));
         let tmf_sent = to_file(points.sent);
         let tmf_tx_start = to_file(points.tx_start);
-        let conn_close = points.conn_close.and_then(|()| {
+        let conn_close = crate::proof::prove_conn_close(&code).and_then(|()| {
             symbols
                 .get(symbol::CONN_CLOSE)
                 .and_then(|s| file_offset(&file, s.address))
