@@ -46,6 +46,19 @@ pub fn assert_no_layout_violations(trace: &Trace) {
     );
 }
 
+/// What a trace can say of a response tgtd wrote to the connection:
+/// `sent` where the build's transmit point (`iscsi_task_tx_done`'s free,
+/// found in the machine code) is attached, else `unknown`: the trace never
+/// claims a delivery it could not see.
+pub fn written(header: &Header) -> tgt_trace::correlate::Delivery {
+    use tgt_trace::correlate::Delivery;
+    if tgt_trace::points::attached(&header.probes, tgt_trace::points::Point::TmfSent) {
+        Delivery::Sent
+    } else {
+        Delivery::Unknown
+    }
+}
+
 /// Reads a trace, panicking with the line that is wrong.
 pub fn read_trace(path: &Path) -> Trace {
     let text =

@@ -9,7 +9,7 @@ use tgt_trace::{
     locate::register_name,
     points::Point,
     proof::FieldProof,
-    tgtd::{DEFAULT_TGTD, LayoutCheck, TgtdBinary},
+    tgtd::{DEFAULT_TGTD, LayoutCheck, TgtdBinary, UprobeStep},
 };
 
 #[derive(clap::Args)]
@@ -59,6 +59,13 @@ struct Fact {
     /// Why it was not found, and what is lost without it.
     #[serde(skip_serializing_if = "Option::is_none")]
     why_not: Option<String>,
+    /// The instruction the uprobe displaces (AT&T syntax).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instruction: Option<String>,
+    /// Whether the kernel emulates it on each hit or single-steps it (a
+    /// second trap: about three times the cost).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uprobe: Option<UprobeStep>,
 }
 
 impl Fact {
@@ -70,6 +77,8 @@ impl Fact {
             offset,
             register: None,
             why_not: offset.is_none().then(|| "missing".to_owned()),
+            instruction: None,
+            uprobe: None,
         }
     }
 
@@ -81,6 +90,8 @@ impl Fact {
             offset: None,
             register: None,
             why_not: Some(why_not),
+            instruction: None,
+            uprobe: None,
         }
     }
 }
@@ -117,6 +128,8 @@ fn facts(binary: &TgtdBinary) -> Facts {
         register: None,
         why_not: (!verified)
             .then(|| "not verified: a response dropped on a closed connection looks sent".into()),
+        instruction: None,
+        uprobe: None,
     });
     // The iSCSI layer's TMF points, found in the machine code.
     let located = [
@@ -137,6 +150,8 @@ fn facts(binary: &TgtdBinary) -> Facts {
                 offset: Some(p.address),
                 register: Some(register_name(p.task_reg)),
                 why_not: None,
+                instruction: None,
+                uprobe: None,
             },
             Err(why) => Fact::or(
                 point,
@@ -161,6 +176,8 @@ fn facts(binary: &TgtdBinary) -> Facts {
             offset: None,
             register: None,
             why_not: None,
+            instruction: None,
+            uprobe: None,
         },
         Err(why) => Fact::or(
             "tmf_walk",
@@ -168,6 +185,13 @@ fn facts(binary: &TgtdBinary) -> Facts {
             format!("off: {why}; the tmf probe set sees no covered commands"),
         ),
     });
+    // What each uprobe displaces, and so what a hit costs.
+    for f in points.iter_mut().filter(|f| f.found) {
+        if let Some((text, step)) = f.offset.and_then(|o| binary.probed_instruction(o)) {
+            f.instruction = Some(text);
+            f.uprobe = Some(step);
+        }
+    }
     let refused = binary.refusal().map(|e| e.to_string());
     Facts {
         tgtd: binary.path.display().to_string(),
@@ -217,6 +241,9 @@ impl ProbesArgs {
                 (Some(why), _) => line.push_str(why),
                 (None, Some(offset)) => line.push_str(&format!("offset {offset:#x}")),
                 (None, None) => line.push_str("proved"),
+            }
+            if let (Some(text), Some(step)) = (&f.instruction, f.uprobe) {
+                line.push_str(&format!(" [{text}: {}]", step.name()));
             }
             if f.found {
                 line.push_str(&format!(" ({}", f.gives));

@@ -1117,6 +1117,11 @@ impl Matcher {
     /// emptied). A TMF still waiting in the core is answered later into a
     /// closed connection, which the response probe sees.
     fn conn_closed(&mut self, pid: u32, conn: u64, out: &mut Vec<Record>) {
+        // Without the transmit probe a response never shows as sent, so a
+        // closed connection says nothing of whether it left.
+        if !self.cfg.coverage.tmf_sent {
+            return;
+        }
         let mut affected: Vec<(u64, TmfKey)> = self
             .tmfs
             .iter_mut()
