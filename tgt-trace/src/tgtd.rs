@@ -108,9 +108,7 @@ impl UprobeStep {
 #[derive(Debug, thiserror::Error)]
 pub enum TgtdError {
     /// The file does not exist or cannot be read.
-    #[error(
-        "tgtd not found at {path}: {source}; install tgt (`apt-get install tgt`) or pass --tgtd PATH"
-    )]
+    #[error("tgtd not found at {path}; install tgt (`apt-get install tgt`) or pass --tgtd PATH")]
     NotFound {
         path: PathBuf,
         #[source]

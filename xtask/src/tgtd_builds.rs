@@ -556,7 +556,14 @@ pub fn scenarios_per_build(built: &[Built], tgt_trace: &Path) -> anyhow::Result<
         if traceable {
             let started = Instant::now();
             let mut cmd = crate::cargo();
-            cmd.args(["test", "--release", "--locked", "-p", "tgt-trace-e2e"]);
+            cmd.args([
+                "test",
+                "--release",
+                "--locked",
+                "--no-fail-fast",
+                "-p",
+                "tgt-trace-e2e",
+            ]);
             for test in SCENARIO_TESTS {
                 cmd.args(["--test", test]);
             }

@@ -81,7 +81,9 @@ impl Mode {
         match self {
             Mode::Untraced => Ok(None),
             Mode::TgtTrace { set, ring } => Tracer::tgt_trace(tgtd, set, ring).map(Some),
-            Mode::Bpftrace(script) => Tracer::bpftrace(tgtd, &script.source(), false).map(Some),
+            Mode::Bpftrace(script) => {
+                Tracer::bpftrace(tgtd, &script.source(tgtd.binary()), false).map(Some)
+            }
         }
     }
 }
@@ -146,12 +148,15 @@ impl Script {
         }
     }
 
-    pub fn source(self) -> String {
+    /// The script for the tgtd binary at `tgtd` (the one the bench runs:
+    /// Debian's, or a build named by `TGT_TRACE_TGTD`).
+    pub fn source(self, tgtd: &std::path::Path) -> String {
         let begin = "BEGIN { printf(\"ready\\n\"); }\n";
+        let at = |script: &str| script.replace("/usr/sbin/tgtd", &tgtd.display().to_string());
         match self {
-            Script::Lean => format!("{begin}{BPFTRACE_LEAN}"),
-            Script::LeanTmf => format!("{begin}{BPFTRACE_LEAN}{BPFTRACE_TMF}"),
-            Script::Empty(f) => format!("{begin}uprobe:/usr/sbin/tgtd:{f} /pid == $1/ {{ }}\n"),
+            Script::Lean => format!("{begin}{}", at(BPFTRACE_LEAN)),
+            Script::LeanTmf => format!("{begin}{}{}", at(BPFTRACE_LEAN), at(BPFTRACE_TMF)),
+            Script::Empty(f) => format!("{begin}uprobe:{}:{f} /pid == $1/ {{ }}\n", tgtd.display()),
             Script::Profile => format!(
                 "{begin}profile:hz:499 /pid == $1/ {{ @[kstack(8), ustack(8)] = count(); }}\n"
             ),

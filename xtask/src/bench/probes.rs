@@ -14,7 +14,6 @@ use super::{
     report::{median, range},
 };
 
-const TGTD: &str = "/usr/sbin/tgtd";
 /// Hit once per command, in the order a command meets them.
 const COMMAND_PATH: [&str; 4] = [
     "target_cmd_queue",
@@ -32,9 +31,10 @@ struct FirstInstruction {
 }
 
 /// The instruction at a function's entry, from `nm -D` and `objdump -d`.
-fn first_instruction(function: &str) -> anyhow::Result<FirstInstruction> {
+fn first_instruction(tgtd: &std::path::Path, function: &str) -> anyhow::Result<FirstInstruction> {
+    let tgtd_path = tgtd.display().to_string();
     let nm = Command::new("nm")
-        .args(["-D", "--defined-only", TGTD])
+        .args(["-D", "--defined-only", &tgtd_path])
         .output()
         .context("running nm (binutils)")?;
     let address = String::from_utf8_lossy(&nm.stdout)
@@ -46,13 +46,13 @@ fn first_instruction(function: &str) -> anyhow::Result<FirstInstruction> {
                 .then(|| u64::from_str_radix(addr, 16).ok())
                 .flatten()
         })
-        .with_context(|| format!("{TGTD} exports no {function}"))?;
+        .with_context(|| format!("{tgtd_path} exports no {function}"))?;
     let dump = Command::new("objdump")
         .args([
             "-d",
             &format!("--start-address={address:#x}"),
             &format!("--stop-address={:#x}", address + 16),
-            TGTD,
+            &tgtd_path,
         ])
         .output()
         .context("running objdump (binutils)")?;
@@ -202,7 +202,7 @@ pub fn run(tgtd: &Tgtd, opts: &Options) -> anyhow::Result<String> {
             "µs per TMF",
         )));
     for (f, without, with, rate_unit, cpu_unit) in rows {
-        let insn = first_instruction(f)?;
+        let insn = first_instruction(tgtd.binary(), f)?;
         let (emulated, what) = uprobe_handling(&insn.bytes);
         let by_rate = us_from_rates(&without.rate, &with.rate);
         let by_cpu = median(&with.cpu_us) - median(&without.cpu_us);
@@ -281,7 +281,7 @@ pub fn run(tgtd: &Tgtd, opts: &Options) -> anyhow::Result<String> {
     );
     Ok(format!(
         "## Per-probe cost\n\n\
-         One uprobe at a time, attached by bpftrace with an empty action (`uprobe:{TGTD}:FN \
+         One uprobe at a time, attached by bpftrace with an empty action (`uprobe:{}:FN \
          /pid == $1/ {{ }}`): the cost of the trap, the filter and the return, without any \
          record; {} interleaved round(s) of {} s per measurement (rotated). The command-path \
          points are hit once per command, and measured two ways: at saturation (`iscsi-perf -m \
@@ -296,6 +296,9 @@ pub fn run(tgtd: &Tgtd, opts: &Options) -> anyhow::Result<String> {
          TMF in flight, so a hit lengthens each round trip: µs per hit = 1/rate with − 1/rate \
          without) and by tgtd's CPU time per TMF. The first instruction is objdump's at the \
          exported symbol, where the probe sits.\n\n{table}\n{summary}\n",
-        opts.rounds, opts.seconds, opts.rate
+        tgtd.binary().display(),
+        opts.rounds,
+        opts.seconds,
+        opts.rate
     ))
 }

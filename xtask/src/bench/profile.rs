@@ -135,7 +135,7 @@ struct Profile {
 
 fn sample(tgtd: &Tgtd, mode: Mode, seconds: u64) -> anyhow::Result<Profile> {
     let tracer = mode.start(tgtd)?;
-    let profiler = Tracer::bpftrace(tgtd, &Script::Profile.source(), true)?;
+    let profiler = Tracer::bpftrace(tgtd, &Script::Profile.source(tgtd.binary()), true)?;
     let iops = live::iscsi_perf(tgtd, seconds)?;
     let output = profiler.stop()?.output;
     if let Some(tracer) = tracer {
