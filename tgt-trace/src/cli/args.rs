@@ -5,7 +5,7 @@ use std::{num::NonZeroU32, path::PathBuf, time::Duration};
 use tgt_trace::{
     correlate::Config,
     probe::{ProbeSet, TraceOptions},
-    tgtd::{DEFAULT_TGTD, TgtdBinary},
+    tgtd::{DEFAULT_TGTD, TgtdBinary, TgtdError},
 };
 
 #[derive(clap::Args, Clone)]
@@ -41,7 +41,19 @@ impl AttachArgs {
             })?,
             (None, None) => PathBuf::from(DEFAULT_TGTD),
         };
-        let binary = TgtdBinary::inspect(&path)?;
+        let binary = match TgtdBinary::inspect(&path) {
+            Ok(binary) => binary,
+            // The process's own binary is not tgtd at all.
+            Err(e @ (TgtdError::MissingSymbols { .. } | TgtdError::NotElf { .. }))
+                if self.tgtd.is_none() =>
+            {
+                let pid = self.pid.map_or(0, NonZeroU32::get);
+                anyhow::bail!(
+                    "process {pid} is not running tgtd ({e}); pass a tgtd pid (`pidof tgtd`)"
+                )
+            }
+            Err(e) => return Err(e.into()),
+        };
         // Refused when not even the TMF request's fields are proved.
         if let Some(refusal) = binary.refusal() {
             return Err(refusal.into());
