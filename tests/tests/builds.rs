@@ -15,6 +15,14 @@ use tgt_trace_e2e::tgtd::{Tgtd, TgtdOptions, tgt_trace_bin};
 const CORRUPT: &str = "corrupt-layout";
 const MOVED: &str = "scsi_cmd.tag";
 
+/// The functions probed once per command.
+const COMMAND_PATH: [&str; 4] = [
+    "target_cmd_queue",
+    "scsi_cmd_perform",
+    "target_cmd_io_done",
+    "target_cmd_done",
+];
+
 struct Variant {
     name: String,
     path: PathBuf,
@@ -146,6 +154,19 @@ fn every_build_is_proved_or_refused_naming_its_fields() {
                 "gcc-O2: {:?}",
                 verdict.unproved
             );
+        }
+        // Issue 15: no command-path probe single-steps, on any build.
+        if verdict.traceable {
+            for p in verdict.facts["points"].as_array().expect("points") {
+                let name = p["point"].as_str().unwrap_or_default();
+                if COMMAND_PATH.contains(&name) && p["found"] == true {
+                    assert_eq!(
+                        p["uprobe"], "emulated",
+                        "{}: {name} is probed at {}",
+                        variant.name, p["instruction"]
+                    );
+                }
+            }
         }
         if verdict.traceable {
             println!(

@@ -351,6 +351,40 @@ pub mod layout {
 /// Which saved register holds the iSCSI task at an offset probe: an index
 /// into x86_64's `struct pt_regs` (arch/x86/include/asm/ptrace.h), set by
 /// user space from the instruction it decoded there.
+/// Where a probed function's integer arguments are at the instruction its
+/// probe sits on, packed: byte `n` is the `pt_regs` index of argument `n`.
+/// User space places each entry probe on the first instruction the kernel
+/// emulates and proves from the machine code which register still holds
+/// each argument there.
+pub mod args {
+    use super::pt_regs;
+
+    /// The System V order, as at a function's first instruction.
+    pub const SYSV: u64 = pack([
+        pt_regs::RDI,
+        pt_regs::RSI,
+        pt_regs::RDX,
+        pt_regs::RCX,
+        pt_regs::R8,
+        pt_regs::R9,
+    ]);
+
+    pub const fn pack(regs: [u8; 6]) -> u64 {
+        let mut packed = 0u64;
+        let mut i = 0;
+        while i < 6 {
+            packed |= (regs[i] as u64) << (8 * i);
+            i += 1;
+        }
+        packed
+    }
+
+    /// The `pt_regs` index of argument `n`.
+    pub const fn of(packed: u64, n: usize) -> u8 {
+        (packed >> (8 * n)) as u8
+    }
+}
+
 pub mod pt_regs {
     pub const R15: u8 = 0;
     pub const R14: u8 = 1;

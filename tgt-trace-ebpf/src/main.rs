@@ -22,8 +22,8 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use tgt_trace_common::{
-    Event, NexusEvent, conn_state, counter, covers, iscsi_tmf, kind, layout, pt_regs, referenced,
-    tmf,
+    Event, NexusEvent, args, conn_state, counter, covers, iscsi_tmf, kind, layout, pt_regs,
+    referenced, tmf,
 };
 
 /// Sized by user space (`--ring-size`) before load.
@@ -62,6 +62,28 @@ static TX_CONN_REG: u8 = pt_regs::RAX;
 /// walk the list for ABORT TASK's referenced command.
 #[unsafe(no_mangle)]
 static WALK_SESSION_TASKS: u8 = 0;
+
+/// Where each probed function's arguments are at its probe (see
+/// `tgt_trace_common::args`): set by user space, which puts each entry
+/// probe on the first instruction of the function the kernel emulates
+/// (a single-stepped one costs a second trap per hit) and proves from the
+/// machine code which register holds each argument there.
+#[unsafe(no_mangle)]
+static QUEUE_ARGS: u64 = args::SYSV;
+#[unsafe(no_mangle)]
+static PERFORM_ARGS: u64 = args::SYSV;
+#[unsafe(no_mangle)]
+static RESULT_ARGS: u64 = args::SYSV;
+#[unsafe(no_mangle)]
+static RELEASE_ARGS: u64 = args::SYSV;
+#[unsafe(no_mangle)]
+static RESPONSE_ARGS: u64 = args::SYSV;
+#[unsafe(no_mangle)]
+static CONN_CLOSE_ARGS: u64 = args::SYSV;
+#[unsafe(no_mangle)]
+static NEXUS_CREATE_ARGS: u64 = args::SYSV;
+#[unsafe(no_mangle)]
+static NEXUS_DESTROY_ARGS: u64 = args::SYSV;
 
 /// Set by user space when `target_mgmt_request`'s and `abort_task_set`'s
 /// machine code proved the offsets the TMF walk reads (`layout::TARGET_*`,
@@ -178,6 +200,13 @@ fn arg(ctx: &ProbeContext, n: usize) -> u64 {
     ctx.arg::<u64>(n).unwrap_or(0)
 }
 
+/// Argument `n` where `placed` says it is at this probe.
+fn arg_in(ctx: &ProbeContext, placed: &u64, n: usize) -> u64 {
+    // SAFETY: a read-only global that user space sets before load.
+    let packed = unsafe { core::ptr::read_volatile(placed) };
+    saved_register(ctx, args::of(packed, n))
+}
+
 fn command_event(kind: u8, cmd: u64, w: &CmdWindow) -> Event {
     Event {
         itn_id: w.itn_id,
@@ -190,12 +219,12 @@ fn command_event(kind: u8, cmd: u64, w: &CmdWindow) -> Event {
 /// `int target_cmd_queue(int tid, struct scsi_cmd *cmd)`.
 #[uprobe]
 pub fn cmd_queue(ctx: ProbeContext) -> u32 {
-    let cmd = arg(&ctx, 1);
+    let cmd = arg_in(&ctx, &QUEUE_ARGS, 1);
     let Ok(w) = read_cmd(cmd) else { return 0 };
     // SAFETY: as in read_cmd; a CDB pointer tgtd set before queueing.
     let opcode = unsafe { bpf_probe_read_user(w.scb as *const u8) }.unwrap_or(0);
     emit(Event {
-        tid: arg(&ctx, 0) as i32,
+        tid: arg_in(&ctx, &QUEUE_ARGS, 0) as i32,
         lun: w.lun,
         opcode,
         attribute: w.attribute as u8,
@@ -207,7 +236,7 @@ pub fn cmd_queue(ctx: ProbeContext) -> u32 {
 /// `int scsi_cmd_perform(int host_no, struct scsi_cmd *cmd)`.
 #[uprobe]
 pub fn cmd_perform(ctx: ProbeContext) -> u32 {
-    let cmd = arg(&ctx, 1);
+    let cmd = arg_in(&ctx, &PERFORM_ARGS, 1);
     if let Ok(w) = read_cmd(cmd) {
         emit(command_event(kind::CMD_PERFORM, cmd, &w));
     }
@@ -217,8 +246,8 @@ pub fn cmd_perform(ctx: ProbeContext) -> u32 {
 /// `void target_cmd_io_done(struct scsi_cmd *cmd, int result)`.
 #[uprobe]
 pub fn cmd_result(ctx: ProbeContext) -> u32 {
-    let cmd = arg(&ctx, 0);
-    let result = arg(&ctx, 1) as i32;
+    let cmd = arg_in(&ctx, &RESULT_ARGS, 0);
+    let result = arg_in(&ctx, &RESULT_ARGS, 1) as i32;
     let Ok(w) = read_cmd(cmd) else { return 0 };
     let tmf_mid = read_mreq(w.mreq).map_or(0, |m| m.mid);
     emit(Event {
@@ -235,7 +264,7 @@ pub fn cmd_result(ctx: ProbeContext) -> u32 {
 /// here and saves a probe hit per command.
 #[uprobe]
 pub fn cmd_release(ctx: ProbeContext) -> u32 {
-    let cmd = arg(&ctx, 0);
+    let cmd = arg_in(&ctx, &RELEASE_ARGS, 0);
     let Ok(w) = read_cmd(cmd) else { return 0 };
     let mut event = command_event(kind::CMD_RELEASE, cmd, &w);
     event.value = w.result;
@@ -509,7 +538,7 @@ pub fn tmf_return(ctx: RetProbeContext) -> u32 {
 /// static `iscsi_tm_done`, attached by file offset.
 #[uprobe]
 pub fn tmf_response(ctx: ProbeContext) -> u32 {
-    if let Some(m) = read_mreq(arg(&ctx, 0)) {
+    if let Some(m) = read_mreq(arg_in(&ctx, &RESPONSE_ARGS, 0)) {
         emit(Event {
             cookie: m.mid,
             function: m.function as u8,
@@ -755,7 +784,7 @@ pub fn tmf_tx_start(ctx: ProbeContext) -> u32 {
 /// (a second call returns at once on `conn->closed`, and is not sent).
 #[uprobe]
 pub fn conn_close(ctx: ProbeContext) -> u32 {
-    let conn = arg(&ctx, 0);
+    let conn = arg_in(&ctx, &CONN_CLOSE_ARGS, 0);
     if read_user::<i32>(conn + layout::ISCSI_CONN_CLOSED as u64).unwrap_or(0) != 0 {
         return 0;
     }
@@ -776,14 +805,14 @@ pub fn nexus_create(ctx: ProbeContext) -> u32 {
         bump(counter::RING_FULL);
         return 0;
     };
-    let info = arg(&ctx, 3);
+    let info = arg_in(&ctx, &NEXUS_CREATE_ARGS, 3);
     let record = slot.as_mut_ptr();
     // SAFETY: `record` points at the reserved, writable ring-buffer slot;
     // fields are written through raw pointers before it is submitted.
     unsafe {
         (*record).event = Event {
-            tid: arg(&ctx, 0) as i32,
-            itn_id: arg(&ctx, 1),
+            tid: arg_in(&ctx, &NEXUS_CREATE_ARGS, 0) as i32,
+            itn_id: arg_in(&ctx, &NEXUS_CREATE_ARGS, 1),
             ..header(kind::NEXUS_CREATE)
         };
         (*record)._pad = 0;
@@ -803,8 +832,8 @@ pub fn nexus_create(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn nexus_destroy(ctx: ProbeContext) -> u32 {
     emit(Event {
-        tid: arg(&ctx, 0) as i32,
-        itn_id: arg(&ctx, 1),
+        tid: arg_in(&ctx, &NEXUS_DESTROY_ARGS, 0) as i32,
+        itn_id: arg_in(&ctx, &NEXUS_DESTROY_ARGS, 1),
         ..header(kind::NEXUS_DESTROY)
     });
     0

@@ -752,3 +752,39 @@ impl Facts {
         }
     }
 }
+
+/// The registers' values before each instruction of a function's entry
+/// block, stepped from its first instruction: the block up to and including
+/// its first control transfer, cut before any instruction a direct branch
+/// of `insns` goes to (so each instruction of it runs once per call).
+pub fn entry_block(insns: &[Instruction]) -> Vec<Vec<(Register, Val)>> {
+    let Some(first) = insns.first() else {
+        return Vec::new();
+    };
+    let range = first.ip()..insns[insns.len() - 1].next_ip();
+    let targets: Vec<u64> = insns
+        .iter()
+        .filter(|i| {
+            matches!(
+                i.flow_control(),
+                FlowControl::ConditionalBranch | FlowControl::UnconditionalBranch
+            )
+        })
+        .map(|i| i.near_branch_target())
+        .filter(|t| range.contains(t))
+        .collect();
+    let mut info = InstructionInfoFactory::new();
+    let mut state = State::entry();
+    let mut out = Vec::new();
+    for (i, insn) in insns.iter().enumerate() {
+        if i > 0 && targets.contains(&insn.ip()) {
+            break;
+        }
+        out.push(state.regs.iter().map(|(r, v)| (*r, v.clone())).collect());
+        if insn.flow_control() != FlowControl::Next {
+            break;
+        }
+        step(&mut state, insn, &range, &|_| None, &mut info, None);
+    }
+    out
+}

@@ -134,6 +134,14 @@ impl Tracer {
         // and conn_close (the session's task lists).
         let walk_tasks: u8 =
             (opts.binary.tmf_received.is_ok() && opts.binary.conn_close.is_ok()).into();
+        // Each entry probe on its function's first emulated instruction,
+        // its arguments where the machine code has them there.
+        let placed_args = |point: Point| {
+            opts.binary
+                .placements
+                .get(&point)
+                .map_or(tgt_trace_common::args::SYSV, |p| p.args)
+        };
         let mut ebpf = EbpfLoader::new()
             .override_global("WALK_TMF_COVERS", &walk_covers, true)
             .override_global("TARGET_LIST_FROM_ENTRY", &target_list_from_entry, true)
@@ -141,6 +149,18 @@ impl Tracer {
             .override_global("RECEIVED_TASK_REG", &received_reg, true)
             .override_global("WALK_SESSION_TASKS", &walk_tasks, true)
             .override_global("TX_CONN_REG", &tx_conn_reg, true)
+            .override_global("QUEUE_ARGS", &placed_args(Point::Queue), true)
+            .override_global("PERFORM_ARGS", &placed_args(Point::Perform), true)
+            .override_global("RESULT_ARGS", &placed_args(Point::Result), true)
+            .override_global("RELEASE_ARGS", &placed_args(Point::Release), true)
+            .override_global("RESPONSE_ARGS", &placed_args(Point::TmfResponse), true)
+            .override_global("CONN_CLOSE_ARGS", &placed_args(Point::ConnClose), true)
+            .override_global("NEXUS_CREATE_ARGS", &placed_args(Point::NexusCreate), true)
+            .override_global(
+                "NEXUS_DESTROY_ARGS",
+                &placed_args(Point::NexusDestroy),
+                true,
+            )
             .map_max_entries("EVENTS", opts.ring_bytes)
             .load(PROBES)
             .map_err(ProbeError::Load)?;
@@ -178,6 +198,13 @@ impl Tracer {
                 Some(why) => Err(why),
                 None => located,
             };
+            // An entry probe goes where `placements` put it.
+            let located = located.map(|offset| {
+                opts.binary
+                    .placements
+                    .get(&path)
+                    .map_or(offset, |p| p.offset)
+            });
             let offset = located.as_ref().ok().copied();
             let mut point = ProbePoint {
                 name,

@@ -1208,6 +1208,80 @@ fn mentions_unknown(v: &Val) -> bool {
     }
 }
 
+/// Where an entry probe goes: the first instruction of the function's
+/// entry block that the kernel emulates (a push of a register, a relative branch or
+/// call), with the register each argument the probe reads is in there, as
+/// the dataflow shows it. A single-stepped first instruction (`endbr64`,
+/// `mov %rdi,%rdx`) costs a second trap per hit; the instructions of the
+/// entry block run exactly once per call, so the probe sees every call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// Virtual address.
+    pub address: u64,
+    /// Bytes from the function's entry.
+    pub from_entry: u64,
+    /// `tgt_trace_common::args` packing: where each argument is.
+    pub args: u64,
+}
+
+/// The placement of a probe on the function at `entry` that reads the
+/// arguments `needs`; at the entry itself (System V registers) when no
+/// emulated instruction of the entry block has them all in registers.
+pub fn place(code: &Code, entry: u64, size: Option<u64>, needs: &[usize]) -> Placement {
+    use tgt_trace_common::args;
+    let at_entry = Placement {
+        address: entry,
+        from_entry: 0,
+        args: args::SYSV,
+    };
+    let body = code.function(entry, size);
+    let states = flow::entry_block(body);
+    for (insn, regs) in body.iter().zip(&states) {
+        if !crate::tgtd::UprobeStep::of(insn).is_emulated() {
+            continue;
+        }
+        let mut packed = std::array::from_fn(|n| args::of(args::SYSV, n));
+        let sysv = [
+            Register::RDI,
+            Register::RSI,
+            Register::RDX,
+            Register::RCX,
+            Register::R8,
+            Register::R9,
+        ];
+        let found = needs.iter().all(|&n| {
+            // The argument's own register if it still holds it, else any.
+            let holds = |r: &Register| {
+                regs.iter()
+                    .any(|(reg, v)| reg == r && *v == Val::Arg(n as u8))
+            };
+            let reg = std::iter::once(sysv[n])
+                .filter(holds)
+                .chain(
+                    regs.iter()
+                        .filter(|(_, v)| *v == Val::Arg(n as u8))
+                        .map(|(r, _)| *r),
+                )
+                .find_map(crate::locate::pt_regs_index);
+            match reg {
+                Some(index) => {
+                    packed[n] = index;
+                    true
+                }
+                None => false,
+            }
+        });
+        if found {
+            return Placement {
+                address: insn.ip(),
+                from_entry: insn.ip() - entry,
+                args: args::pack(packed),
+            };
+        }
+    }
+    at_entry
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -59,9 +59,9 @@ pub fn probe_functions() -> [&'static str; 7] {
 
 /// What the kernel does with the instruction a uprobe displaces, on each
 /// hit. Linux (6.18, `arch/x86/kernel/uprobes.c`) emulates a few kinds in
-/// the trap handler: a push of a register, nops, and relative jumps, calls
-/// and conditional jumps; any other instruction is copied to a slot and
-/// single-stepped there, a second trap per hit (BENCHMARKS.md measures
+/// the trap handler: a push of a register and relative jumps, calls and
+/// conditional jumps (and some nops, not counted on here); any other
+/// instruction is copied to a slot and single-stepped there, a second trap per hit (BENCHMARKS.md measures
 /// 3.3 µs of tgtd's time per emulated hit and 9.0 µs per single-stepped
 /// one on the machine it names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -72,11 +72,13 @@ pub enum UprobeStep {
 }
 
 impl UprobeStep {
-    fn of(insn: &iced_x86::Instruction) -> UprobeStep {
+    pub fn of(insn: &iced_x86::Instruction) -> UprobeStep {
         use iced_x86::{FlowControl, Mnemonic, OpKind};
         let emulated = match insn.mnemonic() {
             Mnemonic::Push => insn.op0_kind() == OpKind::Register,
-            Mnemonic::Nop => true,
+            // Which nops a kernel emulates has changed over releases; none
+            // is counted on.
+            Mnemonic::Nop => false,
             _ => {
                 matches!(
                     insn.flow_control(),
@@ -94,6 +96,10 @@ impl UprobeStep {
         } else {
             UprobeStep::SingleStepped
         }
+    }
+
+    pub fn is_emulated(self) -> bool {
+        self == UprobeStep::Emulated
     }
 
     pub fn name(self) -> &'static str {
@@ -160,6 +166,30 @@ pub enum LayoutCheck {
     CodeFingerprint,
 }
 
+/// An entry probe's place in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placed {
+    /// File offset of the instruction.
+    pub offset: u64,
+    /// Bytes past the function's entry.
+    pub from_entry: u64,
+    /// Where its arguments are (`tgt_trace_common::args`).
+    pub args: u64,
+}
+
+/// The entry probes placed past a single-stepped first instruction, with
+/// the arguments each one's program reads.
+const PLACED: [(Point, &[usize]); 8] = [
+    (Point::Queue, &[0, 1]),
+    (Point::Perform, &[1]),
+    (Point::Result, &[0, 1]),
+    (Point::Release, &[0]),
+    (Point::TmfResponse, &[0]),
+    (Point::ConnClose, &[0]),
+    (Point::NexusCreate, &[0, 1, 3]),
+    (Point::NexusDestroy, &[0, 1]),
+];
+
 /// A tgtd binary, inspected.
 #[derive(Debug, Clone)]
 pub struct TgtdBinary {
@@ -176,6 +206,10 @@ pub struct TgtdBinary {
     pub tmf_response_reads_connection: bool,
     /// Each field the probes read, proved from the machine code or not.
     pub proof: LayoutProof,
+    /// Where each entry probe sits (file offset) and where its arguments
+    /// are there: the first instruction the kernel emulates
+    /// (`crate::proof::place`).
+    pub placements: HashMap<Point, Placed>,
     /// The iSCSI layer's TMF points (`crate::locate`), as file offsets, or
     /// why each is missing.
     pub tmf_received: Result<TaskPoint, String>,
@@ -262,6 +296,29 @@ impl TgtdBinary {
                 .map(|f| f.field.name().to_owned())
                 .collect(),
         };
+        let mut placements = HashMap::new();
+        for (point, needs) in PLACED {
+            let function = match point {
+                Point::TmfResponse => tm_done.map(|a| (a, None)),
+                _ => exported
+                    .get(point.function())
+                    .map(|&(a, size)| (a, Some(size))),
+            };
+            let Some((entry, size)) = function else {
+                continue;
+            };
+            let place = crate::proof::place(&code, entry, size, needs);
+            if let Some(offset) = file_offset(&file, place.address) {
+                placements.insert(
+                    point,
+                    Placed {
+                        offset,
+                        from_entry: place.from_entry,
+                        args: place.args,
+                    },
+                );
+            }
+        }
         let points = crate::locate::iscsi_points(&file, &exported);
         let to_file = |p: Result<TaskPoint, String>| {
             p.and_then(|p| {
@@ -299,6 +356,7 @@ impl TgtdBinary {
             tmf_response_offset,
             tmf_response_reads_connection,
             proof,
+            placements,
             tmf_received,
             tmf_sent,
             tmf_tx_start,
@@ -359,6 +417,13 @@ impl TgtdBinary {
         let mut text = String::new();
         iced_x86::Formatter::format(&mut iced_x86::GasFormatter::new(), &insn, &mut text);
         Some((text, UprobeStep::of(&insn)))
+    }
+
+    /// The file offsets an exported function's code spans.
+    pub fn symbol_range(&self, name: &str) -> Option<std::ops::Range<u64>> {
+        self.symbols
+            .get(name)
+            .map(|s| s.address..s.address + s.size.max(1))
     }
 
     /// The file offset of an exported function, for an offset-based uprobe.
@@ -559,6 +624,19 @@ mod tests {
         assert!(bin.refusal().is_none());
         assert_eq!(bin.layout, LayoutCheck::MachineCode { unproved: vec![] });
         assert!(bin.tmf_response_offset.is_some(), "iscsi_tm_done not found");
+        // target_cmd_io_done starts with `mov %rdi,%rdx`, which the kernel
+        // single-steps; its probe goes on the entry block's `je` at 0x2fb3c,
+        // where cmd is in rdx and result still in esi (objdump).
+        let result = bin.placements[&Point::Result];
+        assert_eq!((result.offset, result.from_entry), (0x2fb3c, 0x1c));
+        use tgt_trace_common::{args, pt_regs};
+        assert_eq!(
+            (args::of(result.args, 0), args::of(result.args, 1)),
+            (pt_regs::RDX, pt_regs::RSI)
+        );
+        // Its neighbours start with an emulated push and stay at the entry.
+        assert_eq!(bin.placements[&Point::Queue].from_entry, 0);
+        assert_eq!(bin.placements[&Point::Queue].args, args::SYSV);
         assert!(
             bin.tmf_response_reads_connection,
             "iscsi_tm_done's task->conn->state check not recognised"

@@ -40,6 +40,8 @@ use anyhow::Context as _;
 pub enum Section {
     /// IOPS at saturation: untraced, each probe set, bpftrace.
     Overhead,
+    /// Added latency per command (p50, p99) at queue depth 1, by mode.
+    Latency,
     /// tgtd's and the tracer's CPU time at a fixed rate.
     Cpu,
     /// IOPS and TMFs/s at saturation with an ABORT TASK loop.
@@ -59,8 +61,9 @@ pub enum Section {
 }
 
 impl Section {
-    pub const ALL: [Section; 9] = [
+    pub const ALL: [Section; 10] = [
         Section::Overhead,
+        Section::Latency,
         Section::Cpu,
         Section::Aborts,
         Section::Ring,
@@ -75,6 +78,7 @@ impl Section {
     pub fn name(self) -> &'static str {
         match self {
             Section::Overhead => "overhead",
+            Section::Latency => "latency",
             Section::Cpu => "cpu",
             Section::Aborts => "aborts",
             Section::Ring => "ring",
@@ -142,6 +146,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             (Section::Replay, _) => offline::replay(opts)?,
             (_, None) => unreachable!("live sections start tgtd"),
             (Section::Overhead, Some(t)) => overhead::saturation(t, opts)?,
+            (Section::Latency, Some(t)) => overhead::latency(t, opts)?,
             (Section::Cpu, Some(t)) => overhead::cpu(t, opts)?,
             (Section::Aborts, Some(t)) => overhead::aborts(t, opts)?,
             (Section::Ring, Some(t)) => overhead::ring(t, opts)?,

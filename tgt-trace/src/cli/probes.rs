@@ -105,14 +105,29 @@ fn facts(binary: &TgtdBinary) -> Facts {
                 .iter()
                 .find(|p| p.function() == name)
                 .and_then(|&p| binary.unproved_for(p));
+            let point = Point::ALL.iter().find(|p| p.function() == name).copied();
+            let placed = point.and_then(|p| binary.placements.get(&p));
             match unproved {
                 Some(why) => Fact::or(name, gives, format!("off: {why}")),
-                None => Fact::at(name, gives, binary.symbol_offset(name)),
+                None => Fact::at(
+                    name,
+                    gives,
+                    placed.map(|p| p.offset).or(binary.symbol_offset(name)),
+                ),
             }
         })
         .collect();
     points.push(match binary.tmf_response_offset {
-        Some(offset) => Fact::at("iscsi_tm_done", "TMF responses", Some(offset)),
+        Some(offset) => Fact::at(
+            "iscsi_tm_done",
+            "TMF responses",
+            Some(
+                binary
+                    .placements
+                    .get(&Point::TmfResponse)
+                    .map_or(offset, |p| p.offset),
+            ),
+        ),
         None => Fact::or(
             "iscsi_tm_done",
             "TMF responses",
@@ -161,7 +176,16 @@ fn facts(binary: &TgtdBinary) -> Facts {
         });
     }
     points.push(match &binary.conn_close {
-        Ok(offset) => Fact::at("conn_close", "responses freed unsent", Some(*offset)),
+        Ok(offset) => Fact::at(
+            "conn_close",
+            "responses freed unsent",
+            Some(
+                binary
+                    .placements
+                    .get(&Point::ConnClose)
+                    .map_or(*offset, |p| p.offset),
+            ),
+        ),
         Err(why) => Fact::or(
             "conn_close",
             "responses freed unsent",

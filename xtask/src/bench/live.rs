@@ -468,6 +468,32 @@ fn login(tgtd: &Tgtd, name: &str) -> anyhow::Result<Session> {
     Session::login(tgtd.portal, &options).with_context(|| format!("logging in as bench-{name}"))
 }
 
+/// Round-trip times of READ(10) of one block, one at a time (queue depth of
+/// one) on one session, for `duration`: what a command waits for each
+/// probe hit it takes, with nothing else in tgtd's event loop.
+pub fn qd1_latencies(tgtd: &Tgtd, duration: Duration) -> anyhow::Result<Vec<Duration>> {
+    let mut session = login(tgtd, "qd1")?;
+    session
+        .test_unit_ready(LUN)
+        .context("TEST UNIT READY after login")?;
+    let mut out = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        let lba = (out.len() % 1024) as u32;
+        let sent = Instant::now();
+        let itt = session.submit(ScsiCommand::read10(LUN, lba, 1, 512))?;
+        let r = session.wait_scsi(itt, Duration::from_secs(10))?;
+        out.push(sent.elapsed());
+        anyhow::ensure!(
+            r.status == scsi_status::GOOD,
+            "READ answered {:#x}",
+            r.status
+        );
+    }
+    let _ = session.logout();
+    Ok(out)
+}
+
 /// READ(10) of one block, paced to a fixed rate over a few sessions.
 pub struct PacedLoad {
     sessions: Vec<Session>,

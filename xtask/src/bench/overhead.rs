@@ -502,3 +502,70 @@ pub fn ring(tgtd: &Tgtd, opts: &Options) -> anyhow::Result<String> {
         opts.rounds, opts.seconds
     ))
 }
+
+/// Added latency per command at queue depth 1: one READ at a time, its
+/// round trip timed by the initiator, each mode interleaved as above. At
+/// saturation IOPS shows what probes cost in throughput; here a command
+/// pays each probe hit it takes in full, which is what one slow command
+/// on an otherwise idle target sees.
+pub fn latency(tgtd: &Tgtd, opts: &Options) -> anyhow::Result<String> {
+    let modes = modes(Script::Lean);
+    let mut samples: Vec<Vec<f64>> = modes.iter().map(|_| Vec::new()).collect();
+    let mut round_p50: Vec<Vec<f64>> = modes.iter().map(|_| Vec::new()).collect();
+    for round in 1..=opts.rounds {
+        for (i, mode) in rotated(&modes, round) {
+            let tracer = mode.start(tgtd)?;
+            let times = live::qd1_latencies(tgtd, Duration::from_secs(opts.seconds))?;
+            drop(tracer);
+            let us: Vec<f64> = times.iter().map(|d| d.as_secs_f64() * 1e6).collect();
+            let p50 = percentile(&us, 50.0);
+            eprintln!(
+                "bench: latency round {round}/{} {:<32} {} READs, p50 {p50:.1} µs",
+                opts.rounds,
+                mode.name(),
+                us.len()
+            );
+            round_p50[i].push(p50);
+            samples[i].extend(us);
+        }
+    }
+    let base50 = percentile(&samples[0], 50.0);
+    let base99 = percentile(&samples[0], 99.0);
+    let mut table = String::from(
+        "| mode | READs | p50 µs (per-round p50s) | p99 µs | added p50 | added p99 |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for (i, mode) in modes.iter().enumerate() {
+        let (p50, p99) = (percentile(&samples[i], 50.0), percentile(&samples[i], 99.0));
+        let _ = writeln!(
+            table,
+            "| {} | {} | {p50:.1} ({}) | {p99:.1} | {:+.1} | {:+.1} |",
+            mode.name(),
+            samples[i].len(),
+            range(&round_p50[i], 1),
+            p50 - base50,
+            p99 - base99
+        );
+    }
+    Ok(format!(
+        "## Latency at queue depth 1\n\n\
+         One READ(10) of one block at a time on one session to the null LUN, its round \
+         trip timed by the project's initiator (`tests/src/iscsi`) from submit to response; \
+         {} interleaved round(s) of {} s per mode (rotated). p50 and p99 are over all of a \
+         mode's READs; \"added\" is the difference from untraced. At this depth a command \
+         pays every probe hit on its path in full: the tmf set none, lean two, full four.\n\n\
+         {table}",
+        opts.rounds, opts.seconds
+    ))
+}
+
+/// The `p`th percentile (nearest rank) of `values`.
+fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}

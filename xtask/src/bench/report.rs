@@ -8,8 +8,9 @@ use crate::root;
 
 /// The order of blocks in BENCHMARKS.md (`soak` is written by `cargo xtask
 /// soak`); blocks with other names follow, as found.
-const ORDER: [&str; 10] = [
-    "goals", "overhead", "cpu", "aborts", "ring", "probes", "profile", "matcher", "replay", "soak",
+const ORDER: [&str; 11] = [
+    "goals", "overhead", "latency", "cpu", "aborts", "ring", "probes", "profile", "matcher",
+    "replay", "soak",
 ];
 
 pub fn median(values: &[f64]) -> f64 {
@@ -90,7 +91,7 @@ fn today() -> String {
 pub fn write_intro(machine: &str) -> anyhow::Result<()> {
     let body = format!(
         "Written by `cargo xtask bench [--rounds N] [--seconds S] [--rate R] [--only SECTION...]` \
-         (sections: overhead, cpu, aborts, ring, probes, hits, profile, matcher, replay); each section \
+         (sections: overhead, latency, cpu, aborts, ring, probes, hits, profile, matcher, replay); each section \
          names the machine and the date it was measured on, as sections can be rerun alone. \
          The live sections run a scratch tgtd (`null` backing store) on 127.0.0.1 with its load \
          generators on the same machine (this run: {machine}).\n\n\
