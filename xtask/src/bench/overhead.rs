@@ -553,7 +553,11 @@ pub fn latency(tgtd: &Tgtd, opts: &Options) -> anyhow::Result<String> {
          trip timed by the project's initiator (`tests/src/iscsi`) from submit to response; \
          {} interleaved round(s) of {} s per mode (rotated). p50 and p99 are over all of a \
          mode's READs; \"added\" is the difference from untraced. At this depth a command \
-         pays every probe hit on its path in full: the tmf set none, lean two, full four.\n\n\
+         pays every probe hit on its path in full: the tmf set none, lean two, full four. \
+         Round trips at this depth are mostly wake-ups (initiator and tgtd each sleep between \
+         commands on a 2-core machine), so anything that keeps a core busy shortens them: \
+         bpftrace, which formats a line per hit in user space, does, and its row is not a \
+         cost comparison.\n\n\
          {table}",
         opts.rounds, opts.seconds
     ))

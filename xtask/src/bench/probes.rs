@@ -268,16 +268,13 @@ pub fn run(tgtd: &Tgtd, opts: &Options) -> anyhow::Result<String> {
         let _ = write!(summary, " ({m:.2} µs of tgtd CPU per hit)");
     }
     summary.push_str(". ");
-    if costs.iter().any(|c| c.0 == "target_cmd_io_done" && !c.1) {
-        summary.push_str(
-            "`target_cmd_io_done` is the full set's kspace_exec point, so the full set pays for \
-             one single-step per command and the lean and tmf sets for none. (Emulating \
-             `mov reg,reg` was proposed for Linux in November 2025, an RFC not in 6.18.) ",
-        );
-    }
     summary.push_str(
-        "The README's probe map can mark the push-entry points cheap and `target_cmd_io_done` \
-         dear on this kernel and build.",
+        "These are the costs at each function's entry, where bpftrace attaches. tgt-trace puts \
+         each entry probe on the first instruction of the function's entry block that the \
+         kernel emulates (`tgt-trace probes` shows which), so where the entry is \
+         single-stepped it pays the emulated cost instead: on this build, \
+         `target_cmd_io_done` (the full set's kspace_exec point) is probed at its entry \
+         block's `je`.",
     );
     Ok(format!(
         "## Per-probe cost\n\n\
