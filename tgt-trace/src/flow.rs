@@ -142,7 +142,8 @@ impl Facts {
     }
 }
 
-const ARG_REGS: [Register; 6] = [
+/// The System V integer argument registers, in order.
+pub const ARG_REGS: [Register; 6] = [
     Register::RDI,
     Register::RSI,
     Register::RDX,

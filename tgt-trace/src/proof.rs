@@ -360,6 +360,19 @@ impl Code {
     }
 }
 
+/// A field's offset from its struct, and from the list node a walk holds
+/// (clang reads a container's fields through the node, without forming the
+/// container: `field - member`).
+fn through_node(field: usize, member: usize) -> [i64; 2] {
+    [field as i64, field as i64 - member as i64]
+}
+
+/// `Ok("{how} at {ip}")` where the instruction was found, else `Err(why)`.
+fn shown(at: Option<u64>, how: &str, why: &str) -> Proved {
+    at.map(|ip| format!("{how} at {ip:#x}"))
+        .ok_or_else(|| why.to_owned())
+}
+
 /// Whether `value` is compared with what is at one of `offsets` of some
 /// pointer: a compare with memory there, or with a register loaded from
 /// there. Offsets relative to a list node (clang walks `list_head`s
@@ -640,17 +653,17 @@ pub fn prove(code: &Code, tm_done: Option<u64>) -> LayoutProof {
                 });
             // target_lookup(tid), inlined or called: target->tid == tid,
             // through the target or its target_siblings node.
-            let tid_at = [
-                layout::TARGET_TID as i64,
-                layout::TARGET_TID as i64 - layout::TARGET_SIBLINGS as i64,
-            ];
-            let tid = compared(&m, &a0, &tid_at, 4)
-                .map(|ip| format!("target->tid compared with its first argument at {ip:#x}"))
-                .ok_or_else(|| {
-                    "target_mgmt_request does not compare target->tid (+8) with its first \
-                     argument, inlined or in a function it calls"
-                        .to_owned()
-                });
+            let tid = shown(
+                compared(
+                    &m,
+                    &a0,
+                    &through_node(layout::TARGET_TID, layout::TARGET_SIBLINGS),
+                    4,
+                ),
+                "target->tid compared with its first argument",
+                "target_mgmt_request does not compare target->tid (+8) with its first argument, \
+                 inlined or in a function it calls",
+            );
             // scsi_get_devid(target->lid, lun_buf), or abort_task_set(...,
             // itn_id, .., lun_buf, ..) for a LUN RESET.
             let lun_buf = m
@@ -675,33 +688,29 @@ pub fn prove(code: &Code, tm_done: Option<u64>) -> LayoutProof {
             // compares cmd->tag with its tag (the facts of the functions
             // target_mgmt_request calls are seen with its arguments), through
             // the command or its c_hlist node.
-            let tag_at = [
-                layout::CMD_TAG as i64,
-                layout::CMD_TAG as i64 - layout::CMD_C_HLIST as i64,
-            ];
-            let tag = compared(&m, &a5, &tag_at, 8)
-                .map(|ip| {
-                    format!(
-                        "cmd->tag (+168) compared with target_mgmt_request's sixth argument at \
-                         {ip:#x} (abort_task_set)"
-                    )
-                })
-                .ok_or_else(|| {
-                    "nothing target_mgmt_request runs compares an 8-byte field at 168 of a \
-                     command with the TMF's tag, its sixth argument"
-                        .to_owned()
-                });
-            let itn_at = [
-                layout::ITN_ITN_ID as i64,
-                layout::ITN_ITN_ID as i64 - layout::ITN_NEXUS_SIBLINGS as i64,
-            ];
-            let itn = compared(&m, &a1, &itn_at, 8)
-                .map(|ip| format!("itn->itn_id compared with its second argument at {ip:#x}"))
-                .ok_or_else(|| {
-                    "nothing target_mgmt_request runs compares it_nexus.itn_id with its \
-                     second argument"
-                        .to_owned()
-                });
+            let tag = shown(
+                compared(
+                    &m,
+                    &a5,
+                    &through_node(layout::CMD_TAG, layout::CMD_C_HLIST),
+                    8,
+                ),
+                "cmd->tag (+168) compared with target_mgmt_request's sixth argument \
+                 (abort_task_set)",
+                "nothing target_mgmt_request runs compares an 8-byte field at 168 of a command \
+                 with the TMF's tag, its sixth argument",
+            );
+            let itn = shown(
+                compared(
+                    &m,
+                    &a1,
+                    &through_node(layout::ITN_ITN_ID, layout::ITN_NEXUS_SIBLINGS),
+                    8,
+                ),
+                "itn->itn_id compared with its second argument",
+                "nothing target_mgmt_request runs compares it_nexus.itn_id with its second \
+                 argument",
+            );
             // abort_cmd: target_cmd_io_done(cmd, TASK_ABORTED), called
             // (the kspace_exec probe sees it) or inlined (it does not).
             let io_done = code.exported.get("target_cmd_io_done").map(|&(a, _)| a);
@@ -801,22 +810,17 @@ pub fn prove(code: &Code, tm_done: Option<u64>) -> LayoutProof {
     proofs.insert(
         Field::NexusDestroyArgs,
         code.exported("it_nexus_destroy").and_then(|c| {
-            let itn_at = [
-                layout::ITN_ITN_ID as i64,
-                layout::ITN_ITN_ID as i64 - layout::ITN_NEXUS_SIBLINGS as i64,
-            ];
-            compared(&c, &a1, &itn_at, 8)
-                .map(|ip| {
-                    format!(
-                        "it_nexus_lookup(tid, itn_id): itn->itn_id compared with its second \
-                         argument at {ip:#x}"
-                    )
-                })
-                .ok_or_else(|| {
-                    "it_nexus_destroy does not look its nexus up by itn_id (its second argument \
-                     compared with it_nexus.itn_id)"
-                        .to_owned()
-                })
+            shown(
+                compared(
+                    &c,
+                    &a1,
+                    &through_node(layout::ITN_ITN_ID, layout::ITN_NEXUS_SIBLINGS),
+                    8,
+                ),
+                "it_nexus_lookup(tid, itn_id): itn->itn_id compared with its second argument",
+                "it_nexus_destroy does not look its nexus up by itn_id (its second argument \
+                 compared with it_nexus.itn_id)",
+            )
         }),
     );
 
@@ -913,10 +917,9 @@ pub fn prove_walk(code: &Code) -> Result<crate::locate::TmfWalk, String> {
             .iter()
             .any(|a| a.what == what && offsets.contains(&a.disp) && (size == 0 || a.size == size))
     };
-    let node = |field: usize, member: usize| [field as i64, field as i64 - member as i64];
-    let cmd_field = |field: usize| node(field, layout::CMD_C_HLIST);
-    let itn_field = |field: usize| node(field, layout::ITN_NEXUS_SIBLINGS);
-    let target_field = |field: usize| node(field, layout::TARGET_SIBLINGS);
+    let cmd_field = |field: usize| through_node(field, layout::CMD_C_HLIST);
+    let itn_field = |field: usize| through_node(field, layout::ITN_NEXUS_SIBLINGS);
+    let target_field = |field: usize| through_node(field, layout::TARGET_SIBLINGS);
     let compared_arg =
         |value: &Val, offsets: &[i64], size: usize| compared(&m, value, offsets, size).is_some();
     // target_cmd_io_done(cmd, TASK_ABORTED), called, or inlined (clang):
@@ -1241,14 +1244,7 @@ pub fn place(code: &Code, entry: u64, size: Option<u64>, needs: &[usize]) -> Pla
             continue;
         }
         let mut packed = std::array::from_fn(|n| args::of(args::SYSV, n));
-        let sysv = [
-            Register::RDI,
-            Register::RSI,
-            Register::RDX,
-            Register::RCX,
-            Register::R8,
-            Register::R9,
-        ];
+        let sysv = flow::ARG_REGS;
         let found = needs.iter().all(|&n| {
             // The argument's own register if it still holds it, else any.
             let holds = |r: &Register| {
