@@ -73,23 +73,15 @@ pub enum UprobeStep {
 
 impl UprobeStep {
     pub fn of(insn: &iced_x86::Instruction) -> UprobeStep {
-        use iced_x86::{FlowControl, Mnemonic, OpKind};
+        use iced_x86::{Mnemonic, OpKind};
         let emulated = match insn.mnemonic() {
             Mnemonic::Push => insn.op0_kind() == OpKind::Register,
             // Which nops a kernel emulates has changed over releases; none
             // is counted on.
             Mnemonic::Nop => false,
-            _ => {
-                matches!(
-                    insn.flow_control(),
-                    FlowControl::UnconditionalBranch
-                        | FlowControl::ConditionalBranch
-                        | FlowControl::Call
-                ) && matches!(
-                    insn.op0_kind(),
-                    OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64
-                )
-            }
+            // Relative jmp, jcc and call (`branch_setup_xol_ops`); not
+            // loop/jrcxz, nor anything indirect.
+            _ => insn.is_jcc_short_or_near() || insn.is_jmp_short_or_near() || insn.is_call_near(),
         };
         if emulated {
             UprobeStep::Emulated

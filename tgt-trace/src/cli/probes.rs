@@ -250,10 +250,11 @@ impl ProbesArgs {
                 Some(offset) => format!("{} ({offset})", f.field),
                 None => f.field.to_string(),
             };
+            let lead = format!("  {name:<32}");
             match (&f.how, &f.why_not) {
-                (Some(how), _) => println!("  {name:<28} proved: {how}"),
+                (Some(how), _) => println!("{lead} proved: {how}"),
                 (_, why) => println!(
-                    "  {name:<28} NOT PROVED: {}",
+                    "{lead} NOT PROVED: {}",
                     why.as_deref().unwrap_or("not checked")
                 ),
             }
