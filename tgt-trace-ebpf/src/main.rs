@@ -608,6 +608,9 @@ fn read_user<T>(address: u64) -> Option<T> {
 /// the loads into one at a computed offset) and the value chosen afterwards.
 fn saved_register(ctx: &ProbeContext, index: u8) -> u64 {
     let regs = ctx.regs;
+    // All fifteen are read and one is kept by a loop of compares: a `match`
+    // on the index reading one field was tried, and the verifier refused
+    // the program (Linux 6.18).
     // SAFETY: `regs` is the probe's own pt_regs; each read is one field.
     let all = unsafe {
         [

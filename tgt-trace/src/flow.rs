@@ -142,6 +142,16 @@ impl Facts {
     }
 }
 
+/// Decodes `code` as 64-bit instructions starting at address `ip`.
+pub fn decode(code: &[u8], ip: u64) -> Vec<Instruction> {
+    let mut decoder = iced_x86::Decoder::with_ip(64, code, ip, iced_x86::DecoderOptions::NONE);
+    let mut out = Vec::with_capacity(code.len() / 4);
+    while decoder.can_decode() {
+        out.push(decoder.decode());
+    }
+    out
+}
+
 /// The System V integer argument registers, in order.
 pub const ARG_REGS: [Register; 6] = [
     Register::RDI,
@@ -793,17 +803,10 @@ pub fn entry_block(insns: &[Instruction]) -> Vec<Vec<(Register, Val)>> {
 
 #[cfg(test)]
 mod tests {
-    use iced_x86::{Decoder, DecoderOptions};
-
     use super::*;
 
     fn decode(code: &[u8]) -> Vec<Instruction> {
-        let mut d = Decoder::with_ip(64, code, 0x1000, DecoderOptions::NONE);
-        let mut out = Vec::new();
-        while d.can_decode() {
-            out.push(d.decode());
-        }
-        out
+        super::decode(code, 0x1000)
     }
 
     fn no_callees(_: u64) -> Option<Vec<Register>> {

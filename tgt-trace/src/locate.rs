@@ -25,7 +25,7 @@
 
 use std::collections::HashMap;
 
-use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
+use iced_x86::{Instruction, Mnemonic, OpKind, Register};
 use object::{Object as _, ObjectSection as _};
 use tgt_trace_common::{layout, pt_regs};
 
@@ -48,28 +48,21 @@ pub struct IscsiPoints {
     pub tx_start: Result<TaskPoint, String>,
 }
 
-/// Decodes `.text` and looks for the points. `exported` maps exported
-/// function names to (address, size).
+/// Looks for the points in `.text`, decoded once for the whole inspection
+/// (`crate::proof::Code`). `exported` maps exported function names to
+/// (address, size).
 pub fn iscsi_points(
     file: &object::File<'_>,
+    insns: &[Instruction],
     exported: &HashMap<String, (u64, u64)>,
 ) -> IscsiPoints {
-    let Some(text) = file.section_by_name(".text") else {
-        let reason = "the binary has no .text section".to_owned();
-        return IscsiPoints {
-            sent: Err(reason.clone()),
-            tx_start: Err(reason),
-        };
-    };
-    let code = text.data().unwrap_or_default();
-    let insns = decode(code, text.address());
     let addr = |name: &str| exported.get(name).map(|&(a, _)| a);
     IscsiPoints {
         sent: match addr("iscsi_free_task") {
-            Some(target) => sent_point(&insns, target),
+            Some(target) => sent_point(insns, target),
             None => Err("iscsi_free_task is not exported".to_owned()),
         },
-        tx_start: tx_start_point(&insns, |address| read_u16(file, address)),
+        tx_start: tx_start_point(insns, |address| read_u16(file, address)),
     }
 }
 
@@ -78,15 +71,6 @@ pub fn iscsi_points(
 pub struct TmfWalk {
     /// The static `target_list`'s address minus `target_mgmt_request`'s.
     pub target_list_from_entry: i64,
-}
-
-fn decode(code: &[u8], ip: u64) -> Vec<Instruction> {
-    let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
-    let mut out = Vec::with_capacity(code.len() / 4);
-    while decoder.can_decode() {
-        out.push(decoder.decode());
-    }
-    out
 }
 
 fn calls(insn: &Instruction, target: u64) -> bool {
@@ -264,7 +248,7 @@ mod tests {
     use super::*;
 
     fn assemble(bytes: &[u8]) -> Vec<Instruction> {
-        decode(bytes, 0x1000)
+        crate::flow::decode(bytes, 0x1000)
     }
 
     /// Debian's tgtd 1.0.85: `iscsi_task_tx_done`'s TMF/LOGOUT branch,

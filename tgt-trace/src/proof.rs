@@ -36,7 +36,7 @@ use std::{
     rc::Rc,
 };
 
-use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Register};
+use iced_x86::{FlowControl, Instruction, Register};
 use object::{Object as _, ObjectSection as _};
 use serde::Serialize;
 use tgt_trace_common::{layout, tmf};
@@ -44,68 +44,33 @@ use tgt_trace_common::{layout, tmf};
 use crate::flow::{self, Facts, Use, Val};
 
 /// A fact the probes rely on.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    serde::Deserialize,
-    schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Field {
-    #[serde(rename = "target_cmd_queue(tid, cmd)")]
     QueueArgs,
-    #[serde(rename = "scsi_cmd.cmd_itn_id")]
     CmdItnId,
-    #[serde(rename = "scsi_cmd.lun")]
     CmdLun,
-    #[serde(rename = "scsi_cmd_perform(host_no, cmd)")]
     PerformArgs,
-    #[serde(rename = "scsi_cmd.scb")]
     CmdScb,
-    #[serde(rename = "scsi_cmd.attribute")]
     CmdAttribute,
-    #[serde(rename = "target_cmd_io_done(cmd, result)")]
     IoDoneArgs,
-    #[serde(rename = "scsi_cmd.result")]
     CmdResult,
-    #[serde(rename = "tgt_driver.cmd_end_notify")]
     DriverCmdEndNotify,
-    #[serde(rename = "target_cmd_done(cmd)")]
     DoneArgs,
-    #[serde(rename = "scsi_cmd.mreq")]
     CmdMreq,
-    #[serde(rename = "mgmt_req.busy")]
     MreqBusy,
-    #[serde(rename = "mgmt_req.function")]
     MreqFunction,
-    #[serde(rename = "mgmt_req.result")]
     MreqResult,
-    #[serde(rename = "tgt_driver.mgmt_end_notify")]
     DriverMgmtEndNotify,
-    #[serde(rename = "target_mgmt_request(tid, itn_id, req_id, function, lun_buf, tag)")]
     MgmtArgs,
-    #[serde(rename = "mgmt_req.mid")]
     MreqMid,
-    #[serde(rename = "scsi_cmd.tag")]
     CmdTag,
-    #[serde(rename = "iscsi_task.conn")]
     TaskConn,
-    #[serde(rename = "iscsi_connection.state")]
     ConnState,
-    #[serde(rename = "it_nexus_create(tid, itn_id, host_no, info)")]
     NexusCreateArgs,
-    #[serde(rename = "it_nexus_destroy(tid, itn_id)")]
     NexusDestroyArgs,
     /// Not a field: the call the `kspace_exec` probe relies on to see an
     /// aborted command's result. A compiler that inlines
     /// `target_cmd_io_done` into `abort_task_set` hides it.
-    #[serde(rename = "abort_task_set calls target_cmd_io_done(cmd, TASK_ABORTED)")]
     IoDoneAborts,
 }
 
@@ -188,6 +153,13 @@ impl Field {
     }
 }
 
+/// As its name (`Field::name`), in `probes --json`.
+impl Serialize for Field {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
 impl std::fmt::Display for Field {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
@@ -256,11 +228,7 @@ impl Code {
     pub fn new(file: &object::File<'_>, exported: &HashMap<String, (u64, u64)>) -> Option<Code> {
         let text = file.section_by_name(".text")?;
         let data = text.data().ok()?;
-        let mut decoder = Decoder::with_ip(64, data, text.address(), DecoderOptions::NONE);
-        let mut insns = Vec::with_capacity(data.len() / 4);
-        while decoder.can_decode() {
-            insns.push(decoder.decode());
-        }
+        let insns = flow::decode(data, text.address());
         let mut starts: BTreeSet<u64> = exported.values().map(|&(a, _)| a).collect();
         let range = text.address()..text.address() + text.size();
         starts.extend(
@@ -279,6 +247,11 @@ impl Code {
             facts: RefCell::default(),
             clobbers: RefCell::default(),
         })
+    }
+
+    /// All of `.text`, decoded.
+    pub fn instructions(&self) -> &[Instruction] {
+        &self.insns
     }
 
     /// The instructions of the function at `address`: to its symbol's size,
@@ -371,6 +344,18 @@ fn through_node(field: usize, member: usize) -> [i64; 2] {
 fn shown(at: Option<u64>, how: &str, why: &str) -> Proved {
     at.map(|ip| format!("{how} at {ip:#x}"))
         .ok_or_else(|| why.to_owned())
+}
+
+/// A call through the function pointer at `slot` of some struct (a
+/// `tgt_driver`'s), with these arguments: its address.
+fn through_slot(f: &Facts, slot: usize, args: &[(usize, &Val)]) -> Option<u64> {
+    f.calls
+        .iter()
+        .find(|c| {
+            c.via.as_ref().is_some_and(|(_, disp)| *disp == slot as i64)
+                && args.iter().all(|(n, v)| c.args[*n].as_ref() == Some(*v))
+        })
+        .map(|c| c.ip)
 }
 
 /// Whether `value` is compared with what is at one of `offsets` of some
@@ -504,29 +489,17 @@ pub fn prove(code: &Code, tm_done: Option<u64>) -> LayoutProof {
             proofs.insert(Field::IoDoneArgs, result.clone());
             proofs.insert(Field::CmdResult, result);
             let itn = Val::load(&a0, layout::CMD_ITN_ID as i64);
-            let notify = d
-                .calls
-                .iter()
-                .find(|c| {
-                    c.via
-                        .as_ref()
-                        .is_some_and(|(_, disp)| *disp == layout::DRIVER_CMD_END_NOTIFY as i64)
-                        && c.args[0].as_ref() == Some(&itn)
-                        && c.args[1].as_ref() == Some(&a1)
-                        && c.args[2].as_ref() == Some(&a0)
-                })
-                .map(|c| {
-                    format!(
-                        "target_cmd_io_done calls cmd_end_notify(cmd->cmd_itn_id, result, cmd) \
-                         through the driver's slot at {:#x}",
-                        c.ip
-                    )
-                })
-                .ok_or_else(|| {
-                    "target_cmd_io_done does not call the driver's slot 104 with \
-                     (cmd->cmd_itn_id, result, cmd)"
-                        .to_owned()
-                });
+            let notify = shown(
+                through_slot(
+                    &d,
+                    layout::DRIVER_CMD_END_NOTIFY,
+                    &[(0, &itn), (1, &a1), (2, &a0)],
+                ),
+                "target_cmd_io_done calls cmd_end_notify(cmd->cmd_itn_id, result, cmd) through \
+                 the driver's slot",
+                "target_cmd_io_done does not call the driver's slot 104 with \
+                 (cmd->cmd_itn_id, result, cmd)",
+            );
             proofs.insert(Field::DriverCmdEndNotify, notify);
         }
     }
@@ -595,25 +568,11 @@ pub fn prove(code: &Code, tm_done: Option<u64>) -> LayoutProof {
                     "target_cmd_done: mreq->result = ..., a 4-byte store at mreq + 16",
                 ),
             );
-            let notify = d
-                .calls
-                .iter()
-                .find(|c| {
-                    c.via
-                        .as_ref()
-                        .is_some_and(|(_, disp)| *disp == layout::DRIVER_MGMT_END_NOTIFY as i64)
-                        && c.args[0].as_ref() == Some(&mreq)
-                })
-                .map(|c| {
-                    format!(
-                        "target_cmd_done calls mgmt_end_notify(mreq) through the driver's \
-                         slot at {:#x}",
-                        c.ip
-                    )
-                })
-                .ok_or_else(|| {
-                    "target_cmd_done does not call the driver's slot 112 with cmd->mreq".to_owned()
-                });
+            let notify = shown(
+                through_slot(&d, layout::DRIVER_MGMT_END_NOTIFY, &[(0, &mreq)]),
+                "target_cmd_done calls mgmt_end_notify(mreq) through the driver's slot",
+                "target_cmd_done does not call the driver's slot 112 with cmd->mreq",
+            );
             proofs.insert(Field::DriverMgmtEndNotify, notify);
         }
     }
@@ -637,20 +596,18 @@ pub fn prove(code: &Code, tm_done: Option<u64>) -> LayoutProof {
                         && a.value.as_ref() == Some(value)
                 })
             };
-            let mid = stored(&a2, layout::MREQ_MID, 8)
-                .map(|a| format!("target_mgmt_request: mreq->mid = req_id at {:#x}", a.ip))
-                .ok_or_else(|| {
-                    "target_mgmt_request does not store its third argument (req_id) at \
-                     offset 0 of the allocated mgmt_req"
-                        .to_owned()
-                });
-            let function = stored(&a3, layout::MREQ_FUNCTION, 4)
-                .map(|a| format!("mreq->function = function at {:#x}", a.ip))
-                .ok_or_else(|| {
-                    "target_mgmt_request does not store its fourth argument (function) at \
-                     offset 12 of the allocated mgmt_req"
-                        .to_owned()
-                });
+            let mid = shown(
+                stored(&a2, layout::MREQ_MID, 8).map(|a| a.ip),
+                "target_mgmt_request: mreq->mid = req_id",
+                "target_mgmt_request does not store its third argument (req_id) at offset 0 of \
+                 the allocated mgmt_req",
+            );
+            let function = shown(
+                stored(&a3, layout::MREQ_FUNCTION, 4).map(|a| a.ip),
+                "mreq->function = function",
+                "target_mgmt_request does not store its fourth argument (function) at offset 12 \
+                 of the allocated mgmt_req",
+            );
             // target_lookup(tid), inlined or called: target->tid == tid,
             // through the target or its target_siblings node.
             let tid = shown(
@@ -666,24 +623,18 @@ pub fn prove(code: &Code, tm_done: Option<u64>) -> LayoutProof {
             );
             // scsi_get_devid(target->lid, lun_buf), or abort_task_set(...,
             // itn_id, .., lun_buf, ..) for a LUN RESET.
-            let lun_buf = m
-                .calls
-                .iter()
-                .find(|c| {
-                    c.args[1].as_ref() == Some(&a4)
-                        || (c.args[4].as_ref() == Some(&a4) && c.args[2].as_ref() == Some(&a1))
-                })
-                .map(|c| {
-                    format!(
-                        "lun_buf passed to scsi_get_devid or abort_task_set at {:#x}",
-                        c.ip
-                    )
-                })
-                .ok_or_else(|| {
-                    "target_mgmt_request does not pass its fifth argument (lun_buf) to \
-                     scsi_get_devid or abort_task_set"
-                        .to_owned()
-                });
+            let lun_buf = shown(
+                m.calls
+                    .iter()
+                    .find(|c| {
+                        c.args[1].as_ref() == Some(&a4)
+                            || (c.args[4].as_ref() == Some(&a4) && c.args[2].as_ref() == Some(&a1))
+                    })
+                    .map(|c| c.ip),
+                "lun_buf passed to scsi_get_devid or abort_task_set",
+                "target_mgmt_request does not pass its fifth argument (lun_buf) to \
+                 scsi_get_devid or abort_task_set",
+            );
             // abort_task_set(mreq, target, itn_id, tag, lun, tag_check)
             // compares cmd->tag with its tag (the facts of the functions
             // target_mgmt_request calls are seen with its arguments), through
@@ -717,22 +668,17 @@ pub fn prove(code: &Code, tm_done: Option<u64>) -> LayoutProof {
             let task_aborted = Some(Val::Imm(tgt_trace_common::TASK_ABORTED as u64));
             proofs.insert(
                 Field::IoDoneAborts,
-                m.calls
-                    .iter()
-                    .find(|c| {
-                        c.target.is_some() && c.target == io_done && c.args[1] == task_aborted
-                    })
-                    .map(|c| {
-                        format!(
-                            "target_cmd_io_done(cmd, TASK_ABORTED) called at {:#x}",
-                            c.ip
-                        )
-                    })
-                    .ok_or_else(|| {
-                        "abort_task_set does not call target_cmd_io_done(cmd, TASK_ABORTED): \
-                         inlined, an aborted command's result never reaches the kspace_exec probe"
-                            .to_owned()
-                    }),
+                shown(
+                    m.calls
+                        .iter()
+                        .find(|c| {
+                            c.target.is_some() && c.target == io_done && c.args[1] == task_aborted
+                        })
+                        .map(|c| c.ip),
+                    "target_cmd_io_done(cmd, TASK_ABORTED) called",
+                    "abort_task_set does not call target_cmd_io_done(cmd, TASK_ABORTED): \
+                     inlined, an aborted command's result never reaches the kspace_exec probe",
+                ),
             );
             let args = [mid.clone(), function, tid, lun_buf, itn]
                 .into_iter()

@@ -311,7 +311,7 @@ impl TgtdBinary {
                 );
             }
         }
-        let points = crate::locate::iscsi_points(&file, &exported);
+        let points = crate::locate::iscsi_points(&file, code.instructions(), &exported);
         let to_file = |p: Result<TaskPoint, String>| {
             p.and_then(|p| {
                 file_offset(&file, p.address)
