@@ -402,3 +402,99 @@ pub mod pt_regs {
     pub const RSI: u8 = 13;
     pub const RDI: u8 = 14;
 }
+
+/// The kernel's SCSI target (LIO, `drivers/target/`): what its kprobes and
+/// raw tracepoints send. They reuse [`Event`] and the kinds above where LIO
+/// has the same fact (a command arrives, completes; a TMF is received,
+/// enters the core, is answered, is sent; a session comes and goes), with
+/// kernel pointers where tgtd's events carry user-space ones. User space
+/// replaces every pointer with an opaque id before an event leaves it.
+pub mod lio {
+    /// `target_tmr_work` (a kworker): the core executes the TMF. `cookie`:
+    /// the TMF's `struct se_cmd *`; `function`: `se_tmr_req->function`.
+    pub const TMF_EXECUTE: u8 = 32;
+    /// `target_put_cmd_and_wait` called while that TMF executes: the TMF
+    /// has marked this command aborted (`CMD_T_ABORTED`) and now waits for
+    /// its release. `cookie`: the TMF's `se_cmd`; `tmf_mid`: the command's
+    /// `se_cmd`; `itn_id`: its session; `tag`, `lun` (`orig_fe_lun`, as a
+    /// little-endian u64), `opcode`: its own; `value`: its
+    /// `transport_state`; `aux`: its `se_cmd_flags`.
+    pub const ABORT_WAIT: u8 = 33;
+    /// The return of that `target_put_cmd_and_wait`: the aborted command
+    /// was released. `cookie`: the TMF's `se_cmd`; `tmf_mid`: the command's.
+    pub const ABORT_WAITED: u8 = 34;
+
+    /// `transport_state` bit: the command's initiator is sent TASK ABORTED
+    /// (TAS), set for another session's command by a LUN RESET
+    /// (`include/target/target_core_base.h`, a `#define`, so not in BTF).
+    pub const CMD_T_TAS: u32 = 1 << 10;
+    /// `se_cmd_flags` bit: the command is itself a TMF (`SCF_SCSI_TMR_CDB`).
+    pub const SCF_SCSI_TMR_CDB: u32 = 1 << 4;
+
+    /// `enum tcm_tmrsp_table`: the core's TMF response codes.
+    pub mod rsp {
+        pub const FUNCTION_FAILED: u8 = 0;
+        pub const FUNCTION_COMPLETE: u8 = 1;
+        pub const TASK_DOES_NOT_EXIST: u8 = 2;
+        pub const LUN_DOES_NOT_EXIST: u8 = 3;
+        pub const NOT_SUPPORTED: u8 = 4;
+        pub const FUNCTION_REJECTED: u8 = 5;
+    }
+
+    /// Byte offsets of the kernel structure fields the probes read, found
+    /// by user space in the running kernel's BTF (`/sys/kernel/btf/`) before
+    /// load and set as the probes' `LIO_LAYOUT` global: nothing is compiled
+    /// in. Field names are `struct_field`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Layout {
+        pub se_cmd_tag: u32,
+        pub se_cmd_orig_fe_lun: u32,
+        pub se_cmd_se_sess: u32,
+        pub se_cmd_se_tmr_req: u32,
+        pub se_cmd_t_task_cdb: u32,
+        pub se_cmd_scsi_status: u32,
+        pub se_cmd_transport_state: u32,
+        pub se_cmd_se_cmd_flags: u32,
+        pub se_cmd_sam_task_attr: u32,
+        pub se_cmd_work: u32,
+        pub se_tmr_req_function: u32,
+        pub se_tmr_req_response: u32,
+        pub se_tmr_req_ref_task_tag: u32,
+        pub se_node_acl_initiatorname: u32,
+        /// `struct iscsit_cmd.se_cmd` (iscsi_target_mod): the TMF's
+        /// `se_cmd` is embedded in its iSCSI command.
+        pub iscsit_cmd_se_cmd: u32,
+        pub iscsit_conn_sess: u32,
+        pub iscsit_session_se_sess: u32,
+        /// `struct iscsit_conn.conn_state` (a u8).
+        pub iscsit_conn_conn_state: u32,
+        /// `struct iscsit_conn.sock`, `struct socket.sk`, and the TCP state
+        /// in `struct sock` (`__sk_common.skc_state`, a u8).
+        pub iscsit_conn_sock: u32,
+        pub socket_sk: u32,
+        pub sock_skc_state: u32,
+        pub _pad: u32,
+    }
+
+    /// The TCP state of a connection both ends use (`TCP_ESTABLISHED`);
+    /// after the initiator's FIN it is CLOSE_WAIT, and LIO's receive thread
+    /// waits up to 2 s (`iscsit_rx_thread_wait_for_tcp`) before it notices:
+    /// a response sent meanwhile goes to an initiator that has gone.
+    pub const TCP_ESTABLISHED: u8 = 1;
+
+    /// `enum iscsi_target_conn_state_table`: a connection in use. Any other
+    /// state at a response means the receive thread has seen the
+    /// connection go (`iscsit_take_action_for_connection_exit` sets
+    /// CLEANUP_WAIT): the initiator is not there to read it.
+    pub const TARG_CONN_STATE_LOGGED_IN: u8 = 5;
+
+    /// The iSCSI basic header segment (RFC 7143 11.5): a TMF request's
+    /// function is in the low 7 bits of byte 1, its LUN at 8, ITT at 16 and
+    /// referenced task tag at 20; a TMF response's code is byte 2.
+    pub const BHS_FLAGS: usize = 1;
+    pub const BHS_RESPONSE: usize = 2;
+    pub const BHS_LUN: usize = 8;
+    pub const BHS_ITT: usize = 16;
+    pub const BHS_RTT: usize = 20;
+}

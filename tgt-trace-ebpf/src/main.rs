@@ -26,6 +26,8 @@ use tgt_trace_common::{
     referenced, tmf,
 };
 
+mod lio;
+
 /// Sized by user space (`--ring-size`) before load.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);

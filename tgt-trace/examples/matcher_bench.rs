@@ -307,6 +307,7 @@ fn write_trace(
     let header = Header {
         schema_version: tgt_trace::SCHEMA_VERSION,
         tgt_trace_version: env!("CARGO_PKG_VERSION").to_owned(),
+        target: tgt_trace::points::Target::Tgtd,
         tgtd_path: "/usr/sbin/tgtd".to_owned(),
         tgtd_build_id: "synthetic".to_owned(),
         tgtd_layout: LayoutCheck::CodeFingerprint,

@@ -230,6 +230,46 @@ pub enum Event {
         itn_id: u64,
         conn: u64,
     },
+    /// LIO: the core executes a TMF (`target_tmr_work`, in a kworker).
+    TmfExecute {
+        ts_ns: u64,
+        pid: u32,
+        mid: u64,
+        /// As in `tmf_request`.
+        function: u8,
+    },
+    /// LIO: the executing TMF has marked this command aborted
+    /// (`CMD_T_ABORTED`) and waits for its release
+    /// (`target_put_cmd_and_wait`, from `core_tmr_abort_task` or a LUN
+    /// RESET's drain).
+    AbortWait {
+        ts_ns: u64,
+        pid: u32,
+        /// The TMF's id.
+        mid: u64,
+        /// The command's session, tag and LUN.
+        itn_id: u64,
+        tag: u64,
+        lun: u64,
+        opcode: u8,
+        /// The command's id.
+        cmd: u64,
+        /// Its initiator is sent TASK ABORTED (TAS: another session's
+        /// command, hit by a LUN RESET, `CMD_T_TAS`).
+        #[serde(default, skip_serializing_if = "is_false")]
+        tas: bool,
+        /// The command is itself a TMF (a LUN RESET aborts the TMFs before
+        /// it: `core_tmr_drain_tmr_list`).
+        #[serde(default, skip_serializing_if = "is_false")]
+        is_tmf: bool,
+    },
+    /// LIO: the aborted command was released: the TMF's wait for it is over.
+    AbortWaited {
+        ts_ns: u64,
+        pid: u32,
+        mid: u64,
+        cmd: u64,
+    },
 }
 
 fn is_false(value: &bool) -> bool {
@@ -263,7 +303,10 @@ impl Event {
             | Event::TmfTxStart { ts_ns, .. }
             | Event::ConnClose { ts_ns, .. }
             | Event::TmfCovers { ts_ns, .. }
-            | Event::TmfWalked { ts_ns, .. } => ts_ns,
+            | Event::TmfWalked { ts_ns, .. }
+            | Event::TmfExecute { ts_ns, .. }
+            | Event::AbortWait { ts_ns, .. }
+            | Event::AbortWaited { ts_ns, .. } => ts_ns,
         }
     }
 
@@ -284,7 +327,10 @@ impl Event {
             | Event::TmfTxStart { pid, .. }
             | Event::ConnClose { pid, .. }
             | Event::TmfCovers { pid, .. }
-            | Event::TmfWalked { pid, .. } => pid,
+            | Event::TmfWalked { pid, .. }
+            | Event::TmfExecute { pid, .. }
+            | Event::AbortWait { pid, .. }
+            | Event::AbortWaited { pid, .. } => pid,
         }
     }
 
@@ -307,6 +353,9 @@ impl Event {
             Event::ConnClose { .. } => "conn_close",
             Event::TmfCovers { .. } => "tmf_covers",
             Event::TmfWalked { .. } => "tmf_walked",
+            Event::TmfExecute { .. } => "tmf_execute",
+            Event::AbortWait { .. } => "abort_wait",
+            Event::AbortWaited { .. } => "abort_waited",
         }
     }
 }

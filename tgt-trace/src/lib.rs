@@ -12,6 +12,7 @@ pub mod decode;
 pub mod event;
 pub mod existing;
 pub mod flow;
+pub mod lio;
 pub mod locate;
 pub mod pipeline;
 pub mod plausible;
@@ -71,7 +72,12 @@ pub mod tui;
 /// the runtime layout plausibility checks ([`plausible`]) found, by check,
 /// with the first few examples; absent when nothing was found. Versions 1
 /// to 6 are still read (replay runs the checks over their events).
-pub const SCHEMA_VERSION: u32 = 7;
+///
+/// Schema 8 traces the kernel's target too: `target` in the header (`tgtd`,
+/// the default when absent, or `lio`), a `btf` layout check, the LIO points
+/// (`lio_*`), the events `tmf_execute`, `abort_wait` and `abort_waited`,
+/// and `executed_ns` on `tmf` records.
+pub const SCHEMA_VERSION: u32 = 8;
 
 /// The oldest trace format this version reads.
 pub const OLDEST_SCHEMA_VERSION: u32 = 1;

@@ -51,7 +51,10 @@ impl<'a> Driver<'a> {
             sinks,
             records: Vec::new(),
             now_ns: 0,
-            plausible: Checker::default(),
+            plausible: match header.target {
+                crate::points::Target::Tgtd => Checker::default(),
+                crate::points::Target::Lio => Checker::disabled(),
+            },
             violations_told: 0,
         }
     }

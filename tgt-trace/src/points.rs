@@ -7,6 +7,29 @@ use serde::{Deserialize, Serialize};
 
 use crate::{proof::Field, tgtd::symbol};
 
+/// Which SCSI target a trace is of.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// tgt's user-space daemon, through uprobes.
+    #[default]
+    Tgtd,
+    /// The kernel's SCSI target (`drivers/target/`), through kprobes and
+    /// raw tracepoints.
+    Lio,
+}
+
 /// Which probe points to attach; each costs a uprobe hit per command where it
 /// is on the command path.
 #[derive(
@@ -101,9 +124,44 @@ pub enum Point {
     /// lists, sending `tmf_covers` and `tmf_walked`. Attached when the
     /// walk is on (its offsets proved in the build's machine code).
     TmfWalk,
+    /// The kernel target (LIO): `target_sequencer_start` (raw tracepoint).
+    LioQueue,
+    /// LIO: `target_cmd_complete` (raw tracepoint).
+    LioComplete,
+    /// LIO: `iscsit_handle_task_mgt_cmd` (kprobe).
+    LioTmfReceived,
+    /// LIO: `transport_generic_handle_tmr` (kprobe).
+    LioTmfRequest,
+    /// LIO: `target_tmr_work` (kprobe and kretprobe).
+    LioTmfExecute,
+    /// LIO: `target_put_cmd_and_wait` inside `target_tmr_work` (kprobe and
+    /// kretprobe).
+    LioAbortWait,
+    /// LIO: `lio_queue_tm_rsp` (kprobe).
+    LioTmfResponse,
+    /// LIO: `iscsit_build_task_mgt_rsp` (kprobe and kretprobe).
+    LioTmfSent,
+    /// LIO: `__transport_register_session` (kprobe).
+    LioNexusCreate,
+    /// LIO: `transport_deregister_session` (kprobe).
+    LioNexusDestroy,
 }
 
 impl Point {
+    /// The kernel target's points, in attach order.
+    pub const LIO: [Point; 10] = [
+        Point::LioQueue,
+        Point::LioComplete,
+        Point::LioTmfReceived,
+        Point::LioTmfRequest,
+        Point::LioTmfExecute,
+        Point::LioAbortWait,
+        Point::LioTmfResponse,
+        Point::LioTmfSent,
+        Point::LioNexusCreate,
+        Point::LioNexusDestroy,
+    ];
+
     pub const ALL: [Point; 14] = [
         Point::Queue,
         Point::Perform,
@@ -138,7 +196,34 @@ impl Point {
             Point::TmfTxStart => "tmf_tx_start",
             Point::ConnClose => "conn_close",
             Point::TmfWalk => "tmf_walk",
+            Point::LioQueue => "lio_queue",
+            Point::LioComplete => "lio_complete",
+            Point::LioTmfReceived => "lio_tmf_received",
+            Point::LioTmfRequest => "lio_tsk_mgmt",
+            Point::LioTmfExecute => "lio_tmf_execute",
+            Point::LioAbortWait => "lio_abort_wait",
+            Point::LioTmfResponse => "lio_tmf_response",
+            Point::LioTmfSent => "lio_tmf_sent",
+            Point::LioNexusCreate => "lio_nexus_create",
+            Point::LioNexusDestroy => "lio_nexus_destroy",
         }
+    }
+
+    /// The program at a LIO point's entry, and the one at its return.
+    pub fn lio_programs(self) -> Option<(&'static str, Option<&'static str>)> {
+        Some(match self {
+            Point::LioQueue => ("lio_cmd_start", None),
+            Point::LioComplete => ("lio_cmd_complete", None),
+            Point::LioTmfReceived => ("lio_tmf_received", None),
+            Point::LioTmfRequest => ("lio_tmf_request", None),
+            Point::LioTmfExecute => ("lio_tmf_execute", Some("lio_tmf_executed")),
+            Point::LioAbortWait => ("lio_abort_wait", Some("lio_abort_waited")),
+            Point::LioTmfResponse => ("lio_tmf_response", None),
+            Point::LioTmfSent => ("lio_tmf_build", Some("lio_tmf_sent")),
+            Point::LioNexusCreate => ("lio_session_up", None),
+            Point::LioNexusDestroy => ("lio_session_down", None),
+            _ => return None,
+        })
     }
 
     /// The eBPF program attached there.
@@ -152,7 +237,9 @@ impl Point {
             Point::TmfReturn => "tmf_return",
             Point::TmfResponse => "tmf_response",
             Point::TmfWalk => "tmf_request",
-            other => other.name(),
+            other => other
+                .lio_programs()
+                .map_or(other.name(), |(entry, _)| entry),
         }
     }
 
@@ -203,6 +290,8 @@ impl Point {
             Point::TmfWalk => &[F::MgmtArgs, F::CmdTag, F::CmdLun, F::CmdMreq, F::MreqBusy],
             // Found and proved in the machine code by `crate::locate`.
             Point::TmfReceived | Point::TmfSent | Point::TmfTxStart | Point::ConnClose => &[],
+            // The kernel's: offsets from its BTF (`crate::lio`).
+            _ => &[],
         }
     }
 
@@ -222,6 +311,16 @@ impl Point {
             Point::TmfSent => "iscsi_task_tx_done",
             Point::TmfTxStart => "iscsi_tm_tx_start",
             Point::ConnClose => symbol::CONN_CLOSE,
+            Point::LioQueue => "target_sequencer_start",
+            Point::LioComplete => "target_cmd_complete",
+            Point::LioTmfReceived => "iscsit_handle_task_mgt_cmd",
+            Point::LioTmfRequest => "transport_generic_handle_tmr",
+            Point::LioTmfExecute => "target_tmr_work",
+            Point::LioAbortWait => "target_put_cmd_and_wait",
+            Point::LioTmfResponse => "lio_queue_tm_rsp",
+            Point::LioTmfSent => "iscsit_build_task_mgt_rsp",
+            Point::LioNexusCreate => "__transport_register_session",
+            Point::LioNexusDestroy => "transport_deregister_session",
         }
     }
 }

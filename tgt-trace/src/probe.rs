@@ -7,7 +7,9 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{
-        UProbe,
+        KProbe, RawTracePoint, UProbe,
+        kprobe::KProbeLink,
+        raw_trace_point::RawTracePointLink,
         uprobe::{UProbeAttachLocation, UProbeLink, UProbeScope},
     },
 };
@@ -70,10 +72,19 @@ impl From<aya::programs::ProgramError> for ProbeError {
     }
 }
 
+/// Which target's probes, and what they need to know of it.
+#[derive(Debug, Clone)]
+pub enum Traced {
+    /// tgtd: its binary, inspected and proved (`crate::tgtd`).
+    Tgtd(Box<TgtdBinary>),
+    /// The kernel's LIO: its structures' offsets, from BTF (`crate::lio`).
+    Lio(tgt_trace_common::lio::Layout),
+}
+
 /// What to trace.
 #[derive(Debug, Clone)]
 pub struct TraceOptions {
-    pub binary: TgtdBinary,
+    pub traced: Traced,
     /// Only this process (filtered by the kernel at the uprobe).
     pub pid: Option<NonZeroU32>,
     pub set: ProbeSet,
@@ -81,11 +92,29 @@ pub struct TraceOptions {
     pub ring_bytes: u32,
 }
 
-/// Probes attached to tgtd, and the ring buffer they fill.
+/// An attached probe of either target.
+enum Link {
+    // Held for their Drop, which detaches them.
+    Uprobe(#[allow(dead_code, reason = "held to be dropped")] UProbeLink),
+    Kprobe(#[allow(dead_code, reason = "held to be dropped")] KProbeLink),
+    RawTracepoint(#[allow(dead_code, reason = "held to be dropped")] RawTracePointLink),
+}
+
+/// `LIO_LAYOUT` as aya loads a global: plain bytes of the same layout.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+struct LioLayoutGlobal(tgt_trace_common::lio::Layout);
+
+// SAFETY: `repr(C)` of u32 fields only, no padding, every bit pattern valid.
+unsafe impl aya::Pod for LioLayoutGlobal {}
+
+/// Probes attached to a target, and the ring buffer they fill.
 pub struct Tracer {
     /// The attached probes, owned apart from their programs so that they
     /// are detached together (see [`Tracer::detach`]).
-    links: Vec<UProbeLink>,
+    links: Vec<Link>,
+    /// LIO's records carry kernel pointers, replaced here by ids.
+    lio_ids: Option<crate::lio::Ids>,
     // Dropping `Ebpf` unloads the programs; it must outlive the maps' users.
     _ebpf: Ebpf,
     ring: RingBuf<MapData>,
@@ -101,43 +130,47 @@ impl Tracer {
             return Err(ProbeError::NoProbes);
         }
         check_privileges()?;
+        match &opts.traced {
+            Traced::Tgtd(binary) => Tracer::start_tgtd(opts, binary),
+            Traced::Lio(layout) => Tracer::start_lio(opts, layout),
+        }
+    }
+
+    fn start_tgtd(opts: &TraceOptions, binary: &TgtdBinary) -> Result<Tracer, ProbeError> {
         if let Some(pid) = opts.pid {
             let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
-            let binary = std::fs::canonicalize(&opts.binary.path).ok();
-            if exe.is_none() || exe != binary {
+            let canonical = std::fs::canonicalize(&binary.path).ok();
+            if exe.is_none() || exe != canonical {
                 return Err(ProbeError::NotTgtd {
                     pid: pid.get(),
-                    binary: opts.binary.path.display().to_string(),
+                    binary: binary.path.display().to_string(),
                 });
             }
         }
         // The walk is the tmf set's covered sets; the others learn them
         // from arrivals and releases.
-        let walk = match &opts.binary.tmf_walk {
+        let walk = match &binary.tmf_walk {
             Ok(walk) if opts.set.wants(Point::TmfWalk) => Some(*walk),
             _ => None,
         };
         let walk_covers: u8 = walk.is_some().into();
         let target_list_from_entry: i64 = walk.map_or(0, |w| w.target_list_from_entry);
-        let read_conn_state: u8 = opts.binary.tmf_response_reads_connection.into();
-        let received_reg: u8 = opts
-            .binary
+        let read_conn_state: u8 = binary.tmf_response_reads_connection.into();
+        let received_reg: u8 = binary
             .tmf_received
             .as_ref()
             .map_or(tgt_trace_common::pt_regs::RDI, |p| p.task_reg);
-        let tx_conn_reg: u8 = opts
-            .binary
+        let tx_conn_reg: u8 = binary
             .tmf_tx_start
             .as_ref()
             .map_or(tgt_trace_common::pt_regs::RAX, |p| p.task_reg);
         // The walk's offsets are proved by the received point (task flags)
         // and conn_close (the session's task lists).
-        let walk_tasks: u8 =
-            (opts.binary.tmf_received.is_ok() && opts.binary.conn_close.is_ok()).into();
+        let walk_tasks: u8 = (binary.tmf_received.is_ok() && binary.conn_close.is_ok()).into();
         // Each entry probe on its function's first emulated instruction,
         // its arguments where the machine code has them there.
         let placed_args = |point: Point| {
-            opts.binary
+            binary
                 .placements
                 .get(&point)
                 .map_or(tgt_trace_common::args::SYSV, |p| p.args)
@@ -168,43 +201,38 @@ impl Tracer {
             Some(pid) => UProbeScope::OneProcess(pid),
             None => UProbeScope::AllProcesses,
         };
-        let binary_path = opts.binary.path.display().to_string();
+        let binary_path = binary.path.display().to_string();
         let mut points = Vec::new();
         let mut links = Vec::new();
         for path in Point::ALL {
             let (name, program, function) = (path, path.program(), path.function());
             let located = match path {
-                Point::TmfResponse => opts.binary.tmf_response_offset.ok_or_else(|| {
+                Point::TmfResponse => binary.tmf_response_offset.ok_or_else(|| {
                     "iscsi_tm_done could not be located through the iSCSI driver table; \
                      TMF responses are inferred from tgtd's return value and releases"
                         .to_owned()
                 }),
-                Point::TmfReceived => opts.binary.tmf_received.clone().map(|p| p.address),
-                Point::TmfSent => opts.binary.tmf_sent.clone().map(|p| p.address),
-                Point::TmfTxStart => opts.binary.tmf_tx_start.clone().map(|p| p.address),
-                Point::ConnClose => opts.binary.conn_close.clone(),
-                Point::TmfWalk => opts.binary.tmf_walk.clone().and_then(|_| {
-                    opts.binary
+                Point::TmfReceived => binary.tmf_received.clone().map(|p| p.address),
+                Point::TmfSent => binary.tmf_sent.clone().map(|p| p.address),
+                Point::TmfTxStart => binary.tmf_tx_start.clone().map(|p| p.address),
+                Point::ConnClose => binary.conn_close.clone(),
+                Point::TmfWalk => binary.tmf_walk.clone().and_then(|_| {
+                    binary
                         .symbol_offset(function)
                         .ok_or_else(|| format!("{function} is not exported"))
                 }),
-                _ => opts
-                    .binary
+                _ => binary
                     .symbol_offset(function)
                     .ok_or_else(|| format!("{function} is not exported")),
             };
             // Never read with an offset the build's code does not prove.
-            let located = match opts.binary.unproved_for(path) {
+            let located = match binary.unproved_for(path) {
                 Some(why) => Err(why),
                 None => located,
             };
             // An entry probe goes where `placements` put it.
-            let located = located.map(|offset| {
-                opts.binary
-                    .placements
-                    .get(&path)
-                    .map_or(offset, |p| p.offset)
-            });
+            let located =
+                located.map(|offset| binary.placements.get(&path).map_or(offset, |p| p.offset));
             let offset = located.as_ref().ok().copied();
             let mut point = ProbePoint {
                 name,
@@ -250,7 +278,7 @@ impl Tracer {
             let link = prog
                 .attach(
                     UProbeAttachLocation::AbsoluteOffset(offset),
-                    &opts.binary.path,
+                    &binary.path,
                     scope,
                 )
                 .map_err(|source| {
@@ -271,10 +299,19 @@ impl Tracer {
                         source: Box::new(source),
                     }
                 })?;
-            links.push(prog.take_link(link)?);
+            links.push(Link::Uprobe(prog.take_link(link)?));
             point.attached = true;
             points.push(point);
         }
+        Tracer::finish(ebpf, links, points, None)
+    }
+
+    fn finish(
+        mut ebpf: Ebpf,
+        links: Vec<Link>,
+        points: Vec<ProbePoint>,
+        lio_ids: Option<crate::lio::Ids>,
+    ) -> Result<Tracer, ProbeError> {
         let ring = RingBuf::try_from(
             ebpf.take_map("EVENTS")
                 .ok_or(ProbeError::MissingProgram("EVENTS"))?,
@@ -285,12 +322,55 @@ impl Tracer {
         )?;
         Ok(Tracer {
             links,
+            lio_ids,
             _ebpf: ebpf,
             ring,
             counters,
             points,
             decode_errors: 0,
         })
+    }
+
+    /// The kernel target: kprobes on LIO's TMF path, raw tracepoints on its
+    /// command path. Every point but the TMF's entry into the core may be
+    /// missing (another fabric than iSCSI, a function inlined in this
+    /// kernel): the header says which, and the matcher what it then cannot
+    /// know.
+    fn start_lio(
+        opts: &TraceOptions,
+        layout: &tgt_trace_common::lio::Layout,
+    ) -> Result<Tracer, ProbeError> {
+        let mut ebpf = EbpfLoader::new()
+            .override_global("LIO_LAYOUT", &LioLayoutGlobal(*layout), true)
+            .map_max_entries("EVENTS", opts.ring_bytes)
+            .load(PROBES)
+            .map_err(ProbeError::Load)?;
+        let mut links = Vec::new();
+        let mut points = Vec::new();
+        for point in Point::LIO {
+            let function = point.function();
+            let mut probe = ProbePoint {
+                name: point,
+                function: function.to_owned(),
+                offset: None,
+                attached: false,
+                missing: None,
+            };
+            match attach_lio(&mut ebpf, point, &mut links) {
+                Ok(()) => probe.attached = true,
+                Err(e) if point == Point::LioTmfRequest => {
+                    return Err(ProbeError::Attach {
+                        name: point,
+                        function,
+                        binary: "the kernel".to_owned(),
+                        source: Box::new(e),
+                    });
+                }
+                Err(e) => probe.missing = Some(format!("{function}: {e}")),
+            }
+            points.push(probe);
+        }
+        Tracer::finish(ebpf, links, points, Some(crate::lio::Ids::default()))
     }
 
     /// Detaches every probe, all at once. The kernel waits for a grace
@@ -318,7 +398,11 @@ impl Tracer {
     pub fn drain(&mut self, mut sink: impl FnMut(Event)) -> usize {
         let mut n = 0;
         while let Some(item) = self.ring.next() {
-            match decode(&item) {
+            let decoded = match &mut self.lio_ids {
+                Some(ids) => ids.decode(&item),
+                None => decode(&item),
+            };
+            match decoded {
                 Ok(event) => sink(event),
                 Err(_) => self.decode_errors += 1,
             }
@@ -349,6 +433,34 @@ impl Drop for Tracer {
     fn drop(&mut self) {
         self.detach();
     }
+}
+
+/// Loads and attaches one LIO point's programs (entry, and return where it
+/// has one).
+fn attach_lio(
+    ebpf: &mut Ebpf,
+    point: Point,
+    links: &mut Vec<Link>,
+) -> Result<(), aya::programs::ProgramError> {
+    let Some((entry, ret)) = point.lio_programs() else {
+        return Ok(());
+    };
+    let function = point.function();
+    let missing = || aya::programs::ProgramError::UnexpectedProgramType;
+    if matches!(point, Point::LioQueue | Point::LioComplete) {
+        let prog: &mut RawTracePoint = ebpf.program_mut(entry).ok_or_else(missing)?.try_into()?;
+        prog.load()?;
+        let link = prog.attach(function)?;
+        links.push(Link::RawTracepoint(prog.take_link(link)?));
+        return Ok(());
+    }
+    for program in std::iter::once(entry).chain(ret) {
+        let prog: &mut KProbe = ebpf.program_mut(program).ok_or_else(missing)?.try_into()?;
+        prog.load()?;
+        let link = prog.attach(function, 0)?;
+        links.push(Link::Kprobe(prog.take_link(link)?));
+    }
+    Ok(())
 }
 
 /// Fails early, naming what is missing, instead of letting the kernel answer

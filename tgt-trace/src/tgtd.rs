@@ -156,6 +156,11 @@ pub enum LayoutCheck {
     KnownBuild { build: String },
     /// Traces before schema 7: a byte-pattern fingerprint.
     CodeFingerprint,
+    /// The kernel target (LIO): every offset read from the running
+    /// kernel's BTF (`crate::lio`), by `struct.member`.
+    Btf {
+        offsets: std::collections::BTreeMap<String, u32>,
+    },
 }
 
 /// An entry probe's place in the file.

@@ -14,7 +14,7 @@ use crate::{
     correlate::{self, CommandRecord, OrphanRecord, Record, TmfRecord},
     event::Event,
     plausible::LayoutViolations,
-    points::{KernelCounters, ProbePoint, ProbeSet},
+    points::{KernelCounters, ProbePoint, ProbeSet, Target},
     tgtd::LayoutCheck,
 };
 
@@ -74,6 +74,11 @@ pub struct MatchedSummary {
 pub struct Header {
     pub schema_version: u32,
     pub tgt_trace_version: String,
+    /// `tgtd` or `lio` (absent before schema 8: tgtd). For `lio`,
+    /// `tgtd_path` is `kernel`, `tgtd_build_id` the kernel release and
+    /// `pids` empty.
+    #[serde(default)]
+    pub target: Target,
     pub tgtd_path: String,
     pub tgtd_build_id: String,
     pub tgtd_layout: LayoutCheck,

@@ -1597,6 +1597,7 @@ fn header_mutation() -> impl Strategy<Value = HeaderMutation> {
                 "6",
                 "7",
                 "8",
+                "9",
                 "-1",
                 "1.0",
                 "\"3\"",

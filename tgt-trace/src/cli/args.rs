@@ -4,12 +4,18 @@ use std::{num::NonZeroU32, path::PathBuf, time::Duration};
 
 use tgt_trace::{
     correlate::Config,
-    probe::{ProbeSet, TraceOptions},
+    points::Target,
+    probe::{ProbeSet, TraceOptions, Traced},
     tgtd::{DEFAULT_TGTD, TgtdBinary, TgtdError},
 };
 
 #[derive(clap::Args, Clone)]
 pub struct AttachArgs {
+    /// Which SCSI target: tgtd (uprobes on tgt's daemon), or lio (the
+    /// kernel's target: kprobes and raw tracepoints; needs the kernel's BTF
+    /// and LIO's modules loaded; --tgtd, --pid and --probes do not apply).
+    #[arg(long, value_enum, default_value = "tgtd")]
+    pub target: Target,
     /// The tgtd binary whose processes are traced [default: with --pid, that
     /// process's executable; else /usr/sbin/tgtd].
     #[arg(long, value_name = "PATH")]
@@ -31,6 +37,20 @@ pub struct AttachArgs {
 impl AttachArgs {
     /// What to trace: the binary is checked here, before anything attaches.
     pub fn trace_options(&self) -> anyhow::Result<TraceOptions> {
+        if self.target == Target::Lio {
+            if self.tgtd.is_some() || self.pid.is_some() {
+                anyhow::bail!(
+                    "--tgtd and --pid name a tgtd process; the kernel target (--target lio) \
+                     has none: drop them"
+                );
+            }
+            return Ok(TraceOptions {
+                traced: Traced::Lio(tgt_trace::lio::layout_from_sysfs()?),
+                pid: None,
+                set: self.probes,
+                ring_bytes: self.ring_size,
+            });
+        }
         let path = match (&self.tgtd, self.pid) {
             (Some(path), _) => path.clone(),
             // The running process's own binary, whatever build it is.
@@ -59,7 +79,7 @@ impl AttachArgs {
             return Err(refusal.into());
         }
         Ok(TraceOptions {
-            binary,
+            traced: Traced::Tgtd(Box::new(binary)),
             pid: self.pid,
             set: self.probes,
             ring_bytes: self.ring_size,

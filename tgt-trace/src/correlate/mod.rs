@@ -19,6 +19,7 @@ use rustc_hash::FxHashMap;
 
 use tgt_trace_common::{TASK_ABORTED, mgmt_ret, tmf};
 
+mod lio;
 mod records;
 
 pub use records::*;
@@ -92,6 +93,9 @@ pub struct Coverage {
     /// (aborted at once, or waited for), as tgtd decides them. Without
     /// releases a blocker's release time is unknown.
     pub covers: bool,
+    /// The trace is of the kernel's target, LIO: its rules (`lio.rs`)
+    /// apply, and its covered sets come from its own aborts.
+    pub lio: bool,
 }
 
 impl Coverage {
@@ -105,6 +109,7 @@ impl Coverage {
         tmf_sent: true,
         conn_close: true,
         covers: false,
+        lio: false,
     };
 
     /// The lean probe set: queue and release, result read at release.
@@ -133,6 +138,20 @@ impl Coverage {
     /// From a trace header's probe list.
     pub fn from_probes(probes: &[ProbePoint]) -> Coverage {
         let attached = |point| crate::points::attached(probes, point);
+        if Point::LIO.iter().any(|&p| attached(p)) {
+            return Coverage {
+                queue: attached(Point::LioQueue),
+                perform: false,
+                result: attached(Point::LioComplete),
+                release: false,
+                tmf_response: attached(Point::LioTmfResponse),
+                tmf_received: attached(Point::LioTmfReceived),
+                tmf_sent: attached(Point::LioTmfSent),
+                conn_close: false,
+                covers: attached(Point::LioAbortWait),
+                lio: true,
+            };
+        }
         Coverage {
             queue: attached(Point::Queue),
             perform: attached(Point::Perform),
@@ -143,6 +162,7 @@ impl Coverage {
             tmf_sent: attached(Point::TmfSent),
             conn_close: attached(Point::ConnClose),
             covers: attached(Point::TmfWalk),
+            lio: false,
         }
     }
 }
@@ -239,6 +259,10 @@ struct Tmf {
     /// incomplete, once `TmfWalked` said so.
     covers_seen: u32,
     walk_incomplete: Option<String>,
+    /// LIO: when the core began executing it (`target_tmr_work`).
+    executed_ns: Option<u64>,
+    /// LIO: the commands it waits for, by their id, until released.
+    waits: Vec<(u64, CmdKey)>,
 }
 
 /// A TMF as the iSCSI layer received it.
@@ -420,7 +444,12 @@ impl Matcher {
                 tmf_mid,
                 ..
             } => {
-                self.result((pid, itn_id, tag), result, tmf_mid, ts_ns, out);
+                if self.cfg.coverage.lio {
+                    // LIO's status is a command's last event.
+                    self.release(ts_ns, (pid, itn_id, tag), result, None, out);
+                } else {
+                    self.result((pid, itn_id, tag), result, tmf_mid, ts_ns, out);
+                }
             }
             Event::CmdRelease {
                 ts_ns,
@@ -517,6 +546,9 @@ impl Matcher {
                     (lun, lun_raw),
                     out,
                 );
+                if self.cfg.coverage.lio {
+                    self.lio_received(ts_ns, (pid, task));
+                }
             }
             Event::TmfSent {
                 ts_ns,
@@ -557,6 +589,26 @@ impl Matcher {
                 truncated,
                 ..
             } => self.tmf_walked((pid, mid), covered, truncated),
+            Event::TmfExecute {
+                ts_ns, pid, mid, ..
+            } => self.lio_execute(ts_ns, (pid, mid)),
+            Event::AbortWait {
+                ts_ns,
+                pid,
+                mid,
+                itn_id,
+                tag,
+                lun,
+                cmd,
+                tas,
+                ..
+            } => self.lio_abort_wait(ts_ns, (pid, mid), (pid, itn_id, tag), lun, cmd, tas),
+            Event::AbortWaited {
+                ts_ns,
+                pid,
+                mid,
+                cmd,
+            } => self.lio_abort_waited(ts_ns, (pid, mid), cmd, out),
         }
         self.advance(self.now_ns, out);
     }
@@ -847,6 +899,22 @@ impl Matcher {
             .filter(|(_, t)| cmd.covered_by.contains(&t.seq))
             .min_by_key(|(_, t)| t.seq)
             .map(|(k, _)| *k);
+        if tmf_key.is_none() && self.cfg.coverage.lio {
+            // LIO marks every command a LUN RESET covers aborted at once
+            // (`core_tmr_drain_state_list`), then waits for them one by
+            // one: a TAS status can come before the wait that names it.
+            tmf_key = self
+                .tmfs
+                .iter()
+                .filter(|(k, t)| {
+                    k.0 == key.0
+                        && t.executed_ns.is_some()
+                        && t.function == tmf::LOGICAL_UNIT_RESET
+                        && cmd.lun.is_none_or(|l| l == t.lun)
+                })
+                .min_by_key(|(_, t)| t.seq)
+                .map(|(k, _)| *k);
+        }
         if tmf_key.is_none() && !self.cfg.coverage.queue {
             // Without arrivals the covered set is unknown: the TMF in progress
             // on this pid, or the latest matching one.
@@ -1032,6 +1100,8 @@ impl Matcher {
             linger_until: None,
             covers_seen: 0,
             walk_incomplete: None,
+            executed_ns: None,
+            waits: Vec::new(),
         }
     }
 
@@ -1089,6 +1159,12 @@ impl Matcher {
         tmf.tag = tag;
         tmf.lun = lun;
         tmf.lun_raw = lun_raw.or(tmf.lun_raw);
+        if self.cfg.coverage.lio {
+            // LIO's covered set is what it aborts (`abort_wait`), and it
+            // has no return value to wait for.
+            self.tmfs.insert(tk, tmf);
+            return;
+        }
         self.cover(&mut tmf);
         if function == tmf::ABORT_TASK && tmf.covered.is_empty() {
             tmf.race = self.race_gap(tk.0, itn_id, tag, ts);
@@ -1447,12 +1523,18 @@ impl Matcher {
             .or_else(|| tmf.response.map(|r| iscsi_response_of(r.0)));
         let cause =
             match delivery {
+                // LIO writes it to a connection whose initiator has gone.
+                Delivery::FreedUnsent if self.cfg.coverage.lio => Some(format!(
+                    "connection closed: the initiator had closed its end when the target sent \
+                     its response ({})",
+                    iscsi_response.map_or("unknown", iscsi_response_name)
+                )),
                 Delivery::FreedUnsent => Some(match iscsi_response {
                     Some(code) => format!(
-                        "connection closed: tgtd freed its response ({}) unsent",
+                        "connection closed: the target freed its response ({}) unsent",
                         iscsi_response_name(code)
                     ),
-                    None => "connection closed: tgtd freed its response unsent".to_owned(),
+                    None => "connection closed: the target freed its response unsent".to_owned(),
                 }),
                 Delivery::NotSent if tmf.response.is_some() => Some(cause.unwrap_or_else(|| {
                     "tgtd built a response that was never seen leaving".to_owned()
@@ -1466,6 +1548,9 @@ impl Matcher {
             .is_some_and(|r| r == Referenced::HeldByTransport);
         let outcome = match (delivery, iscsi_response) {
             (Delivery::FreedUnsent | Delivery::NotSent, _) | (_, None) => TmfOutcome::Unanswered,
+            (_, Some(code)) if transport_only && self.cfg.coverage.lio => {
+                lio::transport_outcome(code, tmf.race.is_some())
+            }
             (_, Some(code)) if transport_only => match code {
                 tgt_trace_common::iscsi_rsp::REJECTED => TmfOutcome::RejectedByTransport,
                 _ => TmfOutcome::NotSupportedByTransport,
@@ -1645,6 +1730,7 @@ impl Matcher {
             outcome,
             covered: tmf.covered.into_iter().map(|(_, c)| c).collect(),
             race_gap_ns: tmf.race,
+            executed_ns: tmf.executed_ns,
             cause: if outcome == TmfOutcome::Unanswered {
                 cause.or_else(|| Some("no response".to_owned()))
             } else {

@@ -238,6 +238,10 @@ pub struct TmfRecord {
     /// For a race: the gap between that command's release and the request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub race_gap_ns: Option<u64>,
+    /// LIO: when the core began executing it (`target_tmr_work`, a kworker:
+    /// the gap from the request is the work queue's delay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executed_ns: Option<u64>,
     /// Why the TMF was closed early: for unanswered, why there is no
     /// response; for an answered one, why some covered command's fate is
     /// unknown, or that it was evicted.

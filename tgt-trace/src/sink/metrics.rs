@@ -682,6 +682,7 @@ mod tests {
             outcome,
             covered: Vec::new(),
             race_gap_ns: None,
+            executed_ns: None,
             cause: None,
         })
     }

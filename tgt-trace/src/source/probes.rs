@@ -20,7 +20,8 @@ use tokio::{
 use crate::{
     event::Event,
     pipeline::{Driver, lines_lost},
-    probe::{self, ProbeError, TraceOptions, Tracer},
+    points::Target,
+    probe::{self, ProbeError, TraceOptions, Traced, Tracer},
     sink::SinkError,
     trace::{Drops, Header, Summary},
 };
@@ -81,16 +82,32 @@ pub struct Ended {
 /// Attaches the probes to `trace`'s binary.
 pub fn attach(trace: &TraceOptions) -> Result<Attached, ProbeError> {
     let tracer = Tracer::start(trace)?;
-    let pids = match trace.pid {
-        Some(pid) => vec![pid.get()],
-        None => probe::running_processes(&trace.binary.path),
+    let (target, pids, path, build_id, layout) = match &trace.traced {
+        Traced::Tgtd(binary) => (
+            Target::Tgtd,
+            match trace.pid {
+                Some(pid) => vec![pid.get()],
+                None => probe::running_processes(&binary.path),
+            },
+            binary.path.display().to_string(),
+            binary.build_id.clone(),
+            binary.layout.clone(),
+        ),
+        Traced::Lio(layout) => (
+            Target::Lio,
+            Vec::new(),
+            "kernel".to_owned(),
+            crate::lio::kernel_release(),
+            crate::lio::layout_check(layout),
+        ),
     };
     let header = Header {
         schema_version: crate::SCHEMA_VERSION,
         tgt_trace_version: env!("CARGO_PKG_VERSION").to_owned(),
-        tgtd_path: trace.binary.path.display().to_string(),
-        tgtd_build_id: trace.binary.build_id.clone(),
-        tgtd_layout: trace.binary.layout.clone(),
+        target,
+        tgtd_path: path,
+        tgtd_build_id: build_id,
+        tgtd_layout: layout,
         probe_set: trace.set,
         probes: tracer.points().to_vec(),
         pids,
@@ -138,7 +155,7 @@ pub async fn run(
             Err(_) => {}
         }
     }
-    if header.pids.is_empty() && !stops.quiet {
+    if header.pids.is_empty() && header.target == Target::Tgtd && !stops.quiet {
         eprintln!(
             "tgt-trace: no {} process is running yet; its processes are traced as they start",
             header.tgtd_path
@@ -175,6 +192,8 @@ pub async fn run(
     let mut processes = Processes {
         live: header.pids.iter().copied().collect(),
         exited: BTreeSet::new(),
+        // The kernel target has no process to outlive.
+        watch: header.target == Target::Tgtd,
     };
     let mut drains: u32 = 0;
     let mut command_status = None;
@@ -253,6 +272,7 @@ pub async fn run(
 struct Processes {
     live: BTreeSet<u32>,
     exited: BTreeSet<u32>,
+    watch: bool,
 }
 
 impl Processes {
@@ -264,7 +284,7 @@ impl Processes {
                 return;
             }
             let pid = event.pid();
-            if !self.exited.contains(&pid) {
+            if self.watch && !self.exited.contains(&pid) {
                 self.live.insert(pid);
             }
             n += 1;
