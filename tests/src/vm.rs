@@ -609,7 +609,7 @@ else
         >/tmp/tracer.stdout 2>/tmp/tracer.stderr
     tracer=$?
 fi
-kill $load 2>/dev/null; wait $load
+kill $load 2>/dev/null; wait $load 2>/dev/null
 mark "status tracer $tracer"
 if [ -z "$rows" ] && [ -s /tmp/trace.ndjson ]; then
     tgt-trace report /tmp/trace.ndjson > /tmp/report.txt 2>&1

@@ -62,7 +62,9 @@ pub fn run(timeout: Duration) -> anyhow::Result<()> {
         demo: None,
     };
     let booted = Instant::now();
-    let run = boot(&plan, "run", timeout)?;
+    let Some(run) = boot(&plan, "run", timeout)? else {
+        return Ok(());
+    };
     note(&format!(
         "xtask: vm: guest built, booted and done in {:.1} s",
         booted.elapsed().as_secs_f64()
@@ -81,8 +83,9 @@ pub fn run(timeout: Duration) -> anyhow::Result<()> {
 }
 
 /// Builds the guest under target/vm/`name` and boots it with qemu
-/// registered for the signal thread's last resort.
-fn boot(plan: &GuestPlan, name: &str, timeout: Duration) -> anyhow::Result<GuestRun> {
+/// registered for the signal thread's last resort; `None` when stopped by
+/// a signal (qemu killed).
+fn boot(plan: &GuestPlan, name: &str, timeout: Duration) -> anyhow::Result<Option<GuestRun>> {
     let mut registration = None;
     let verbose = crate::VERBOSE.load(std::sync::atomic::Ordering::Relaxed);
     let run = vm::run_guest(
@@ -98,10 +101,10 @@ fn boot(plan: &GuestPlan, name: &str, timeout: Duration) -> anyhow::Result<Guest
         &|| owned::stopping().is_some(),
     );
     drop(registration);
-    if let Some(sig) = owned::stopping() {
-        bail!("stopped by signal {sig}");
+    if owned::stopping().is_some() {
+        return Ok(None);
     }
-    Ok(run?)
+    Ok(Some(run?))
 }
 
 /// Prints what each scenario saw; true when the guest ran to its end and
@@ -244,7 +247,9 @@ pub fn demo(duration: Duration) -> anyhow::Result<()> {
     // Boot, set-up and shutdown on top of the demo's own time.
     let timeout = duration + Duration::from_secs(120);
     if terminal.is_none() {
-        let run = boot(&plan, "demo", timeout)?;
+        let Some(run) = boot(&plan, "demo", timeout)? else {
+            return Ok(());
+        };
         let log = root().join("target/vm/demo-console.log");
         vm::save(&log, &run.console)?;
         if let Some(report) = run.sections.get("report") {
