@@ -4,5 +4,6 @@ pub mod group;
 pub mod iscsi;
 pub mod slowio;
 pub mod tgtd;
+pub mod vm;
 pub mod wire;
 pub mod workload;

@@ -12,8 +12,12 @@ mod setup;
 mod soak;
 mod soak_tui;
 mod tgtd_builds;
+mod vm;
 
-use std::process::{Command, ExitCode};
+use std::{
+    process::{Command, ExitCode},
+    time::Duration,
+};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
@@ -83,10 +87,22 @@ enum Job {
     },
     /// Build the Debian package (release binary, man pages, unit, rules) into target/debian/.
     Deb,
-    /// Start a scratch tgtd on 127.0.0.1, drive a workload that causes aborts, and trace it live.
+    /// LIO (the kernel's SCSI target) in a throw-away qemu guest with Debian's kernel: the
+    /// TMF scenarios run inside under tgt-trace; their results, the trace, the console.
+    Vm {
+        /// Kill the guest after this many seconds.
+        #[arg(long, default_value_t = vm::GUEST_TIMEOUT.as_secs())]
+        timeout: u64,
+    },
+    /// Start a scratch tgtd on 127.0.0.1 (or LIO in a qemu guest), drive a workload that
+    /// causes aborts, and trace it live.
     Demo {
-        /// Stop after this many seconds (0: until Ctrl-C, or q in the TUI).
-        #[arg(long, default_value_t = 0)]
+        /// The SCSI target: tgtd on this host, or LIO in a qemu guest (`cargo xtask vm`'s).
+        #[arg(long, value_enum, default_value_t = DemoTarget::Tgtd)]
+        target: DemoTarget,
+        /// Stop after this many seconds (0: until Ctrl-C, or q in the TUI; with
+        /// --target lio, 0 means 30: the guest always powers off).
+        #[arg(long, visible_alias = "duration", default_value_t = 0)]
         seconds: u64,
         /// Print TMF records and orphans as text instead of the TUI (the
         /// TUI needs a terminal and no --seconds).
@@ -102,6 +118,12 @@ enum Job {
     },
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DemoTarget {
+    Tgtd,
+    Lio,
+}
+
 static VERBOSE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn main() -> ExitCode {
@@ -109,7 +131,7 @@ fn main() -> ExitCode {
     VERBOSE.store(cli.verbose, std::sync::atomic::Ordering::Relaxed);
     // The jobs that start tgtd or a workload stop them on every signal.
     let signals = match &cli.job {
-        Job::Demo { .. } | Job::Soak { .. } => Some(owned::Mode::Cooperative),
+        Job::Demo { .. } | Job::Soak { .. } | Job::Vm { .. } => Some(owned::Mode::Cooperative),
         Job::Bench { .. } => Some(owned::Mode::Immediate),
         Job::Setup | Job::Test { .. } | Job::Fuzz { .. } | Job::Deb | Job::TgtdBuilds { .. } => {
             None
@@ -161,7 +183,15 @@ fn main() -> ExitCode {
             .and_then(|()| build_release(&["tgt-trace"]))
             .and_then(|()| deploy::package())
             .map(|_| ()),
+        Job::Vm { timeout } => setup::run().and_then(|()| vm::run(Duration::from_secs(timeout))),
         Job::Demo {
+            target: DemoTarget::Lio,
+            seconds,
+            ..
+        } => setup::run()
+            .and_then(|()| vm::demo(Duration::from_secs(if seconds == 0 { 30 } else { seconds }))),
+        Job::Demo {
+            target: DemoTarget::Tgtd,
             seconds,
             text,
             save,
@@ -286,7 +316,10 @@ fn test(no_e2e: bool, e2e_filter: Option<&str>) -> anyhow::Result<()> {
     setup::require_root("the end-to-end tests start tgtd and load eBPF probes")?;
     // Before the end-to-end tests: tests/tests/builds.rs reads its manifest.
     let builds = tgtd_builds::run()?;
-    build_release(&["tgt-trace", "tgt-slowio"])?;
+    // tests/tests/lio.rs boots LIO in a qemu guest: its packages and kernel.
+    vm::setup()?;
+    // tgt-trace-e2e: lio-scenarios, which runs in that guest.
+    build_release(&["tgt-trace", "tgt-slowio", "tgt-trace-e2e"])?;
     let mut e2e = cargo();
     e2e.args([
         "test",
@@ -299,6 +332,7 @@ fn test(no_e2e: bool, e2e_filter: Option<&str>) -> anyhow::Result<()> {
     ])
     .args(["--test-threads=1"])
     .env("TGT_TRACE_BIN", root().join("target/release/tgt-trace"))
+    .env("LIO_SCENARIOS_BIN", vm::scenarios_bin())
     // Debian's tgtd: the other builds get their own runs below.
     .env_remove(tgt_trace_e2e::tgtd::TGTD_ENV)
     // The demo's end-to-end test runs this very xtask.
