@@ -59,6 +59,12 @@ pub enum ProbeError {
         "the eBPF object lacks {0}; the probes and tgt-trace were built from different sources: rebuild"
     )]
     MissingProgram(&'static str),
+    /// No LIO point could be attached.
+    #[error(
+        "no probe of the kernel target could be attached (first: {why}); tracing LIO needs \
+         kprobes (CONFIG_KPROBES) for its TMF path and its target_* tracepoints for commands"
+    )]
+    NothingAttached { why: String },
     #[error("{0}")]
     Map(#[from] aya::maps::MapError),
     #[error("{0}")]
@@ -332,10 +338,9 @@ impl Tracer {
     }
 
     /// The kernel target: kprobes on LIO's TMF path, raw tracepoints on its
-    /// command path. Every point but the TMF's entry into the core may be
-    /// missing (another fabric than iSCSI, a function inlined in this
-    /// kernel): the header says which, and the matcher what it then cannot
-    /// know.
+    /// command path. Any point may be missing (no kprobes in this kernel,
+    /// another fabric than iSCSI, a function inlined): the header says
+    /// which, with why; with none at all tracing fails.
     fn start_lio(
         opts: &TraceOptions,
         layout: &tgt_trace_common::lio::Layout,
@@ -358,17 +363,18 @@ impl Tracer {
             };
             match attach_lio(&mut ebpf, point, &mut links) {
                 Ok(()) => probe.attached = true,
-                Err(e) if point == Point::LioTmfRequest => {
-                    return Err(ProbeError::Attach {
-                        name: point,
-                        function,
-                        binary: "the kernel".to_owned(),
-                        source: Box::new(e),
-                    });
-                }
                 Err(e) => probe.missing = Some(format!("{function}: {e}")),
             }
             points.push(probe);
+        }
+        // A kernel without kprobes still has the command path's raw
+        // tracepoints; without either there is nothing to trace.
+        if let Some(first) = points.iter().find(|p| !p.attached)
+            && points.iter().all(|p| !p.attached)
+        {
+            return Err(ProbeError::NothingAttached {
+                why: first.missing.clone().unwrap_or_default(),
+            });
         }
         Tracer::finish(ebpf, links, points, Some(crate::lio::Ids::default()))
     }

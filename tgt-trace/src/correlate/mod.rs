@@ -1648,7 +1648,8 @@ impl Matcher {
                 // be still held only when tgtd never built the response
                 // (it does at the last blocker's release) and no other TMF
                 // took the blockers over.
-                let covers = self.cfg.coverage.covers;
+                // LIO's covered sets come with their releases.
+                let covers = self.cfg.coverage.covers && !self.cfg.coverage.lio;
                 let never_released: Vec<&Covered> = tmf
                     .covered
                     .iter()

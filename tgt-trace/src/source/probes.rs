@@ -155,6 +155,15 @@ pub async fn run(
             Err(_) => {}
         }
     }
+    if header.target == Target::Lio && !stops.quiet {
+        for p in header.probes.iter().filter(|p| !p.attached) {
+            eprintln!(
+                "tgt-trace: LIO point {} not attached: {}",
+                p.name,
+                p.missing.as_deref().unwrap_or("unknown")
+            );
+        }
+    }
     if header.pids.is_empty() && header.target == Target::Tgtd && !stops.quiet {
         eprintln!(
             "tgt-trace: no {} process is running yet; its processes are traced as they start",

@@ -51,6 +51,8 @@ pub struct TraceInfo {
     /// "replay FILE" or "live".
     pub source: String,
     pub tgtd_path: String,
+    /// For the kernel target (LIO): the kernel release; it has no pids.
+    pub kernel: Option<String>,
     pub pids: Vec<u32>,
     pub probe_set: String,
     pub probes: Vec<ProbePoint>,
@@ -63,8 +65,13 @@ impl TraceInfo {
         TraceInfo {
             source,
             tgtd_path: header.tgtd_path.clone(),
+            kernel: (header.target == crate::points::Target::Lio)
+                .then(|| header.tgtd_build_id.clone()),
             pids: header.pids.clone(),
-            probe_set: format!("{:?}", header.probe_set).to_lowercase(),
+            probe_set: match header.target {
+                crate::points::Target::Tgtd => format!("{:?}", header.probe_set).to_lowercase(),
+                crate::points::Target::Lio => "lio".to_owned(),
+            },
             probes: header.probes.clone(),
             start_monotonic_ns: header.start_monotonic_ns,
         }

@@ -69,14 +69,17 @@ fn render_header(app: &App, data: &Data, area: Rect, buf: &mut Buffer) {
         Some(info) => {
             first.push(Span::raw(format!("{}  ", info.source)));
             let pids: Vec<String> = info.pids.iter().map(u32::to_string).collect();
-            first.push(Span::raw(format!(
-                "tgtd pid {}",
-                if pids.is_empty() {
-                    "none yet".to_owned()
-                } else {
-                    pids.join(",")
-                }
-            )));
+            first.push(Span::raw(match &info.kernel {
+                Some(release) => format!("LIO, kernel {release}"),
+                None => format!(
+                    "tgtd pid {}",
+                    if pids.is_empty() {
+                        "none yet".to_owned()
+                    } else {
+                        pids.join(",")
+                    }
+                ),
+            }));
             let attached = info.probes.iter().filter(|p| p.attached).count();
             probes.push(Span::raw(format!(
                 "probes {} {attached}/{} attached",
