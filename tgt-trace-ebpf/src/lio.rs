@@ -98,14 +98,26 @@ fn thread() -> u64 {
 
 /// A command's identity, as every command event carries it.
 fn command_event(kind: u8, cmd: u64, l: &lio::Layout) -> Event {
-    let lun: u64 = field(cmd, l.se_cmd_orig_fe_lun).unwrap_or(0);
     Event {
         itn_id: field(cmd, l.se_cmd_se_sess).unwrap_or(0),
         tag: field(cmd, l.se_cmd_tag).unwrap_or(0),
-        lun: lun.to_le_bytes(),
         cookie: cmd,
         ..header(kind)
     }
+}
+
+/// `orig_fe_lun`, as a little-endian u64 in the event's LUN bytes; only the
+/// events that report a LUN read it.
+fn lun(cmd: u64, l: &lio::Layout) -> [u8; 8] {
+    field::<u64>(cmd, l.se_cmd_orig_fe_lun)
+        .unwrap_or(0)
+        .to_le_bytes()
+}
+
+/// The little-endian u32 at `at` in a basic header segment (as LIO loads
+/// tags: `(__force u32)hdr->itt`).
+fn bhs_u32(bhs: &[u8; 48], at: usize) -> u32 {
+    u32::from_le_bytes([bhs[at], bhs[at + 1], bhs[at + 2], bhs[at + 3]])
 }
 
 fn opcode(cmd: u64, l: &lio::Layout) -> u8 {
@@ -123,6 +135,7 @@ pub fn lio_cmd_start(ctx: RawTracePointContext) -> i32 {
     emit(Event {
         opcode: opcode(cmd, &l),
         attribute: attribute as u8,
+        lun: lun(cmd, &l),
         ..command_event(kind::CMD_QUEUE, cmd, &l)
     });
     0
@@ -137,7 +150,6 @@ pub fn lio_cmd_complete(ctx: RawTracePointContext) -> i32 {
     let status: u8 = field(cmd, l.se_cmd_scsi_status).unwrap_or(0);
     emit(Event {
         value: i32::from(status),
-        opcode: opcode(cmd, &l),
         ..command_event(kind::CMD_RESULT, cmd, &l)
     });
     0
@@ -157,16 +169,15 @@ pub fn lio_tmf_received(ctx: ProbeContext) -> u32 {
         return 0;
     };
     let sess: u64 = field(conn, l.iscsit_conn_sess).unwrap_or(0);
-    let word = |at: usize| u32::from_le_bytes([bhs[at], bhs[at + 1], bhs[at + 2], bhs[at + 3]]);
-    let mut lun = [0u8; 8];
-    lun.copy_from_slice(&bhs[lio::BHS_LUN..lio::BHS_LUN + 8]);
+    let mut wire_lun = [0u8; 8];
+    wire_lun.copy_from_slice(&bhs[lio::BHS_LUN..lio::BHS_LUN + 8]);
     emit(Event {
         function: bhs[lio::BHS_FLAGS] & 0x7f,
         itn_id: field(sess, l.iscsit_session_se_sess).unwrap_or(0),
         // As the core stores it: `se_tmr->ref_task_tag = (__force u32)hdr->rtt`.
-        tag: u64::from(word(lio::BHS_RTT)),
-        lun,
-        value: word(lio::BHS_ITT) as i32,
+        tag: u64::from(bhs_u32(&bhs, lio::BHS_RTT)),
+        lun: wire_lun,
+        value: bhs_u32(&bhs, lio::BHS_ITT) as i32,
         cookie: cmd + u64::from(l.iscsit_cmd_se_cmd),
         tmf_mid: conn,
         aux: referenced::NOT_WALKED,
@@ -185,6 +196,7 @@ pub fn lio_tmf_request(ctx: ProbeContext) -> u32 {
     emit(Event {
         function: field(tmr, l.se_tmr_req_function).unwrap_or(0),
         tag: field(tmr, l.se_tmr_req_ref_task_tag).unwrap_or(0),
+        lun: lun(cmd, &l),
         ..command_event(kind::TMF_REQUEST, cmd, &l)
     });
     0
@@ -233,6 +245,7 @@ pub fn lio_abort_wait(ctx: ProbeContext) -> u32 {
         aux: flags as i32,
         cookie: tmf,
         tmf_mid: cmd,
+        lun: lun(cmd, &l),
         ..command_event(lio::ABORT_WAIT, cmd, &l)
     });
     0
@@ -299,12 +312,7 @@ pub fn lio_tmf_sent(_ctx: RetProbeContext) -> u32 {
     let l = layout();
     let se_cmd = cmd + u64::from(l.iscsit_cmd_se_cmd);
     let tmr: u64 = field(se_cmd, l.se_cmd_se_tmr_req).unwrap_or(0);
-    let itt = u32::from_le_bytes([
-        bhs[lio::BHS_ITT],
-        bhs[lio::BHS_ITT + 1],
-        bhs[lio::BHS_ITT + 2],
-        bhs[lio::BHS_ITT + 3],
-    ]);
+    let itt = bhs_u32(&bhs, lio::BHS_ITT);
     let sess: u64 = field(conn, l.iscsit_conn_sess).unwrap_or(0);
     let sock: u64 = field(conn, l.iscsit_conn_sock).unwrap_or(0);
     let sk: u64 = field(sock, l.socket_sk).unwrap_or(0);

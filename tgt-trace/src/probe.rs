@@ -84,7 +84,7 @@ pub enum Traced {
     /// tgtd: its binary, inspected and proved (`crate::tgtd`).
     Tgtd(Box<TgtdBinary>),
     /// The kernel's LIO: its structures' offsets, from BTF (`crate::lio`).
-    Lio(tgt_trace_common::lio::Layout),
+    Lio(crate::lio::Resolved),
 }
 
 /// What to trace.
@@ -138,7 +138,7 @@ impl Tracer {
         check_privileges()?;
         match &opts.traced {
             Traced::Tgtd(binary) => Tracer::start_tgtd(opts, binary),
-            Traced::Lio(layout) => Tracer::start_lio(opts, layout),
+            Traced::Lio(resolved) => Tracer::start_lio(opts, &resolved.layout),
         }
     }
 

@@ -65,7 +65,6 @@ impl Matcher {
     /// TMF's response until released.
     pub(super) fn lio_abort_wait(
         &mut self,
-        ts: u64,
         tk: TmfKey,
         key: CmdKey,
         lun: u64,
@@ -96,7 +95,6 @@ impl Matcher {
         if tas {
             c.other_initiator = true;
         }
-        let _ = ts;
     }
 
     /// The command the TMF waited for was released: aborted, after holding

@@ -593,7 +593,6 @@ impl Matcher {
                 ts_ns, pid, mid, ..
             } => self.lio_execute(ts_ns, (pid, mid)),
             Event::AbortWait {
-                ts_ns,
                 pid,
                 mid,
                 itn_id,
@@ -602,7 +601,7 @@ impl Matcher {
                 cmd,
                 tas,
                 ..
-            } => self.lio_abort_wait(ts_ns, (pid, mid), (pid, itn_id, tag), lun, cmd, tas),
+            } => self.lio_abort_wait((pid, mid), (pid, itn_id, tag), lun, cmd, tas),
             Event::AbortWaited {
                 ts_ns,
                 pid,

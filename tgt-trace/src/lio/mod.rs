@@ -6,7 +6,7 @@
 pub mod btf;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     hash::{BuildHasher, RandomState},
 };
 
@@ -60,8 +60,16 @@ pub enum LioError {
     },
 }
 
+/// The probes' layout, and each offset by `struct.member` for the trace's
+/// header.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub layout: lio::Layout,
+    pub offsets: BTreeMap<String, u32>,
+}
+
 /// The offsets the probes read, from the running kernel's BTF.
-pub fn layout_from_sysfs() -> Result<lio::Layout, LioError> {
+pub fn layout_from_sysfs() -> Result<Resolved, LioError> {
     let base = std::fs::read(format!("{BTF_DIR}/vmlinux")).map_err(LioError::NoKernelBtf)?;
     let base = Btf::parse(&base, "vmlinux")?;
     let mut modules = Vec::new();
@@ -105,8 +113,9 @@ const FIELDS: [(&str, &str, Option<u32>); 22] = [
 ];
 
 /// The probes' layout from LIO's modules' types (each on the kernel's).
-pub fn layout(modules: &[Btf]) -> Result<lio::Layout, LioError> {
+pub fn layout(modules: &[Btf]) -> Result<Resolved, LioError> {
     let mut offsets = [0u32; 22];
+    let mut by_name = BTreeMap::new();
     for (slot, (strukt, member, expected)) in offsets.iter_mut().zip(FIELDS) {
         let mut found = Err(BtfError::NoStruct(strukt.to_owned()));
         for btf in modules {
@@ -127,6 +136,7 @@ pub fn layout(modules: &[Btf]) -> Result<lio::Layout, LioError> {
             });
         }
         *slot = offset;
+        by_name.insert(format!("{strukt}.{member}"), offset);
     }
     let [
         se_cmd_tag,
@@ -152,7 +162,7 @@ pub fn layout(modules: &[Btf]) -> Result<lio::Layout, LioError> {
         sock_sk_common,
         sock_common_skc_state,
     ] = offsets;
-    Ok(lio::Layout {
+    let layout = lio::Layout {
         se_cmd_tag,
         se_cmd_orig_fe_lun,
         se_cmd_se_sess,
@@ -175,43 +185,11 @@ pub fn layout(modules: &[Btf]) -> Result<lio::Layout, LioError> {
         socket_sk,
         sock_skc_state: sock_sk_common + sock_common_skc_state,
         _pad: 0,
+    };
+    Ok(Resolved {
+        layout,
+        offsets: by_name,
     })
-}
-
-/// The header's account of where the offsets came from.
-pub fn layout_check(layout: &lio::Layout) -> crate::tgtd::LayoutCheck {
-    let l = layout;
-    let values = [
-        l.se_cmd_tag,
-        l.se_cmd_orig_fe_lun,
-        l.se_cmd_se_sess,
-        l.se_cmd_se_tmr_req,
-        l.se_cmd_t_task_cdb,
-        l.se_cmd_scsi_status,
-        l.se_cmd_transport_state,
-        l.se_cmd_se_cmd_flags,
-        l.se_cmd_sam_task_attr,
-        l.se_cmd_work,
-        l.se_tmr_req_function,
-        l.se_tmr_req_response,
-        l.se_tmr_req_ref_task_tag,
-        l.se_node_acl_initiatorname,
-        l.iscsit_cmd_se_cmd,
-        l.iscsit_conn_sess,
-        l.iscsit_session_se_sess,
-        l.iscsit_conn_conn_state,
-        l.iscsit_conn_sock,
-        l.socket_sk,
-        0,
-        l.sock_skc_state,
-    ];
-    crate::tgtd::LayoutCheck::Btf {
-        offsets: FIELDS
-            .iter()
-            .zip(values)
-            .map(|((s, m, _), v)| (format!("{s}.{m}"), v))
-            .collect(),
-    }
 }
 
 /// The kernel release (`uname -r`), which names what was traced.
@@ -368,7 +346,7 @@ impl Ids {
                     cmd: raw.tmf_mid,
                 });
             }
-            kind::CMD_QUEUE | kind::CMD_RESULT | kind::TMF_REQUEST => {
+            kind::CMD_QUEUE | kind::TMF_REQUEST => {
                 raw.lun = sam_lun(lun);
             }
             // Built for a connection the initiator has closed (its FIN is

@@ -93,12 +93,14 @@ pub fn attach(trace: &TraceOptions) -> Result<Attached, ProbeError> {
             binary.build_id.clone(),
             binary.layout.clone(),
         ),
-        Traced::Lio(layout) => (
+        Traced::Lio(resolved) => (
             Target::Lio,
             Vec::new(),
             "kernel".to_owned(),
             crate::lio::kernel_release(),
-            crate::lio::layout_check(layout),
+            crate::tgtd::LayoutCheck::Btf {
+                offsets: resolved.offsets.clone(),
+            },
         ),
     };
     let header = Header {
