@@ -181,3 +181,130 @@ fn record_matches_tgtds_own_account_lean() {
 fn record_matches_tgtds_own_account_full() {
     check("full");
 }
+
+/// Issue 15: `--sample 20% --sample-period 500ms` under a steady load
+/// (iscsi-perf on a null LUN). tgtd's own log is the account: the trace's
+/// commands are whole runs of tgtd's, one run per window (the probes were
+/// attached throughout a window and lost nothing in it), every command
+/// event lies inside a window, and the windows together saw a share of
+/// tgtd's commands near the duty cycle, far from all of them. Each command
+/// is measured or counted as cut by a window's edge.
+#[test]
+fn sampled_windows_hold_whole_runs_of_tgtds_commands() {
+    let tgtd = Tgtd::start(&TgtdOptions {
+        debug: true,
+        ..TgtdOptions::default()
+    })
+    .expect("tgtd starts");
+    tgtd.add_null_lun(2).expect("LUN 2");
+    let out = tgtd.dir.join("sampled.ndjson");
+    let url = tgtd.url(2);
+    // The length of the load, not a wait for anything.
+    let script = format!(
+        "timeout --foreground -k 1 -s INT 3 iscsi-perf -m 8 -b 8 {url} >/dev/null 2>&1; true"
+    );
+    let status = record(
+        &tgtd,
+        &out,
+        &[
+            "--probes",
+            "lean",
+            "--sample",
+            "20%",
+            "--sample-period",
+            "500ms",
+        ],
+        &["sh", "-c", &script],
+    );
+    assert!(status.success(), "workload failed under tracing ({status})");
+    let trace = support::read_trace(&out);
+    let account = tgtd_account(&tgtd.log());
+    assert_eq!(trace.summary.drops.total(), 0, "{:?}", trace.summary.drops);
+    let sampling = trace.header.sampling.expect("the header says it sampled");
+    assert_eq!((sampling.percent, sampling.period_ms), (20, 500));
+    for point in ["queue", "release"] {
+        let p = trace
+            .header
+            .probes
+            .iter()
+            .find(|p| serde_json::to_value(p.name).expect("name") == point)
+            .expect("listed");
+        assert!(p.attached && p.sampled, "{p:?}");
+    }
+
+    // Windows alternate, open first; command events only inside one.
+    let mut runs: Vec<Vec<(u64, u8, u64)>> = Vec::new();
+    let mut open = false;
+    for event in &trace.events {
+        match *event {
+            Event::SampleWindow { open: now, .. } => {
+                assert_ne!(open, now, "windows alternate");
+                open = now;
+                if open {
+                    runs.push(Vec::new());
+                }
+            }
+            Event::CmdQueue {
+                cmd, opcode, lun, ..
+            } => {
+                assert!(open, "a command event outside a window");
+                runs.last_mut().expect("a window").push((cmd, opcode, lun));
+            }
+            Event::CmdRelease { .. } => assert!(open, "a command event outside a window"),
+            _ => {}
+        }
+    }
+    assert!(!open, "the last window is closed");
+    assert!(
+        runs.len() >= 4,
+        "{} windows in 3 s of 500 ms periods",
+        runs.len()
+    );
+    // Each window's commands are a contiguous run of tgtd's, in order.
+    let mut from = 0;
+    for (i, run) in runs.iter().enumerate().filter(|(_, r)| !r.is_empty()) {
+        let at = (from..=account.len().saturating_sub(run.len()))
+            .find(|&s| account[s..s + run.len()] == run[..])
+            .unwrap_or_else(|| {
+                panic!(
+                    "window {i}: its {} commands are not a run of tgtd's",
+                    run.len()
+                )
+            });
+        from = at + run.len();
+    }
+    let traced: usize = runs.iter().map(Vec::len).sum();
+    let share = traced as f64 / account.len() as f64;
+    eprintln!(
+        "sampled: {} windows, {traced} of tgtd's {} commands ({:.1}%)",
+        runs.len(),
+        account.len(),
+        share * 100.0
+    );
+    assert!(
+        (0.05..0.6).contains(&share),
+        "a 20% duty cycle saw {:.1}% of tgtd's commands",
+        share * 100.0
+    );
+
+    // Replayed: every traced arrival is measured or cut, none is a record.
+    let mut reader = tgt_trace::reader::TraceReader::open(&out, false).expect("trace opens");
+    let mut commands = 0;
+    let replayed = tgt_trace::report::replay(&mut reader, Default::default(), |r| {
+        if matches!(r, tgt_trace::correlate::Record::Command(_)) {
+            commands += 1;
+        }
+    })
+    .expect("replays");
+    let summary = replayed.summary.expect("the matcher's summary");
+    let c = &summary.counts;
+    assert_eq!(commands, 0, "a sampled command is no record");
+    assert_eq!(summary.histograms.sampling, Some(sampling));
+    assert_eq!(summary.histograms.command.count, c.commands_sampled);
+    assert!(c.commands_sampled > 0 && c.commands_sampled <= traced as u64);
+    assert!(
+        c.commands_sampled + c.commands_cut_by_window >= traced as u64,
+        "{c:?}"
+    );
+    assert_eq!(c.sample_windows, runs.len() as u64);
+}

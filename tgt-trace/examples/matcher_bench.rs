@@ -273,6 +273,7 @@ fn probe_points(coverage: Coverage) -> Vec<ProbePoint> {
                 function: point.function().to_owned(),
                 offset: None,
                 attached,
+                sampled: false,
                 missing: (!attached).then(|| "not in this synthetic probe set".to_owned()),
             }
         })
@@ -312,6 +313,7 @@ fn write_trace(
         tgtd_build_id: "synthetic".to_owned(),
         tgtd_layout: LayoutCheck::CodeFingerprint,
         probe_set,
+        sampling: None,
         probes: probe_points(coverage),
         pids: vec![1000],
         pid_filter: None,

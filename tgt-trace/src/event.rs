@@ -127,6 +127,11 @@ pub enum Event {
     },
     /// Seen by user space, not a probe: the tgtd process is gone.
     ProcessExit { ts_ns: u64, pid: u32 },
+    /// Done by user space, not a probe (`--sample`): the per-command probes
+    /// were attached (`open`, stamped before the first was attached) or
+    /// detached (stamped after the last was, and after the ring was
+    /// drained of what they sent). `pid` is 0.
+    SampleWindow { ts_ns: u64, pid: u32, open: bool },
     /// The iSCSI layer received a TMF request (inside `iscsi_tm_execute`):
     /// every TMF, including those it answers itself without the core.
     TmfReceived {
@@ -298,6 +303,7 @@ impl Event {
             | Event::NexusCreate { ts_ns, .. }
             | Event::NexusDestroy { ts_ns, .. }
             | Event::ProcessExit { ts_ns, .. }
+            | Event::SampleWindow { ts_ns, .. }
             | Event::TmfReceived { ts_ns, .. }
             | Event::TmfSent { ts_ns, .. }
             | Event::TmfTxStart { ts_ns, .. }
@@ -322,6 +328,7 @@ impl Event {
             | Event::NexusCreate { pid, .. }
             | Event::NexusDestroy { pid, .. }
             | Event::ProcessExit { pid, .. }
+            | Event::SampleWindow { pid, .. }
             | Event::TmfReceived { pid, .. }
             | Event::TmfSent { pid, .. }
             | Event::TmfTxStart { pid, .. }
@@ -347,6 +354,7 @@ impl Event {
             Event::NexusCreate { .. } => "nexus_create",
             Event::NexusDestroy { .. } => "nexus_destroy",
             Event::ProcessExit { .. } => "process_exit",
+            Event::SampleWindow { .. } => "sample_window",
             Event::TmfReceived { .. } => "tmf_received",
             Event::TmfSent { .. } => "tmf_sent",
             Event::TmfTxStart { .. } => "tmf_tx_start",

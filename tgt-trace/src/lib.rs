@@ -77,7 +77,12 @@ pub mod tui;
 /// the default when absent, or `lio`), a `btf` layout check, the LIO points
 /// (`lio_*`), the events `tmf_execute`, `abort_wait` and `abort_waited`,
 /// and `executed_ns` on `tmf` records.
-pub const SCHEMA_VERSION: u32 = 8;
+///
+/// Schema 9 adds `--sample`: `sampling` in the header, `sampled` on the
+/// probe points attached only in its windows, the event `sample_window`,
+/// `sampling` on the histograms and the counts `sample_windows`,
+/// `commands_sampled` and `commands_cut_by_window`.
+pub const SCHEMA_VERSION: u32 = 9;
 
 /// The oldest trace format this version reads.
 pub const OLDEST_SCHEMA_VERSION: u32 = 1;

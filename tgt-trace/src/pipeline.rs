@@ -42,7 +42,7 @@ impl<'a> Driver<'a> {
     pub fn new(header: &Header, config: Config, sinks: Vec<Box<dyn Sink + 'a>>) -> Driver<'a> {
         let matcher = sinks.iter().any(|s| s.wants_matching()).then(|| {
             Matcher::new(Config {
-                coverage: Coverage::from_probes(&header.probes),
+                coverage: Coverage::from_header(header),
                 ..config
             })
         });

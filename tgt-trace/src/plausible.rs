@@ -375,7 +375,8 @@ impl Checker {
             | Event::ConnClose { .. }
             | Event::TmfExecute { .. }
             | Event::AbortWait { .. }
-            | Event::AbortWaited { .. } => {}
+            | Event::AbortWaited { .. }
+            | Event::SampleWindow { .. } => {}
         }
     }
 

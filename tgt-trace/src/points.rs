@@ -83,6 +83,16 @@ impl ProbeSet {
     }
 }
 
+impl Point {
+    /// Hit by every command: what `--sample` attaches only in its windows.
+    pub fn per_command(self) -> bool {
+        matches!(
+            self,
+            Point::Queue | Point::Perform | Point::Result | Point::Release
+        )
+    }
+}
+
 /// A probe point, named after the tgt core's paths (the seed patch's
 /// *queue*, *uspace-send*, *kspace_exec*, *tsk_mgmt*) and the iSCSI layer's
 /// TMF points. The names are part of the trace format (the header's
@@ -344,9 +354,38 @@ pub struct ProbePoint {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<u64>,
     pub attached: bool,
+    /// Attached only inside `--sample`'s windows (absent: all the time).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sampled: bool,
     /// Why it is not attached, when it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missing: Option<String>,
+}
+
+/// `--sample`: the probe set's per-command probes are attached for
+/// `percent` of every `period_ms`, and detached for the rest; the TMF
+/// points stay attached, with the tmf set's walk for what each TMF covers.
+/// A command's latency is measured only when both its arrival and its
+/// release fall inside one window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Sampling {
+    /// 1 to 99.
+    pub percent: u8,
+    pub period_ms: u64,
+}
+
+impl Sampling {
+    /// How long each window is open.
+    pub fn open_ms(self) -> u64 {
+        self.period_ms * u64::from(self.percent) / 100
+    }
+}
+
+impl std::fmt::Display for Sampling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}% of each {} ms", self.percent, self.period_ms)
+    }
 }
 
 /// Whether `point` is attached, by the header's list.

@@ -15,7 +15,7 @@ use aya::{
 };
 use tgt_trace_common::counter;
 
-pub use crate::points::{KernelCounters, Point, ProbePoint, ProbeSet};
+pub use crate::points::{KernelCounters, Point, ProbePoint, ProbeSet, Sampling};
 use crate::{decode::decode, event::Event, tgtd::TgtdBinary};
 
 /// The probes, built by `build.rs` from `tgt-trace-ebpf`.
@@ -96,6 +96,15 @@ pub struct TraceOptions {
     pub set: ProbeSet,
     /// Ring buffer size in bytes: a power of two, at least a page.
     pub ring_bytes: u32,
+    /// `--sample`: the set's per-command probes only in windows (tgtd).
+    pub sample: Option<Sampling>,
+}
+
+/// A per-command probe `--sample` attaches for each window.
+struct SampledProbe {
+    point: Point,
+    program: &'static str,
+    offset: u64,
 }
 
 /// An attached probe of either target.
@@ -104,6 +113,18 @@ enum Link {
     Uprobe(#[allow(dead_code, reason = "held to be dropped")] UProbeLink),
     Kprobe(#[allow(dead_code, reason = "held to be dropped")] KProbeLink),
     RawTracepoint(#[allow(dead_code, reason = "held to be dropped")] RawTracePointLink),
+}
+
+/// Drops `links` on threads of their own, so that the kernel's grace
+/// periods overlap, and waits for them all.
+fn detach_all(links: &mut Vec<Link>) {
+    let threads: Vec<_> = links
+        .drain(..)
+        .map(|link| std::thread::spawn(move || drop(link)))
+        .collect();
+    for thread in threads {
+        let _ = thread.join();
+    }
 }
 
 /// `LIO_LAYOUT` as aya loads a global: plain bytes of the same layout.
@@ -121,8 +142,13 @@ pub struct Tracer {
     links: Vec<Link>,
     /// LIO's records carry kernel pointers, replaced here by ids.
     lio_ids: Option<crate::lio::Ids>,
+    /// `--sample`: the per-command probes, where and in what, and their
+    /// links while a window is open.
+    sampled: Vec<SampledProbe>,
+    sample_target: Option<(std::path::PathBuf, UProbeScope)>,
+    sample_links: Vec<Link>,
     // Dropping `Ebpf` unloads the programs; it must outlive the maps' users.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
     points: Vec<ProbePoint>,
@@ -153,10 +179,11 @@ impl Tracer {
                 });
             }
         }
-        // The walk is the tmf set's covered sets; the others learn them
-        // from arrivals and releases.
+        // The walk is the tmf set's covered sets, and a sampled set's; the
+        // others learn them from arrivals and releases.
+        let walks = opts.set.wants(Point::TmfWalk) || opts.sample.is_some();
         let walk = match &binary.tmf_walk {
-            Ok(walk) if opts.set.wants(Point::TmfWalk) => Some(*walk),
+            Ok(walk) if walks => Some(*walk),
             _ => None,
         };
         let walk_covers: u8 = walk.is_some().into();
@@ -210,6 +237,7 @@ impl Tracer {
         let binary_path = binary.path.display().to_string();
         let mut points = Vec::new();
         let mut links = Vec::new();
+        let mut sampled = Vec::new();
         for path in Point::ALL {
             let (name, program, function) = (path, path.program(), path.function());
             let located = match path {
@@ -245,9 +273,11 @@ impl Tracer {
                 function: function.to_owned(),
                 offset,
                 attached: false,
+                sampled: false,
                 missing: None,
             };
-            if !opts.set.wants(path) {
+            let wanted = opts.set.wants(path) || (path == Point::TmfWalk && walks);
+            if !wanted {
                 point.missing = Some(format!("not in the {} probe set", opts.set.name()));
                 points.push(point);
                 continue;
@@ -281,6 +311,18 @@ impl Tracer {
                 .ok_or(ProbeError::MissingProgram(program))?
                 .try_into()?;
             prog.load()?;
+            if opts.sample.is_some() && path.per_command() {
+                // Attached by `sample_open` for each window.
+                sampled.push(SampledProbe {
+                    point: path,
+                    program,
+                    offset,
+                });
+                point.attached = true;
+                point.sampled = true;
+                points.push(point);
+                continue;
+            }
             let link = prog
                 .attach(
                     UProbeAttachLocation::AbsoluteOffset(offset),
@@ -309,7 +351,66 @@ impl Tracer {
             point.attached = true;
             points.push(point);
         }
-        Tracer::finish(ebpf, links, points, None)
+        let mut tracer = Tracer::finish(ebpf, links, points, None)?;
+        if !sampled.is_empty() {
+            tracer.sampled = sampled;
+            tracer.sample_target = Some((binary.path.clone(), scope));
+        }
+        Ok(tracer)
+    }
+
+    /// Opens a `--sample` window: attaches the per-command probes. On an
+    /// error, those attached are detached again.
+    pub fn sample_open(&mut self) -> Result<(), ProbeError> {
+        let Some((path, scope)) = &self.sample_target else {
+            return Ok(());
+        };
+        let mut failed = None;
+        for probe in &self.sampled {
+            let prog: &mut UProbe = self
+                .ebpf
+                .program_mut(probe.program)
+                .ok_or(ProbeError::MissingProgram(probe.program))?
+                .try_into()?;
+            let attached = prog
+                .attach(
+                    UProbeAttachLocation::AbsoluteOffset(probe.offset),
+                    path,
+                    *scope,
+                )
+                .and_then(|link| prog.take_link(link));
+            match attached {
+                Ok(link) => self.sample_links.push(Link::Uprobe(link)),
+                Err(source) => {
+                    failed = Some(ProbeError::Attach {
+                        name: probe.point,
+                        function: probe.point.function(),
+                        binary: path.display().to_string(),
+                        source: Box::new(source),
+                    });
+                    break;
+                }
+            }
+        }
+        match failed {
+            Some(e) => {
+                self.sample_close();
+                Err(e)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Closes a `--sample` window: detaches the per-command probes, all at
+    /// once (see [`Tracer::detach`]). When it returns no per-command probe
+    /// fires any more.
+    pub fn sample_close(&mut self) {
+        detach_all(&mut self.sample_links);
+    }
+
+    /// Whether this tracer samples.
+    pub fn samples(&self) -> bool {
+        self.sample_target.is_some()
     }
 
     fn finish(
@@ -329,7 +430,10 @@ impl Tracer {
         Ok(Tracer {
             links,
             lio_ids,
-            _ebpf: ebpf,
+            sampled: Vec::new(),
+            sample_target: None,
+            sample_links: Vec::new(),
+            ebpf,
             ring,
             counters,
             points,
@@ -359,6 +463,7 @@ impl Tracer {
                 function: function.to_owned(),
                 offset: None,
                 attached: false,
+                sampled: false,
                 missing: None,
             };
             match attach_lio(&mut ebpf, point, &mut links) {
@@ -385,14 +490,8 @@ impl Tracer {
     /// closing them on threads of their own overlaps the waits, so a
     /// recording ends on time. Idempotent; dropping the tracer does it too.
     pub fn detach(&mut self) {
-        let threads: Vec<_> = self
-            .links
-            .drain(..)
-            .map(|link| std::thread::spawn(move || drop(link)))
-            .collect();
-        for thread in threads {
-            let _ = thread.join();
-        }
+        self.links.append(&mut self.sample_links);
+        detach_all(&mut self.links);
     }
 
     pub fn points(&self) -> &[ProbePoint] {

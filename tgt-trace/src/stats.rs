@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::event::OpClass;
+use crate::{event::OpClass, points::Sampling};
 
 const LOWEST_US: u64 = 1;
 const HIGHEST_US: u64 = 3_600_000_000;
@@ -95,6 +95,9 @@ pub struct Stats {
     pub aborted_in_flight: Latency,
     /// Request to response of TMFs that waited for a busy command.
     pub deferred_wait: Latency,
+    /// `--sample`: the command histograms hold only the commands that
+    /// arrived and were released inside one window.
+    pub sampling: Option<Sampling>,
 }
 
 impl Stats {
@@ -119,6 +122,7 @@ impl Stats {
             abort: self.abort.summary(),
             aborted_in_flight: self.aborted_in_flight.summary(),
             deferred_wait: self.deferred_wait.summary(),
+            sampling: self.sampling,
         }
     }
 }
@@ -134,6 +138,10 @@ pub struct StatsSummary {
     pub abort: LatencySummary,
     pub aborted_in_flight: LatencySummary,
     pub deferred_wait: LatencySummary,
+    /// `--sample` (schema 9): `command`, `command_by_class` and
+    /// `command_by_lun` are of the sampled windows only, at this rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<Sampling>,
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use crate::{
     correlate::{self, CommandRecord, OrphanRecord, Record, TmfRecord},
     event::Event,
     plausible::LayoutViolations,
-    points::{KernelCounters, ProbePoint, ProbeSet, Target},
+    points::{KernelCounters, ProbePoint, ProbeSet, Sampling, Target},
     tgtd::LayoutCheck,
 };
 
@@ -83,6 +83,10 @@ pub struct Header {
     pub tgtd_build_id: String,
     pub tgtd_layout: LayoutCheck,
     pub probe_set: ProbeSet,
+    /// `--sample`: when the probe set's per-command probes were attached
+    /// (schema 9; absent: all the time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<Sampling>,
     /// Every probe point, attached or not, and why not.
     pub probes: Vec<ProbePoint>,
     /// The tgtd processes running when tracing started (more may start later:

@@ -1121,6 +1121,77 @@ proptest! {
         prop_assert_eq!(merge(&c.tmfs_by_outcome), merge(&truth.tmf_outcomes));
     }
 
+    // `--sample`: a stream with the walk and the lean set's command events,
+    // the command events kept only inside random windows (as detaching
+    // their probes does). The TMFs are matched exactly as the tmf set
+    // matches the same stream without command events, and the command
+    // histogram holds exactly the commands whose arrival and release fell
+    // in one window, counted from the stream's own positions; every other
+    // command event seen is counted as cut.
+    #[test]
+    fn sampling_leaves_tmfs_alone_and_measures_whole_commands_only(
+        cfg in synth_config(),
+        len in 0..3_000usize,
+        toggles in proptest::collection::btree_set(0..3_000usize, 0..12),
+    ) {
+        let coverage = Coverage { covers: true, ..Coverage::LEAN };
+        let (events, _truth, end) = generate(SynthConfig { probes: coverage, ..cfg }, len);
+        let is_command = |e: &Event| matches!(
+            e,
+            Event::CmdQueue { .. } | Event::CmdPerform { .. } | Event::CmdResult { .. } | Event::CmdRelease { .. }
+        );
+        // Windows open and close at the toggles, the first opening.
+        let mut sampled = Vec::new();
+        let mut open = false;
+        let mut window = 0u64;
+        let mut arrived = std::collections::HashMap::new();
+        let (mut whole, mut seen_commands) = (0u64, 0u64);
+        for (i, e) in events.iter().enumerate() {
+            if toggles.contains(&i) {
+                open = !open;
+                window += 1;
+                sampled.push(Event::SampleWindow { ts_ns: e.ts_ns(), pid: 0, open });
+            }
+            if !is_command(e) {
+                sampled.push(e.clone());
+                continue;
+            }
+            if !open {
+                continue;
+            }
+            match *e {
+                Event::CmdQueue { pid, itn_id, tag, .. } => {
+                    seen_commands += 1;
+                    arrived.insert((pid, itn_id, tag), window);
+                }
+                Event::CmdRelease { pid, itn_id, tag, .. } => {
+                    if arrived.remove(&(pid, itn_id, tag)) == Some(window) {
+                        whole += 1;
+                    } else {
+                        seen_commands += 1;
+                    }
+                }
+                _ => {}
+            }
+            sampled.push(e.clone());
+        }
+        let rate = tgt_trace::points::Sampling { percent: 10, period_ms: 1_000 };
+        let (records, summary) = run_events(
+            &sampled,
+            end,
+            Config { coverage: Coverage { sampled: Some(rate), ..Coverage::TMF_ONLY }, ..Config::default() },
+        );
+        let tmf_only: Vec<Event> = events.iter().filter(|e| !is_command(e)).cloned().collect();
+        let (tmf_records, tmf_summary) = run_events(&tmf_only, end, tmf_only_config());
+        prop_assert_eq!(tmfs(&records), tmfs(&tmf_records));
+        prop_assert_eq!(&summary.counts.tmfs_by_outcome, &tmf_summary.counts.tmfs_by_outcome);
+        prop_assert_eq!(summary.histograms.command.count, whole);
+        prop_assert_eq!(summary.counts.commands_sampled, whole);
+        prop_assert_eq!(summary.counts.commands_cut_by_window, seen_commands - whole);
+        prop_assert_eq!(summary.histograms.sampling, Some(rate));
+        prop_assert!(!records.iter().any(|r| matches!(r, Record::Command(_))));
+    }
+
     // The TMF probe set: no command event at all, each TMF's covered set
     // from its walk of tgtd's task lists. Every outcome is the truth's but
     // a race, which needs the release it raced (it is a tag not in tgtd);
@@ -1516,6 +1587,10 @@ impl Stream {
         });
         self
     }
+}
+
+fn tmf_only_config() -> Config {
+    tmf_only()
 }
 
 fn tmf_only() -> Config {

@@ -189,11 +189,13 @@ fn tmf_disagreements(w: &WireTmf, t: &TmfRecord) -> Vec<String> {
 /// ABORT TASK was answered TASK DOES NOT EXIST, and that never came, is on
 /// the wire and never in the core: the trace says so, and it is counted.
 fn command_counts(trace: &Trace, records: &[Record], wire: &Wire, out: &mut Compared) {
+    // A sampled queue probe saw the commands of its windows only, which
+    // the trace does not claim to be all.
     let queue_probe = trace
         .header
         .probes
         .iter()
-        .any(|p| p.name == tgt_trace::points::Point::Queue && p.attached);
+        .any(|p| p.name == tgt_trace::points::Point::Queue && p.attached && !p.sampled);
     if !queue_probe {
         return;
     }

@@ -5,7 +5,7 @@ use std::{num::NonZeroU32, path::PathBuf, time::Duration};
 use tgt_trace::{
     correlate::Config,
     points::Target,
-    probe::{ProbeSet, TraceOptions, Traced},
+    probe::{ProbeSet, Sampling, TraceOptions, Traced},
     tgtd::{DEFAULT_TGTD, TgtdBinary, TgtdError},
 };
 
@@ -32,12 +32,29 @@ pub struct AttachArgs {
     /// How often the ring buffer is drained.
     #[arg(long, value_name = "DURATION", default_value = "20ms", value_parser = parse_duration)]
     pub poll: Duration,
+    /// Attach the probe set's per-command probes for this share of each
+    /// --sample-period only (1% to 99%): command latency histograms and
+    /// counts from those windows, marked sampled; TMFs stay complete (the
+    /// tmf set's walk). With --probes lean or full.
+    #[arg(long, value_name = "PERCENT", value_parser = parse_percent)]
+    pub sample: Option<u8>,
+    /// The period --sample's windows repeat with.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration, requires = "sample")]
+    pub sample_period: Duration,
 }
 
 impl AttachArgs {
     /// What to trace: the binary is checked here, before anything attaches.
     pub fn trace_options(&self) -> anyhow::Result<TraceOptions> {
+        let sample = self.sampling()?;
         if self.target == Target::Lio {
+            if sample.is_some() {
+                anyhow::bail!(
+                    "--sample detaches tgtd's per-command uprobes between windows; the kernel \
+                     target's command path is two raw tracepoints, cheap enough to keep: drop \
+                     --sample"
+                );
+            }
             if self.tgtd.is_some() || self.pid.is_some() {
                 anyhow::bail!(
                     "--tgtd and --pid name a tgtd process; the kernel target (--target lio) \
@@ -49,6 +66,7 @@ impl AttachArgs {
                 pid: None,
                 set: self.probes,
                 ring_bytes: self.ring_size,
+                sample: None,
             });
         }
         let path = match (&self.tgtd, self.pid) {
@@ -83,7 +101,44 @@ impl AttachArgs {
             pid: self.pid,
             set: self.probes,
             ring_bytes: self.ring_size,
+            sample,
         })
+    }
+
+    /// `--sample` and `--sample-period`, checked against the probe set.
+    fn sampling(&self) -> anyhow::Result<Option<Sampling>> {
+        let Some(percent) = self.sample else {
+            return Ok(None);
+        };
+        if self.probes == ProbeSet::Tmf {
+            anyhow::bail!(
+                "--sample attaches a probe set's per-command probes in windows, and the tmf set \
+                 has none: add --probes lean (or full)"
+            );
+        }
+        let period_ms = u64::try_from(self.sample_period.as_millis()).unwrap_or(u64::MAX);
+        let sampling = Sampling { percent, period_ms };
+        // A window shorter than this is mostly attach and detach.
+        if sampling.open_ms() < 10 {
+            anyhow::bail!(
+                "--sample {percent}% of --sample-period {period_ms} ms is a {} ms window; a window \
+                 needs at least 10 ms: raise --sample-period",
+                sampling.open_ms()
+            );
+        }
+        Ok(Some(sampling))
+    }
+}
+
+/// `10%` or `10`: a whole percentage from 1 to 99.
+pub fn parse_percent(text: &str) -> Result<u8, String> {
+    let number = text.trim().trim_end_matches('%').trim();
+    match number.parse::<u8>() {
+        Ok(n) if (1..=99).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{text:?} is not a whole percentage from 1% to 99% (e.g. 10%); without --sample the \
+             probes are attached all the time"
+        )),
     }
 }
 
@@ -168,6 +223,15 @@ mod tests {
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn sample_is_a_whole_percentage() {
+        assert_eq!(parse_percent("10%"), Ok(10));
+        assert_eq!(parse_percent("5"), Ok(5));
+        assert!(parse_percent("0%").is_err());
+        assert!(parse_percent("100%").is_err());
+        assert!(parse_percent("2.5%").is_err());
     }
 
     #[test]

@@ -21,6 +21,7 @@ use tgt_trace_common::{TASK_ABORTED, mgmt_ret, tmf};
 
 mod lio;
 mod records;
+mod sample;
 
 pub use records::*;
 
@@ -29,7 +30,7 @@ use crate::{
         Event, OpClass, Waiter, core_function, iscsi_response_name, iscsi_response_of,
         iscsi_tmf_name, mgmt_ret_name, tmf_name,
     },
-    points::{Point, ProbePoint},
+    points::{Point, ProbePoint, Sampling},
     stats::Stats,
 };
 
@@ -96,6 +97,10 @@ pub struct Coverage {
     /// The trace is of the kernel's target, LIO: its rules (`lio.rs`)
     /// apply, and its covered sets come from its own aborts.
     pub lio: bool,
+    /// `--sample`: the command probes were attached only in windows; their
+    /// events feed the command histograms alone (`sample.rs`), and the
+    /// per-command fields above are false.
+    pub sampled: Option<Sampling>,
 }
 
 impl Coverage {
@@ -110,6 +115,7 @@ impl Coverage {
         conn_close: true,
         covers: false,
         lio: false,
+        sampled: None,
     };
 
     /// The lean probe set: queue and release, result read at release.
@@ -150,8 +156,16 @@ impl Coverage {
                 conn_close: false,
                 covers: attached(Point::LioAbortWait),
                 lio: true,
+                sampled: None,
             };
         }
+        // A sampled point saw some commands, not all: to the TMF rules it
+        // is not there.
+        let attached = |point| {
+            probes
+                .iter()
+                .any(|p| p.name == point && p.attached && !p.sampled)
+        };
         Coverage {
             queue: attached(Point::Queue),
             perform: attached(Point::Perform),
@@ -163,6 +177,15 @@ impl Coverage {
             conn_close: attached(Point::ConnClose),
             covers: attached(Point::TmfWalk),
             lio: false,
+            sampled: None,
+        }
+    }
+
+    /// From a trace header: its probes, and its sampling.
+    pub fn from_header(header: &crate::trace::Header) -> Coverage {
+        Coverage {
+            sampled: header.sampling,
+            ..Coverage::from_probes(&header.probes)
         }
     }
 }
@@ -333,6 +356,8 @@ pub struct Matcher {
     /// What the last event measured (see [`Matcher::measured`]); cleared
     /// at each event, kept for its capacity.
     measured: Vec<Measured>,
+    /// `--sample`'s open window.
+    sampler: sample::Sampler,
 }
 
 /// A latency the matcher measured from one event, as it went into its
@@ -353,7 +378,6 @@ pub enum Measured {
 impl Matcher {
     pub fn new(cfg: Config) -> Matcher {
         Matcher {
-            cfg,
             commands: FxHashMap::default(),
             command_order: VecDeque::new(),
             tmfs: FxHashMap::default(),
@@ -365,9 +389,14 @@ impl Matcher {
             next_seq: 0,
             now_ns: 0,
             next_timeout_ns: u64::MAX,
+            stats: Stats {
+                sampling: cfg.coverage.sampled,
+                ..Stats::default()
+            },
+            cfg,
             counts: Counts::default(),
-            stats: Stats::default(),
             measured: Vec::new(),
+            sampler: sample::Sampler::default(),
         }
     }
 
@@ -417,6 +446,20 @@ impl Matcher {
         let ts = event.ts_ns();
         if ts > self.now_ns {
             self.now_ns = ts;
+        }
+        if self.cfg.coverage.sampled.is_some()
+            && matches!(
+                event,
+                Event::CmdQueue { .. }
+                    | Event::CmdPerform { .. }
+                    | Event::CmdResult { .. }
+                    | Event::CmdRelease { .. }
+                    | Event::SampleWindow { .. }
+            )
+        {
+            self.sampled(event);
+            self.advance(self.now_ns, out);
+            return;
         }
         match *event {
             Event::CmdQueue {
@@ -510,6 +553,8 @@ impl Matcher {
                 self.close_where("nexus gone", |p, itn| p == pid && itn == itn_id, out);
                 self.initiators.remove(&(pid, itn_id));
             }
+            // Only a sampled trace has windows (handled above).
+            Event::SampleWindow { .. } => {}
             Event::ProcessExit { pid, .. } => {
                 self.close_where("target exited", |p, _| p == pid, out);
                 self.initiators.retain(|(p, _), _| *p != pid);
@@ -1895,6 +1940,7 @@ impl Matcher {
     /// Ends the trace: everything still open is closed with the cause "trace ended".
     pub fn finish(&mut self, end_ns: u64, out: &mut Vec<Record>) -> Summary {
         self.advance(end_ns, out);
+        self.finish_sample();
         self.close_where(TRACE_ENDED, |_, _| true, out);
         self.summary()
     }

@@ -322,6 +322,22 @@ pub struct Counts {
     pub orphans_by_kind: std::collections::BTreeMap<String, u64>,
     /// Events about commands or TMFs the matcher never saw start.
     pub unmatched_events: u64,
+    /// `--sample`: windows opened; commands measured (arrival and release
+    /// in one window); and commands cut by a window's edge, not measured:
+    /// an arrival whose window closed before its release, a release whose
+    /// arrival came before its window opened (a command that spans a whole
+    /// closed period is counted at both ends). What sampling gives up is
+    /// counted, not lost.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sample_windows: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub commands_sampled: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub commands_cut_by_window: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Counts {

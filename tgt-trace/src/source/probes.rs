@@ -111,6 +111,7 @@ pub fn attach(trace: &TraceOptions) -> Result<Attached, ProbeError> {
         tgtd_build_id: build_id,
         tgtd_layout: layout,
         probe_set: trace.set,
+        sampling: trace.sample,
         probes: tracer.points().to_vec(),
         pids,
         pid_filter: trace.pid.map(|p| p.get()),
@@ -208,6 +209,16 @@ pub async fn run(
     };
     let mut drains: u32 = 0;
     let mut command_status = None;
+    // `--sample`: the first window opens at once.
+    let mut window = header
+        .sampling
+        .filter(|_| tracer.samples())
+        .map(|sampling| Window {
+            sampling,
+            open: false,
+            next: tokio::time::Instant::now(),
+            period_start: tokio::time::Instant::now(),
+        });
 
     let stopped_by = loop {
         tokio::select! {
@@ -232,6 +243,12 @@ pub async fn run(
                     driver.snapshot(drops)?;
                 }
             }
+            () = sleep_until(window.as_ref().map(|w| w.next)) => {
+                if let Some(w) = window.as_mut() {
+                    events += w.turn(&mut tracer, &mut processes, &mut driver)?;
+                    driver.batch_end()?;
+                }
+            }
             _ = sigint.recv() => break "signal",
             _ = sigterm.recv() => break "signal",
             () = notified(stops.stop.as_deref()) => break "stopped",
@@ -250,6 +267,9 @@ pub async fn run(
     // in the ring then, and the last drain takes it all.
     tracer.detach();
     events += processes.drain(&mut tracer, &mut driver)?;
+    if let Some(w) = window.as_ref().filter(|w| w.open) {
+        events += w.edge(false, &mut driver)?;
+    }
     events += processes.report_exits(&mut driver)?;
     driver.batch_end()?;
     let mut drops = Drops::new(tracer.counters()?, tracer.decode_errors());
@@ -277,6 +297,63 @@ pub async fn run(
         summary,
         command_status,
     })
+}
+
+/// `--sample`'s windows: open for `open_ms` of every `period_ms`.
+struct Window {
+    sampling: crate::points::Sampling,
+    open: bool,
+    /// When it turns next.
+    next: tokio::time::Instant,
+    /// When the current period began.
+    period_start: tokio::time::Instant,
+}
+
+impl Window {
+    /// Opens or closes the window, and says so in the stream. An open is
+    /// stamped before the first probe is attached; a close after the last
+    /// is detached and what they sent is drained, so that every command
+    /// event of a window lies between its two edges.
+    fn turn(
+        &mut self,
+        tracer: &mut Tracer,
+        processes: &mut Processes,
+        driver: &mut Driver<'_>,
+    ) -> Result<u64, LiveError> {
+        let mut events = processes.drain(tracer, driver)?;
+        if self.open {
+            tracer.sample_close();
+            events += processes.drain(tracer, driver)?;
+            self.open = false;
+            events += self.edge(false, driver)?;
+            self.period_start += Duration::from_millis(self.sampling.period_ms);
+            // A period missed (the loop was held up) is skipped, not run
+            // late back to back.
+            let now = tokio::time::Instant::now();
+            while self.period_start < now {
+                self.period_start += Duration::from_millis(self.sampling.period_ms);
+            }
+            self.next = self.period_start;
+        } else {
+            events += self.edge(true, driver)?;
+            self.open = true;
+            tracer.sample_open()?;
+            self.next = tokio::time::Instant::now()
+                .max(self.period_start)
+                .checked_add(Duration::from_millis(self.sampling.open_ms()))
+                .unwrap_or(self.next);
+        }
+        Ok(events)
+    }
+
+    fn edge(&self, open: bool, driver: &mut Driver<'_>) -> Result<u64, SinkError> {
+        driver.event(&Event::SampleWindow {
+            ts_ns: probe::monotonic_ns(),
+            pid: 0,
+            open,
+        })?;
+        Ok(1)
+    }
 }
 
 /// The tgtd processes seen, and those seen to exit.
