@@ -9,7 +9,7 @@ use serde::Deserialize;
 use crate::{
     correlate::Summary,
     plausible::LayoutViolations,
-    points::{Point, ProbePoint, attached},
+    points::{Point, ProbePoint},
     stats::LatencySummary,
     trace::Drops,
 };
@@ -365,13 +365,16 @@ fn histogram_paths(summary: &Summary) -> Vec<String> {
     paths
 }
 
-/// The probe a histogram needs.
-fn needed_probe(path: &str) -> Option<Point> {
+/// The probe a histogram needs, and whether a sampled one will do: the
+/// command histograms are fed inside `--sample`'s windows, the abort ones
+/// only by a probe attached all the time.
+fn needed_probe(path: &str) -> Option<(Point, bool)> {
     match path.split('.').next() {
-        Some("command" | "aborted_age") => Some(Point::Queue),
+        Some("command") => Some((Point::Queue, true)),
+        Some("aborted_age") => Some((Point::Queue, false)),
         // The tmf set's walk sees aborts decided, not given: the time to
         // TASK_ABORTED needs the release (or result) path.
-        Some("abort") => Some(Point::Release),
+        Some("abort") => Some((Point::Release, false)),
         _ => None,
     }
 }
@@ -411,10 +414,19 @@ impl Evidence<'_> {
                 histogram: path,
                 stat,
             } => {
-                if let Some(probe) = needed_probe(path)
-                    && !attached(self.probes, probe)
-                {
-                    return Err(format!("the '{probe}' probe was not attached"));
+                if let Some((probe, sampled_will_do)) = needed_probe(path) {
+                    let found = self.probes.iter().find(|p| p.name == probe && p.attached);
+                    match found {
+                        None => return Err(format!("the '{probe}' probe was not attached")),
+                        Some(p) if p.sampled && !sampled_will_do => {
+                            return Err(format!(
+                                "the '{probe}' probe was attached only in --sample's windows, \
+                                 and this histogram is of TMFs, which a sampled trace matches \
+                                 without it: record without --sample"
+                            ));
+                        }
+                        Some(_) => {}
+                    }
                 }
                 let empty = LatencySummary::default();
                 let h = histogram(self.summary, path).unwrap_or(&empty);
@@ -750,6 +762,42 @@ mod tests {
             why.contains("tmf_result 2") && why.contains("run `tgt-trace probes`"),
             "{why}"
         );
+    }
+
+    #[test]
+    fn a_sampled_trace_checks_command_latency_but_not_abort_latency() {
+        let mut summary = Summary {
+            counts: Default::default(),
+            histograms: Default::default(),
+        };
+        for _ in 0..100 {
+            summary.histograms.command.count += 1;
+        }
+        summary.histograms.command.p99_us = 300;
+        let sampled = |name| ProbePoint {
+            name,
+            function: String::new(),
+            offset: None,
+            attached: true,
+            sampled: true,
+            missing: None,
+        };
+        let probes = [sampled(Point::Queue), sampled(Point::Release)];
+        let found = LayoutViolations::default();
+        let ev = Evidence {
+            summary: &summary,
+            drops: Drops::default(),
+            probes: &probes,
+            layout_violations: &found,
+            min_samples: 1,
+        };
+        let command = Budget::parse("command.p99<=1ms").expect("parses");
+        assert_eq!(check(&command, &ev).verdict, Verdict::Pass);
+        let abort = Budget::parse("abort.p99<=5ms").expect("parses");
+        let Verdict::Inconclusive(why) = check(&abort, &ev).verdict else {
+            panic!("not inconclusive");
+        };
+        assert!(why.contains("record without --sample"), "{why}");
     }
 
     #[test]

@@ -115,11 +115,27 @@ pub fn render_text(replayed: &Replayed, orphans: &[OrphanRecord]) -> String {
         c.commands_in_flight,
         c.commands_evicted
     );
+    if let Some(sampling) = h.sampling {
+        let _ = writeln!(
+            t,
+            "sampled (--sample {sampling}): {} commands measured in {} windows, {} cut by a \
+             window's edge; the command latencies below are of those measured only",
+            c.commands_sampled, c.sample_windows, c.commands_cut_by_window
+        );
+    }
     let _ = writeln!(
         t,
         "\nlatency (µs)                      count       p50       p90       p99     p99.9       max"
     );
-    latency_row(&mut t, "commands", &h.command);
+    latency_row(
+        &mut t,
+        if h.sampling.is_some() {
+            "commands (sampled)"
+        } else {
+            "commands"
+        },
+        &h.command,
+    );
     for (class, s) in &h.command_by_class {
         latency_row(&mut t, &format!("commands {class}"), s);
     }

@@ -121,6 +121,8 @@ pub struct Live {
     lost: Mutex<Vec<(String, u64)>>,
     /// Every probe point, attached or not; set once.
     probes: Mutex<Vec<(&'static str, bool)>>,
+    /// `--sample`'s share of time, in percent; 100 without it. Set once.
+    sampled_percent: AtomicU64,
     /// Runtime layout check violations, by check name; changes only when
     /// one fires.
     layout_violations: Mutex<std::collections::BTreeMap<String, u64>>,
@@ -356,10 +358,14 @@ impl Sink for MetricsSink {
             *probes = header
                 .probes
                 .iter()
-                .filter(|p| header.probe_set.wants(p.name))
+                .filter(|p| header.probe_set.wants(p.name) || p.attached)
                 .map(|p| (p.name.name(), p.attached))
                 .collect();
         }
+        self.live.sampled_percent.store(
+            header.sampling.map_or(100, |s| u64::from(s.percent)),
+            Ordering::Release,
+        );
         self.set_lost(&Drops::default(), &[]);
         // Healthy only from the first batch's end: the drain loop is alive.
         self.live
@@ -546,6 +552,15 @@ impl Collector for Scraped {
             ConstGauge::new(i64::from(*attached))
                 .encode(family.encode_family(&[("probe", *probe)])?)?;
         }
+        gauge(
+            &mut encoder,
+            "command_duration_sampled_ratio",
+            "The share of time the per-command probes are attached: below 1 under \
+             --sample, when command_duration holds only the commands seen whole inside \
+             a sampling window (TMF metrics are complete either way)",
+            None,
+            live.sampled_percent.load(Ordering::Acquire) as f64 / 100.0,
+        )?;
         if let Some(own) = process() {
             ConstCounter::new(own.cpu_seconds).encode(encoder.encode_descriptor(
                 "process_cpu",

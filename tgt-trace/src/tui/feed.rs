@@ -69,7 +69,10 @@ impl TraceInfo {
                 .then(|| header.tgtd_build_id.clone()),
             pids: header.pids.clone(),
             probe_set: match header.target {
-                crate::points::Target::Tgtd => format!("{:?}", header.probe_set).to_lowercase(),
+                crate::points::Target::Tgtd => match header.sampling {
+                    Some(s) => format!("{} (commands sampled {s})", header.probe_set.name()),
+                    None => header.probe_set.name().to_owned(),
+                },
                 crate::points::Target::Lio => "lio".to_owned(),
             },
             probes: header.probes.clone(),

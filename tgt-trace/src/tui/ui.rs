@@ -644,7 +644,11 @@ fn render_in_flight(app: &App, data: &Data, area: Rect, buf: &mut Buffer) {
 /// The histograms the filter lets through, by name.
 pub fn histogram_rows<'d>(data: &'d Data, filter: &Filter) -> Vec<(String, &'d LatencySummary)> {
     let h = &data.summary.histograms;
-    let mut rows = vec![("command".to_owned(), &h.command)];
+    let command = match h.sampling {
+        Some(s) => format!("command ({}% sampled)", s.percent),
+        None => "command".to_owned(),
+    };
+    let mut rows = vec![(command, &h.command)];
     for (class, s) in &h.command_by_class {
         let shown = match filter.op {
             Some(OpFilter::Class(c)) => c.name() == class,
