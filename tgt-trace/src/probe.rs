@@ -147,6 +147,9 @@ pub struct Tracer {
     sampled: Vec<SampledProbe>,
     sample_target: Option<(std::path::PathBuf, UProbeScope)>,
     sample_links: Vec<Link>,
+    /// The threads detaching a closed window's probes (see
+    /// [`Tracer::sample_close`]).
+    sample_closing: Vec<std::thread::JoinHandle<()>>,
     // Dropping `Ebpf` unloads the programs; it must outlive the maps' users.
     ebpf: Ebpf,
     ring: RingBuf<MapData>,
@@ -394,18 +397,36 @@ impl Tracer {
         }
         match failed {
             Some(e) => {
-                self.sample_close();
+                detach_all(&mut self.sample_links);
                 Err(e)
             }
             None => Ok(()),
         }
     }
 
-    /// Closes a `--sample` window: detaches the per-command probes, all at
-    /// once (see [`Tracer::detach`]). When it returns no per-command probe
-    /// fires any more.
+    /// Closes a `--sample` window: starts detaching the per-command
+    /// probes, each on a thread of its own, and returns at once. The kernel
+    /// takes each breakpoint out at the start and then waits for a grace
+    /// period (about 200 ms under load here) before the detach returns;
+    /// the drain loop goes on meanwhile, and [`Tracer::sample_closed`] says
+    /// when no per-command probe can fire any more.
     pub fn sample_close(&mut self) {
-        detach_all(&mut self.sample_links);
+        self.sample_closing.extend(
+            self.sample_links
+                .drain(..)
+                .map(|link| std::thread::spawn(move || drop(link))),
+        );
+    }
+
+    /// Whether the last window's probes are all detached.
+    pub fn sample_closed(&mut self) -> bool {
+        if !self.sample_closing.iter().all(|t| t.is_finished()) {
+            return false;
+        }
+        for thread in self.sample_closing.drain(..) {
+            let _ = thread.join();
+        }
+        true
     }
 
     /// Whether this tracer samples.
@@ -433,6 +454,7 @@ impl Tracer {
             sampled: Vec::new(),
             sample_target: None,
             sample_links: Vec::new(),
+            sample_closing: Vec::new(),
             ebpf,
             ring,
             counters,
@@ -492,6 +514,9 @@ impl Tracer {
     pub fn detach(&mut self) {
         self.links.append(&mut self.sample_links);
         detach_all(&mut self.links);
+        for thread in self.sample_closing.drain(..) {
+            let _ = thread.join();
+        }
     }
 
     pub fn points(&self) -> &[ProbePoint] {

@@ -105,23 +105,30 @@ pub fn render_text(replayed: &Replayed, orphans: &[OrphanRecord]) -> String {
     };
     let c = &summary.counts;
     let h = &summary.histograms;
-    let _ = writeln!(
-        t,
-        "commands: {} in, {} good, {} error status, {} aborted, {} still in flight, {} evicted",
-        c.commands_in,
-        c.commands_good,
-        c.commands_error,
-        c.commands_aborted,
-        c.commands_in_flight,
-        c.commands_evicted
-    );
-    if let Some(sampling) = h.sampling {
-        let _ = writeln!(
-            t,
-            "sampled (--sample {sampling}): {} commands measured in {} windows, {} cut by a \
-             window's edge; the command latencies below are of those measured only",
-            c.commands_sampled, c.sample_windows, c.commands_cut_by_window
-        );
+    match h.sampling {
+        // Commands are not traced one by one: their counts would be of the
+        // windows, and the TMFs' covered commands are in the TMF records.
+        Some(sampling) => {
+            let _ = writeln!(
+                t,
+                "commands: sampled (--sample {sampling}): {} measured in {} windows, {} cut by a \
+                 window's edge; the command latencies below are of those measured",
+                c.commands_sampled, c.sample_windows, c.commands_cut_by_window
+            );
+        }
+        None => {
+            let _ = writeln!(
+                t,
+                "commands: {} in, {} good, {} error status, {} aborted, {} still in flight, {} \
+                 evicted",
+                c.commands_in,
+                c.commands_good,
+                c.commands_error,
+                c.commands_aborted,
+                c.commands_in_flight,
+                c.commands_evicted
+            );
+        }
     }
     let _ = writeln!(
         t,

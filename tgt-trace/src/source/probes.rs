@@ -215,8 +215,8 @@ pub async fn run(
         .filter(|_| tracer.samples())
         .map(|sampling| Window {
             sampling,
-            open: false,
-            next: tokio::time::Instant::now(),
+            phase: Phase::Closed,
+            next: Some(tokio::time::Instant::now()),
             period_start: tokio::time::Instant::now(),
         });
 
@@ -225,6 +225,9 @@ pub async fn run(
             _ = ticker.tick() => {
                 drains = drains.wrapping_add(1);
                 events += processes.drain(&mut tracer, &mut driver)?;
+                if let Some(w) = window.as_mut() {
+                    events += w.settle(&mut tracer, &mut processes, &mut driver)?;
+                }
                 if drains.is_multiple_of(LIVENESS_EVERY) {
                     events += processes.report_exits(&mut driver)?;
                     // Two map reads: cheap at this pace, and what a live
@@ -243,7 +246,7 @@ pub async fn run(
                     driver.snapshot(drops)?;
                 }
             }
-            () = sleep_until(window.as_ref().map(|w| w.next)) => {
+            () = sleep_until(window.as_ref().and_then(|w| w.next)) => {
                 if let Some(w) = window.as_mut() {
                     events += w.turn(&mut tracer, &mut processes, &mut driver)?;
                     driver.batch_end()?;
@@ -267,7 +270,7 @@ pub async fn run(
     // in the ring then, and the last drain takes it all.
     tracer.detach();
     events += processes.drain(&mut tracer, &mut driver)?;
-    if let Some(w) = window.as_ref().filter(|w| w.open) {
+    if let Some(w) = window.as_ref().filter(|w| w.phase != Phase::Closed) {
         events += w.edge(false, &mut driver)?;
     }
     events += processes.report_exits(&mut driver)?;
@@ -302,47 +305,72 @@ pub async fn run(
 /// `--sample`'s windows: open for `open_ms` of every `period_ms`.
 struct Window {
     sampling: crate::points::Sampling,
-    open: bool,
-    /// When it turns next.
-    next: tokio::time::Instant,
+    phase: Phase,
+    /// When it opens or closes next; none while closing.
+    next: Option<tokio::time::Instant>,
     /// When the current period began.
     period_start: tokio::time::Instant,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Closed,
+    Open,
+    /// Its probes are being detached.
+    Closing,
+}
+
 impl Window {
-    /// Opens or closes the window, and says so in the stream. An open is
-    /// stamped before the first probe is attached; a close after the last
-    /// is detached and what they sent is drained, so that every command
-    /// event of a window lies between its two edges.
+    /// At `next`: opens the window, or begins to close it. An open is
+    /// stamped before the first probe is attached.
     fn turn(
         &mut self,
         tracer: &mut Tracer,
         processes: &mut Processes,
         driver: &mut Driver<'_>,
     ) -> Result<u64, LiveError> {
-        let mut events = processes.drain(tracer, driver)?;
-        if self.open {
-            tracer.sample_close();
-            events += processes.drain(tracer, driver)?;
-            self.open = false;
-            events += self.edge(false, driver)?;
-            self.period_start += Duration::from_millis(self.sampling.period_ms);
-            // A period missed (the loop was held up) is skipped, not run
-            // late back to back.
-            let now = tokio::time::Instant::now();
-            while self.period_start < now {
-                self.period_start += Duration::from_millis(self.sampling.period_ms);
+        match self.phase {
+            Phase::Closed => {
+                let events = processes.drain(tracer, driver)? + self.edge(true, driver)?;
+                self.phase = Phase::Open;
+                tracer.sample_open()?;
+                self.next = tokio::time::Instant::now()
+                    .checked_add(Duration::from_millis(self.sampling.open_ms()));
+                Ok(events)
             }
-            self.next = self.period_start;
-        } else {
-            events += self.edge(true, driver)?;
-            self.open = true;
-            tracer.sample_open()?;
-            self.next = tokio::time::Instant::now()
-                .max(self.period_start)
-                .checked_add(Duration::from_millis(self.sampling.open_ms()))
-                .unwrap_or(self.next);
+            Phase::Open => {
+                tracer.sample_close();
+                self.phase = Phase::Closing;
+                self.next = None;
+                Ok(0)
+            }
+            Phase::Closing => Ok(0),
         }
+    }
+
+    /// At each drain: once a closing window's probes are all detached, the
+    /// ring is drained of what they sent and the close is stamped, so that
+    /// every command event of a window lies between its two edges.
+    fn settle(
+        &mut self,
+        tracer: &mut Tracer,
+        processes: &mut Processes,
+        driver: &mut Driver<'_>,
+    ) -> Result<u64, LiveError> {
+        if self.phase != Phase::Closing || !tracer.sample_closed() {
+            return Ok(0);
+        }
+        let events = processes.drain(tracer, driver)? + self.edge(false, driver)?;
+        self.phase = Phase::Closed;
+        // The next period; one missed (the loop was held up) is skipped,
+        // not run late back to back.
+        let period = Duration::from_millis(self.sampling.period_ms);
+        let now = tokio::time::Instant::now();
+        self.period_start += period;
+        while self.period_start < now {
+            self.period_start += period;
+        }
+        self.next = Some(self.period_start);
         Ok(events)
     }
 
