@@ -138,7 +138,6 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         None
     };
     let machine = report::machine();
-    report::write_intro(&machine)?;
     for section in sections {
         eprintln!("bench: section {}", section.name());
         let body = match (section, tgtd.as_ref().map(|s| &s.tgtd)) {
@@ -156,6 +155,8 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         };
         println!("{body}");
         report::write_section(section.name(), &body, &machine)?;
+        // After the section: the goals table shows the verdicts just written.
+        report::write_intro(&machine)?;
     }
     Ok(())
 }

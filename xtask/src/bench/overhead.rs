@@ -12,7 +12,7 @@ use tgt_trace_e2e::tgtd::Tgtd;
 use super::{
     Options,
     live::{self, AbortLoop, Drops, Mode, PACED_SESSIONS, PacedLoad, RING_RECORD_BYTES, Script},
-    report::{median, range},
+    report::{goal_mark, median, range},
 };
 
 /// The modes of the overhead tables, in the order they run in each round.
@@ -473,6 +473,7 @@ pub fn ring(tgtd: &Tgtd, opts: &Options) -> anyhow::Result<String> {
         size /= 2;
     }
     let default_drops = default_drops.unwrap_or(0);
+    let mark = goal_mark("drops-0", default_drops == 0);
     let goal = if default_drops == 0 {
         "met: 0 drops with the default 16 MiB ring and the full set".to_owned()
     } else {
@@ -498,7 +499,7 @@ pub fn ring(tgtd: &Tgtd, opts: &Options) -> anyhow::Result<String> {
          `decode_errors`. The ring is drained every 20 ms (`--poll`), so it must hold at least \
          that long of events: the last column is its size over {RING_RECORD_BYTES:.0} bytes per \
          event (a 72-byte record and the ring's 8-byte header) at the events/s measured.\n\n\
-         {table}\nGoal, 0 drops at saturation: {goal}.\n\n{smallest}\n",
+         {table}\nGoal, 0 drops at saturation: {goal}. {mark}\n\n{smallest}\n",
         opts.rounds, opts.seconds
     ))
 }
