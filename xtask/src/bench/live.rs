@@ -224,6 +224,8 @@ pub struct Stopped {
     pub events: Option<u64>,
     /// bpftrace, when asked to keep it: what it printed (its maps at exit).
     pub output: String,
+    /// tgt-trace, when asked for it: `tgt-trace report --json` of the trace.
+    pub report: Option<serde_json::Value>,
 }
 
 /// A running tracer, attached. Dropping it stops it.
@@ -367,14 +369,20 @@ impl Tracer {
 
     /// Stops the tracer, waits for it, and collects what it left.
     pub fn stop(mut self) -> anyhow::Result<Stopped> {
-        self.finish()
+        self.finish(false)
+    }
+
+    /// As [`Tracer::stop`], and for tgt-trace the matcher's report on the
+    /// trace ([`Stopped::report`]) before the trace is removed.
+    pub fn stop_with_report(mut self) -> anyhow::Result<Stopped> {
+        self.finish(true)
     }
 
     fn stop_quietly(&mut self) {
-        let _ = self.finish();
+        let _ = self.finish(false);
     }
 
-    fn finish(&mut self) -> anyhow::Result<Stopped> {
+    fn finish(&mut self, report: bool) -> anyhow::Result<Stopped> {
         let Some(mut child) = self.child.take() else {
             return Ok(Stopped::default());
         };
@@ -386,8 +394,10 @@ impl Tracer {
                 drop(stdin.take());
                 let status = child.wait().context("waiting for tgt-trace")?;
                 let summary = last_line(trace);
+                let reported = (report && status.success()).then(|| report_json(trace));
                 let _ = std::fs::remove_file(&*trace);
                 anyhow::ensure!(status.success(), "tgt-trace record exited with {status}");
+                stopped.report = reported.transpose()?;
                 let summary: serde_json::Value = summary
                     .as_deref()
                     .and_then(|l| serde_json::from_str(l).ok())
@@ -420,6 +430,25 @@ impl Drop for Tracer {
     fn drop(&mut self) {
         self.stop_quietly();
     }
+}
+
+/// `tgt-trace report --json` of a trace: the matcher's summary, replayed
+/// by the same binary that recorded it (xtask does not link tgt-trace's
+/// library: it must build before the eBPF toolchain exists).
+fn report_json(trace: &Path) -> anyhow::Result<serde_json::Value> {
+    let out = Command::new(root().join("target/release/tgt-trace"))
+        .args(["report", "--json"])
+        .arg(trace)
+        .stdin(Stdio::null())
+        .output()
+        .context("running tgt-trace report")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "tgt-trace report --json exited with {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    serde_json::from_slice(&out.stdout).context("parsing tgt-trace report --json")
 }
 
 /// The last line of a file, read from its end (traces are large).
