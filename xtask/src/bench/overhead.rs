@@ -67,10 +67,10 @@ fn us_per(rate: f64) -> f64 {
 /// "met (0.91 ≥ 0.88)" or "**missed** by 0.05 (0.83, goal ≥ 0.88)".
 fn verdict(value: f64, goal: f64, unit: &str) -> String {
     if value >= goal {
-        format!("met ({value:.2}{unit} ≥ {goal}{unit})")
+        format!("met ({value:.2}{unit} ≥ {goal:.2}{unit})")
     } else {
         format!(
-            "**missed** by {:.2}{unit} ({value:.2}{unit}, goal ≥ {goal}{unit})",
+            "**missed** by {:.2}{unit} ({value:.2}{unit}, goal ≥ {goal:.2}{unit})",
             goal - value
         )
     }

@@ -201,19 +201,23 @@ fn goal_status(blocks: &[(String, String)], goal: &Goal) -> String {
     let Some((_, block)) = blocks.iter().find(|(n, _)| n == goal.section) else {
         return format!("not measured yet (`--only {}`)", goal.section);
     };
-    let date = block
+    let day = block
         .rfind("_Measured ")
         .map(|at| &block[at + "_Measured ".len()..])
-        .and_then(|rest| rest.split_whitespace().next())
-        .map_or(String::new(), |d| format!(" ({d})"));
+        .and_then(|rest| rest.split_whitespace().next());
+    let date = day.map_or(String::new(), |d| format!(" ({d})"));
     let mark = |met| block.contains(&goal_mark(goal.id, met));
     if mark(true) {
         format!("met{date}")
     } else if mark(false) {
         format!("**missed**{date}")
     } else {
-        // A block measured before the section marked this goal.
-        format!("not measured yet (`--only {}`)", goal.section)
+        // Its verdict is in the block's text, from a run before the marks.
+        format!(
+            "see the section (measured {} before the marks; `--only {}` remeasures)",
+            day.unwrap_or("earlier"),
+            goal.section
+        )
     }
 }
 
@@ -339,7 +343,10 @@ mod tests {
             "**missed** (2026-12-01)"
         );
         // Another goal's mark, or none: not this goal's verdict.
-        assert!(goal_status(&block(&goal_mark("other", true)), goal).starts_with("not measured"));
+        assert_eq!(
+            goal_status(&block(&goal_mark("other", true)), goal),
+            "see the section (measured 2026-12-01 before the marks; `--only overhead` remeasures)"
+        );
         assert!(goal_status(&[], goal).starts_with("not measured"));
     }
 
