@@ -46,7 +46,7 @@ enum Job {
         #[arg(long)]
         e2e_filter: Option<String>,
     },
-    /// Tracing overhead, CPU, aborts, drops, per-probe cost, profile, matcher and replay speed -> BENCHMARKS.md.
+    /// Tracing overhead, CPU, sampled histograms, aborts, drops, per-probe cost, profile, matcher and replay speed -> BENCHMARKS.md.
     Bench {
         /// Interleaved rounds per mode.
         #[arg(long, default_value_t = 5)]
@@ -54,7 +54,7 @@ enum Job {
         /// Seconds per run.
         #[arg(long, default_value_t = 8)]
         seconds: u64,
-        /// Commands per second of the cpu section's paced load.
+        /// Commands per second of the cpu and sampled sections' paced load.
         #[arg(long, default_value_t = 10_000)]
         rate: u32,
         /// Run only these sections (default: all); their blocks of

@@ -12,7 +12,7 @@ use anyhow::Context as _;
 
 use super::{
     Options, perf,
-    report::{median, range},
+    report::{self, median, range},
 };
 use crate::{cargo, root, run_step};
 
@@ -103,9 +103,10 @@ pub fn matcher(opts: &Options) -> anyhow::Result<String> {
         );
     }
     let mut goal = format!(
-        "Goal, matcher ≥ 10 M events/s on one core: full set {}; lean set {}.",
+        "Goal, matcher ≥ 10 M events/s on one core: full set {}; lean set {}. {}",
         verdict(full_rate, 10.0, "M events/s"),
         verdict(lean_rate, 10.0, "M events/s"),
+        report::goal_mark("matcher-10M", full_rate >= 10.0 && lean_rate >= 10.0),
     );
     let profile = perf::profile(
         bench.as_os_str(),
@@ -258,8 +259,9 @@ pub fn replay(opts: &Options) -> anyhow::Result<String> {
     }
     let m = median(&rates);
     let mut goal = format!(
-        "Goal, replay ≥ 1 M lines/s: {}.",
-        verdict(m, 1.0, "M lines/s")
+        "Goal, replay ≥ 1 M lines/s: {}. {}",
+        verdict(m, 1.0, "M lines/s"),
+        report::goal_mark("replay-1M", m >= 1.0),
     );
     let profile = perf::profile(
         tgt_trace.as_os_str(),
