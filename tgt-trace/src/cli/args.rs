@@ -38,8 +38,10 @@ pub struct AttachArgs {
     /// tmf set's walk). With --probes lean or full.
     #[arg(long, value_name = "PERCENT", value_parser = parse_percent)]
     pub sample: Option<u8>,
-    /// The period --sample's windows repeat with.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration, requires = "sample")]
+    /// The period --sample's windows repeat with. Each window's end stalls
+    /// tgtd for some milliseconds (the kernel removing the probes), so
+    /// shorter periods cost more than their share.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, requires = "sample")]
     pub sample_period: Duration,
 }
 

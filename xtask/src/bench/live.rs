@@ -29,8 +29,11 @@ pub const LUN: u16 = 1;
 /// Sessions the paced load is spread over.
 pub const PACED_SESSIONS: usize = 4;
 /// `--sample`'s share in the sampled modes: issue #15's goals are set at
-/// 10% of each (default, 1 s) period.
+/// 10%, of tgt-trace's default period.
 pub const SAMPLE_PERCENT: u8 = 10;
+/// `--sample-period` in the sampled modes, in seconds: tgt-trace's default,
+/// passed explicitly so that the tables say what was run.
+pub const SAMPLE_PERIOD_S: u64 = 10;
 /// Bytes one command event takes in the ring buffer: the 72-byte record
 /// (`tgt_trace_common::EVENT_SIZE`) and the ring's 8-byte header.
 pub const RING_RECORD_BYTES: f64 = 80.0;
@@ -40,7 +43,7 @@ pub const RING_RECORD_BYTES: f64 = 80.0;
 pub enum Mode {
     Untraced,
     /// `tgt-trace record --probes SET`, with `--ring-size` and `--sample
-    /// PERCENT` (its default 1 s period) when given.
+    /// PERCENT --sample-period SAMPLE_PERIOD_S` when given.
     TgtTrace {
         set: &'static str,
         ring: Option<u32>,
@@ -59,7 +62,7 @@ impl Mode {
         }
     }
 
-    /// `--sample PERCENT` with the default period.
+    /// `--sample PERCENT` of each [`SAMPLE_PERIOD_S`].
     pub const fn sampled(set: &'static str, percent: u8) -> Mode {
         Mode::TgtTrace {
             set,
@@ -275,7 +278,14 @@ impl Tracer {
             )
             .args(
                 sample
-                    .map(|p| ["--sample".to_owned(), format!("{p}%")])
+                    .map(|p| {
+                        [
+                            "--sample".to_owned(),
+                            format!("{p}%"),
+                            "--sample-period".to_owned(),
+                            format!("{SAMPLE_PERIOD_S}s"),
+                        ]
+                    })
                     .iter()
                     .flatten(),
             )

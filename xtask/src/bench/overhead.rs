@@ -13,7 +13,7 @@ use super::{
     Options,
     live::{
         self, AbortLoop, Drops, Mode, PACED_SESSIONS, PacedLoad, RING_RECORD_BYTES, SAMPLE_PERCENT,
-        Script,
+        SAMPLE_PERIOD_S, Script,
     },
     report::{goal_mark, median, range},
 };
@@ -302,10 +302,11 @@ pub fn saturation(tgtd: &Tgtd, opts: &Options) -> anyhow::Result<String> {
             "\nWhat limits `--sample {SAMPLE_PERCENT}%`: a command takes the lean set's 2 hits \
              inside a window and none outside, so the hits alone should add about \
              {SAMPLE_PERCENT}% of the lean set's {:.2} µs per command, {:.2} µs; it adds \
-             {:.2} µs, and 0.95 allows {:.2} µs. Beyond the hits: attaching and detaching the \
-             per-command probes once a period each (the kernel writes and restores the \
-             breakpoints in tgtd's memory), the tracer's CPU, and the spread of runs on shared \
-             cores.",
+             {:.2} µs, and 0.95 allows {:.2} µs. Beyond the hits: at each window's end \
+             the kernel removes the probes, and tgtd, hitting one meanwhile, waits in the trap \
+             for the probe's lock (some milliseconds per probe; README, \"Why the default \
+             period is 10 s\"); attaching them at each window's start; the tracer's CPU; and \
+             the spread of runs on shared cores.",
             added_us[lean_at],
             added_us[lean_at] * f64::from(SAMPLE_PERCENT) / 100.0,
             added_us[sampled_at],
@@ -330,8 +331,9 @@ pub fn saturation(tgtd: &Tgtd, opts: &Options) -> anyhow::Result<String> {
          later). tgt-trace records to a file, as in use; bpftrace runs the lean set's probe \
          points (queue and release) and prints the same fields (its output is read and \
          discarded). `--sample {SAMPLE_PERCENT}%` attaches the lean set's per-command probes \
-         for {SAMPLE_PERCENT}% of each second (tgt-trace's default 1 s period) and detaches \
-         them in between; TMFs are traced all the time. µs added per command is 1/IOPS \
+         for {SAMPLE_PERCENT}% of each {SAMPLE_PERIOD_S} s period (`--sample-period \
+         {SAMPLE_PERIOD_S}s`, tgt-trace's default), from the start, and detaches them in \
+         between; TMFs are traced all the time.{short} µs added per command is 1/IOPS \
          traced − 1/IOPS untraced; per probe hit divides it by the hits per ordinary command \
          (tmf 0, lean 2, full 4, bpftrace 2; the sampled mode's commands take 2 only inside a \
          window, so its difference is not divided). \
@@ -343,7 +345,19 @@ pub fn saturation(tgtd: &Tgtd, opts: &Options) -> anyhow::Result<String> {
          counted) show how much it batches: fewer calls per command, more commands per \
          wake-up.\n\n\
          {table}\nGoals:\n\n{goals}",
-        opts.rounds, opts.seconds
+        opts.rounds,
+        opts.seconds,
+        short = if opts.seconds < SAMPLE_PERIOD_S {
+            format!(
+                " These rounds are shorter than the period: each sees one window, at its start, \
+                 so the sampled mode's probes were attached for {:.0}% of its run, not \
+                 {SAMPLE_PERCENT}% (`--seconds {SAMPLE_PERIOD_S}` measures the steady share).",
+                (SAMPLE_PERIOD_S as f64 * f64::from(SAMPLE_PERCENT) / 100.0) / opts.seconds as f64
+                    * 100.0
+            )
+        } else {
+            String::new()
+        },
     ))
 }
 

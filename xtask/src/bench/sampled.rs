@@ -12,7 +12,7 @@ use tgt_trace_e2e::tgtd::Tgtd;
 
 use super::{
     Options,
-    live::{Drops, Mode, PACED_SESSIONS, PacedLoad, SAMPLE_PERCENT},
+    live::{Drops, Mode, PACED_SESSIONS, PacedLoad, SAMPLE_PERCENT, SAMPLE_PERIOD_S},
     overhead::{SAMPLED, rotated},
     report::{goal_mark, median, range},
 };
@@ -145,7 +145,7 @@ pub fn run(tgtd: &Tgtd, opts: &Options) -> anyhow::Result<String> {
          in before the tracer starts); {} interleaved rounds of {} s per mode (rotated), \
          tgt-trace recording to a file, as in use. The lean set traced all the time, and with \
          `--sample {SAMPLE_PERCENT}%` (per-command probes attached for {SAMPLE_PERCENT}% of \
-         each 1 s period). p50 and p99 are the matcher's command latency histogram (arrival to \
+         each {SAMPLE_PERIOD_S} s period, from the start of the run: see windows per run). p50 and p99 are the matcher's command latency histogram (arrival to \
          release in tgtd, 1 µs resolution) from `tgt-trace report --json` on each run's trace: \
          the median of the runs' values and their range. A sampled trace's histogram holds \
          only the commands whose arrival and release fell in one window (commands sampled); \
