@@ -277,7 +277,11 @@ pub fn saturation(tgtd: &Tgtd, opts: &Options) -> anyhow::Result<String> {
             goals,
             "\nWhat limits the lean set: the same trap as the full set's, on 2 points per \
              command (queue and release), {:.2} µs apiece ({:.1} µs per command) against the \
-             untraced {budget:.1} µs; at 0.80 the two hits could cost {:.2} µs each at most.",
+             untraced {budget:.1} µs; at 0.80 the two hits could cost {:.2} µs each at most. \
+             A point on a 5-byte nop would be a system call instead of a trap (the kernel's \
+             optimized uprobes), but Debian's tgtd has no such nop that runs on the command \
+             path (README, \"Why every hit is a trap\"); `--sample` is what keeps command \
+             latencies near the tmf set's cost.",
             per_hit[lean_at],
             2.0 * per_hit[lean_at],
             allows(0.80) / 2.0,
