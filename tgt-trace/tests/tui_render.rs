@@ -526,3 +526,64 @@ fn saving_gives_the_visible_records_as_trace_lines() {
     let text = tgt_trace::tui::save::screen_text(&app, ratatui::layout::Rect::new(0, 0, 80, 24));
     assert!(text.contains("LUN_RESET"), "{text}");
 }
+
+/// Issue 15: a `--sample` trace. The header names the rate, the command
+/// histogram says it is sampled, and the in-flight view says why it is
+/// empty rather than showing no commands in flight.
+#[test]
+fn a_sampled_trace_says_so() {
+    let mut header = event_stream_header();
+    header.sampling = Some(tgt_trace::points::Sampling {
+        percent: 10,
+        period_ms: 10_000,
+    });
+    for p in &mut header.probes {
+        if p.name.per_command() && p.attached {
+            p.sampled = true;
+        }
+    }
+    let window = |ts_ns, open| {
+        Line::Event(Event::SampleWindow {
+            ts_ns,
+            pid: 0,
+            open,
+        })
+    };
+    let lines = vec![
+        window(1_000, true),
+        Line::Event(Event::CmdQueue {
+            ts_ns: 2_000,
+            pid: PID,
+            tid: 1,
+            itn_id: 1,
+            tag: 7,
+            lun: 1,
+            lun_raw: None,
+            opcode: 0x28,
+            attribute: 0x20,
+            cmd: 0x100,
+        }),
+        Line::Event(Event::CmdRelease {
+            ts_ns: 52_000,
+            pid: PID,
+            itn_id: 1,
+            tag: 7,
+            cmd: 0x100,
+            result: 0,
+            tmf: None,
+        }),
+        window(60_000, false),
+    ];
+    let mut app = app_from(&header, lines);
+    let overview = screen(&app);
+    assert!(
+        overview.contains("commands sampled 10% of each 10000 ms"),
+        "{overview}"
+    );
+    app.view = View::Histograms;
+    let histograms = screen(&app);
+    assert!(histograms.contains("command (10% sampled)"), "{histograms}");
+    app.view = View::InFlight;
+    let in_flight = screen(&app);
+    assert!(in_flight.contains("--sample's windows only"), "{in_flight}");
+}

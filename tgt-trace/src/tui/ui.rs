@@ -579,17 +579,25 @@ fn render_details(app: &App, data: &Data, area: Rect, buf: &mut Buffer) {
 }
 
 fn render_in_flight(app: &App, data: &Data, area: Rect, buf: &mut Buffer) {
-    let sees_arrivals = data
-        .info
-        .as_ref()
-        .is_none_or(|i| crate::points::attached(&i.probes, crate::points::Point::Queue));
-    if !sees_arrivals {
-        empty(
-            area,
-            buf,
-            "the queue probe is not attached (tmf probe set): commands in flight are not seen",
-            &Filter::default(),
-        );
+    let queue = data.info.as_ref().map(|i| {
+        i.probes
+            .iter()
+            .find(|p| p.name == crate::points::Point::Queue && p.attached)
+            .map(|p| p.sampled)
+    });
+    let why = match queue {
+        Some(None) => {
+            Some("the queue probe is not attached (tmf probe set): commands in flight are not seen")
+        }
+        // A window's arrivals feed its latency histograms only.
+        Some(Some(true)) => Some(
+            "the queue probe is attached in --sample's windows only: commands in flight are not \
+             tracked",
+        ),
+        _ => None,
+    };
+    if let Some(why) = why {
+        empty(area, buf, why, &Filter::default());
         return;
     }
     let rows = data.in_flight_rows(&app.filter);
