@@ -69,6 +69,13 @@ enum Job {
         /// Soak the live TUI (no -o) on a terminal instead of `record`.
         #[arg(long)]
         tui: bool,
+        /// Record with `--sample PERCENT` (written to BENCHMARKS.md's
+        /// "soak-sampled" section, apart from the unsampled soak).
+        #[arg(long, value_name = "PERCENT", conflicts_with = "tui")]
+        sample: Option<String>,
+        /// With --sample: its `--sample-period`.
+        #[arg(long, value_name = "DURATION", requires = "sample")]
+        sample_period: Option<String>,
     },
     /// Fuzz the readers of untrusted input (records, traces, replay) with N cases per target, in release.
     Fuzz {
@@ -159,11 +166,20 @@ fn main() -> ExitCode {
                 only,
             })
         }),
-        Job::Soak { minutes, tui } => setup::run().and_then(|()| {
+        Job::Soak {
+            minutes,
+            tui,
+            sample,
+            sample_period,
+        } => setup::run().and_then(|()| {
             if tui {
                 soak_tui::run(minutes)
             } else {
-                soak::run(minutes)
+                let sampling = sample.map(|percent| soak::Sampling {
+                    percent,
+                    period: sample_period,
+                });
+                soak::run(minutes, sampling.as_ref())
             }
         }),
         Job::Fuzz { cases } => fuzz::run(cases),

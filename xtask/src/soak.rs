@@ -37,7 +37,23 @@ struct Sample {
     lag_ms: f64,
 }
 
-pub fn run(minutes: u64) -> anyhow::Result<()> {
+/// `--sample` for the recording, as tgt-trace takes it.
+pub struct Sampling {
+    pub percent: String,
+    pub period: Option<String>,
+}
+
+impl Sampling {
+    fn args(&self) -> Vec<String> {
+        let mut args = vec!["--sample".to_owned(), self.percent.clone()];
+        if let Some(period) = &self.period {
+            args.extend(["--sample-period".to_owned(), period.clone()]);
+        }
+        args
+    }
+}
+
+pub fn run(minutes: u64, sampling: Option<&Sampling>) -> anyhow::Result<()> {
     crate::build_release(&["tgt-trace", "tgt-slowio"])?;
     crate::setup::require_root("the soak starts tgtd and loads eBPF probes")?;
     let gate = SlowIo::new("soak").context("the slow-I/O gate")?;
@@ -54,6 +70,7 @@ pub fn run(minutes: u64) -> anyhow::Result<()> {
         Command::new(root().join("target/release/tgt-trace"))
             .args(["record", "--pid", &tgtd.pid().to_string(), "--matched"])
             .args(["--summary-every", "10s", "-o", "-"])
+            .args(sampling.map(Sampling::args).unwrap_or_default())
             .stdout(Stdio::piped())
             .spawn()
             .context("starting tgt-trace")?,
@@ -132,7 +149,7 @@ pub fn run(minutes: u64) -> anyhow::Result<()> {
         .clone()
         .context("tgt-trace wrote no summary line")?;
     anyhow::ensure!(status.success(), "tgt-trace exited with {status}");
-    report(minutes, &samples, &seen, &summary)
+    report(minutes, sampling, &samples, &seen, &summary)
 }
 
 fn read_stream(lines: impl std::io::BufRead, seen: &Mutex<Seen>) {
@@ -198,6 +215,7 @@ fn monotonic_ns() -> u64 {
 
 fn report(
     minutes: u64,
+    sampling: Option<&Sampling>,
     samples: &[Sample],
     seen: &Seen,
     summary: &serde_json::Value,
@@ -236,13 +254,23 @@ fn report(
         seen.tmfs, seen.orphans
     );
     println!("{table}\n{verdict}");
+    let (title, name, sample_args, lag_note) = match sampling {
+        Some(s) => (
+            "Soak (sampled)",
+            "soak-sampled",
+            format!(" {}", s.args().join(" ")),
+            " Between windows only TMF and nexus events come, so lag there is also the time \
+             since the last of them.",
+        ),
+        None => ("Soak", "soak", String::new(), ""),
+    };
     let block = format!(
-        "## Soak\n\n`cargo xtask soak --minutes {minutes}`: the demo's workload (libiscsi \
-         throughput bursts and TMF tests, the project's initiator deferring an ABORT TASK \
-         behind a held READ and aborting a tag that never existed, once a second), traced \
-         with `record --matched --summary-every 10s`; the NDJSON is read as written. RSS is \
-         tgt-trace's; lag is how far the newest event read trails tgtd's clock (drain \
-         interval plus pipe).\n\n{table}\n{verdict}\n"
+        "## {title}\n\n`cargo xtask soak --minutes {minutes}{sample_args}`: the demo's workload \
+         (libiscsi throughput bursts and TMF tests, the project's initiator deferring an ABORT \
+         TASK behind a held READ and aborting a tag that never existed, once a second), traced \
+         with `record --matched --summary-every 10s{sample_args}`; the NDJSON is read as \
+         written. RSS is tgt-trace's; lag is how far the newest event read trails tgtd's clock \
+         (drain interval plus pipe).{lag_note}\n\n{table}\n{verdict}\n"
     );
-    crate::bench::report::write_section("soak", &block, &crate::bench::report::machine())
+    crate::bench::report::write_section(name, &block, &crate::bench::report::machine())
 }

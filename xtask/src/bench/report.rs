@@ -8,9 +8,20 @@ use crate::root;
 
 /// The order of blocks in BENCHMARKS.md (`soak` is written by `cargo xtask
 /// soak`); blocks with other names follow, as found.
-const ORDER: [&str; 12] = [
-    "goals", "overhead", "latency", "cpu", "sampled", "aborts", "ring", "probes", "profile",
-    "matcher", "replay", "soak",
+const ORDER: [&str; 13] = [
+    "goals",
+    "overhead",
+    "latency",
+    "cpu",
+    "sampled",
+    "aborts",
+    "ring",
+    "probes",
+    "profile",
+    "matcher",
+    "replay",
+    "soak",
+    "soak-sampled",
 ];
 
 pub fn median(values: &[f64]) -> f64 {
