@@ -987,6 +987,46 @@ mod tests {
     }
 
     #[test]
+    fn the_sampled_ratio_is_the_header_s_share() {
+        use crate::points::{Point, ProbePoint, ProbeSet, Sampling, Target};
+        let header = |sampling| Header {
+            schema_version: crate::SCHEMA_VERSION,
+            tgt_trace_version: String::new(),
+            target: Target::Tgtd,
+            tgtd_path: String::new(),
+            tgtd_build_id: String::new(),
+            tgtd_layout: crate::tgtd::LayoutCheck::CodeFingerprint,
+            probe_set: ProbeSet::Lean,
+            sampling,
+            probes: vec![ProbePoint {
+                name: Point::Queue,
+                function: String::new(),
+                offset: None,
+                attached: true,
+                sampled: sampling.is_some(),
+                missing: None,
+            }],
+            pids: Vec::new(),
+            pid_filter: None,
+            start_unix_ns: 0,
+            start_monotonic_ns: 0,
+            ring_bytes: 4096,
+        };
+        let ratio = |sampling| {
+            let (mut sink, exposition) = metrics(Options::default());
+            sink.header(&header(sampling)).expect("taken");
+            let text = exposition.encode(false).expect("encodes");
+            value(&text, "tgttrace_command_duration_sampled_ratio", &[])
+        };
+        assert_eq!(ratio(None), Some(1.0));
+        let tenth = Sampling {
+            percent: 10,
+            period_ms: 10_000,
+        };
+        assert_eq!(ratio(Some(tenth)), Some(0.1));
+    }
+
+    #[test]
     fn health_needs_the_probes_attached_and_a_recent_batch() {
         let (mut sink, exposition) = metrics(Options::default());
         let limit = Duration::from_secs(5);
