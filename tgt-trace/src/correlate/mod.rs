@@ -143,7 +143,13 @@ impl Coverage {
 
     /// From a trace header's probe list.
     pub fn from_probes(probes: &[ProbePoint]) -> Coverage {
-        let attached = |point| crate::points::attached(probes, point);
+        // A sampled point saw some commands, not all: to the TMF rules it
+        // is not there.
+        let attached = |point| {
+            probes
+                .iter()
+                .any(|p| p.name == point && p.attached && !p.sampled)
+        };
         if Point::LIO.iter().any(|&p| attached(p)) {
             return Coverage {
                 queue: attached(Point::LioQueue),
@@ -159,13 +165,6 @@ impl Coverage {
                 sampled: None,
             };
         }
-        // A sampled point saw some commands, not all: to the TMF rules it
-        // is not there.
-        let attached = |point| {
-            probes
-                .iter()
-                .any(|p| p.name == point && p.attached && !p.sampled)
-        };
         Coverage {
             queue: attached(Point::Queue),
             perform: attached(Point::Perform),
@@ -868,27 +867,27 @@ impl Matcher {
         };
         if let Some(arrived) = cmd.arrived_ns {
             // Full set: to the result; lean: the result is seen at release.
-            self.record_command_latency(&cmd, result_ns.saturating_sub(arrived));
+            self.record_command_latency(cmd.opcode, cmd.lun, result_ns.saturating_sub(arrived));
         }
         self.remember_release(ts, key);
         self.emit_command(key, cmd, outcome, None, Some(ts), out);
     }
 
-    fn record_command_latency(&mut self, cmd: &Command, latency: u64) {
+    fn record_command_latency(&mut self, opcode: Option<u8>, lun: Option<u64>, latency: u64) {
         self.measured.push(Measured::Command {
-            opcode: cmd.opcode,
-            lun: cmd.lun,
+            opcode,
+            lun,
             latency_ns: latency,
         });
         self.stats.command.record_ns(latency);
-        if let Some(op) = cmd.opcode {
+        if let Some(op) = opcode {
             self.stats
                 .command_by_class
                 .entry(OpClass::of(op))
                 .or_default()
                 .record_ns(latency);
         }
-        if let Some(lun) = cmd.lun {
+        if let Some(lun) = lun {
             self.stats
                 .command_by_lun
                 .entry(lun)

@@ -16,13 +16,23 @@
 
 use rustc_hash::FxHashMap;
 
-use super::{CmdKey, Command, Matcher};
+use super::{CmdKey, Matcher};
 use crate::event::Event;
 
 /// The commands that arrived in the open window.
 #[derive(Debug, Default)]
 pub(super) struct Sampler {
-    arrived: FxHashMap<CmdKey, Command>,
+    arrived: FxHashMap<CmdKey, Arrival>,
+}
+
+/// What a window saw of a command before its release.
+#[derive(Debug)]
+struct Arrival {
+    at_ns: u64,
+    opcode: u8,
+    lun: u64,
+    /// The full set's result time.
+    result_ns: Option<u64>,
 }
 
 impl Matcher {
@@ -41,7 +51,6 @@ impl Matcher {
             Event::CmdQueue {
                 ts_ns,
                 pid,
-                tid,
                 itn_id,
                 tag,
                 lun,
@@ -52,23 +61,16 @@ impl Matcher {
                     self.counts.commands_cut_by_window += 1;
                     return;
                 }
-                let command = Command {
-                    seq: 0,
-                    tid,
-                    lun: Some(lun),
-                    lun_raw: None,
-                    opcode: Some(opcode),
-                    arrived_ns: Some(ts_ns),
-                    result: None,
-                    performed: false,
-                    aborted: false,
-                    aborted_by: None,
-                    covered_by: Vec::new(),
+                let arrival = Arrival {
+                    at_ns: ts_ns,
+                    opcode,
+                    lun,
+                    result_ns: None,
                 };
                 if self
                     .sampler
                     .arrived
-                    .insert((pid, itn_id, tag), command)
+                    .insert((pid, itn_id, tag), arrival)
                     .is_some()
                 {
                     // The same tag again: its release was not seen.
@@ -80,11 +82,10 @@ impl Matcher {
                 pid,
                 itn_id,
                 tag,
-                result,
                 ..
             } => {
-                if let Some(cmd) = self.sampler.arrived.get_mut(&(pid, itn_id, tag)) {
-                    cmd.result.get_or_insert((result, ts_ns));
+                if let Some(a) = self.sampler.arrived.get_mut(&(pid, itn_id, tag)) {
+                    a.result_ns.get_or_insert(ts_ns);
                 }
             }
             Event::CmdRelease {
@@ -94,12 +95,15 @@ impl Matcher {
                 tag,
                 ..
             } => match self.sampler.arrived.remove(&(pid, itn_id, tag)) {
-                Some(cmd) => {
-                    let arrived = cmd.arrived_ns.unwrap_or(ts_ns);
+                Some(a) => {
                     // Full set: to the result; lean: to the release.
-                    let end = cmd.result.map_or(ts_ns, |(_, at)| at);
+                    let end = a.result_ns.unwrap_or(ts_ns);
                     self.counts.commands_sampled += 1;
-                    self.record_command_latency(&cmd, end.saturating_sub(arrived));
+                    self.record_command_latency(
+                        Some(a.opcode),
+                        Some(a.lun),
+                        end.saturating_sub(a.at_ns),
+                    );
                 }
                 None => self.counts.commands_cut_by_window += 1,
             },

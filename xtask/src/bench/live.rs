@@ -578,6 +578,16 @@ pub struct PacedLoad {
     sessions: Vec<Session>,
 }
 
+/// The sentence a section adds when paced READs failed over its runs;
+/// empty when none did.
+pub fn failed_reads_note(failed: u64) -> String {
+    if failed > 0 {
+        format!(" {failed} READs were answered with a status other than GOOD.")
+    } else {
+        String::new()
+    }
+}
+
 /// What a paced run did.
 pub struct Paced {
     pub completed: u64,

@@ -473,11 +473,7 @@ pub fn cpu(tgtd: &Tgtd, opts: &Options) -> anyhow::Result<String> {
         opts.rate,
         opts.rounds,
         opts.seconds,
-        if failed > 0 {
-            format!(" {failed} READs were answered with a status other than GOOD.")
-        } else {
-            String::new()
-        }
+        live::failed_reads_note(failed)
     ))
 }
 

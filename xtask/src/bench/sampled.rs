@@ -12,7 +12,7 @@ use tgt_trace_e2e::tgtd::Tgtd;
 
 use super::{
     Options,
-    live::{Drops, Mode, PACED_SESSIONS, PacedLoad, SAMPLE_PERCENT, SAMPLE_PERIOD_S},
+    live::{self, Drops, Mode, PACED_SESSIONS, PacedLoad, SAMPLE_PERCENT, SAMPLE_PERIOD_S},
     overhead::{SAMPLED, rotated},
     report::{goal_mark, median, range},
 };
@@ -158,11 +158,7 @@ pub fn run(tgtd: &Tgtd, opts: &Options) -> anyhow::Result<String> {
         opts.rate,
         opts.rounds,
         opts.seconds,
-        if failed > 0 {
-            format!(" {failed} READs were answered with a status other than GOOD.")
-        } else {
-            String::new()
-        },
+        live::failed_reads_note(failed),
         TOLERANCE * 100.0,
     ))
 }
